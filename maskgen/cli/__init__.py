@@ -1,0 +1,45 @@
+"""The `maskgen` command line. Each stage registers its commands from its own light module;
+heavy imports (torch, zarr, monai) happen inside command bodies so `maskgen --help` is instant."""
+
+from __future__ import annotations
+
+import typer
+
+from maskgen import __version__
+
+app = typer.Typer(
+    name="maskgen",
+    help="Domain-generalising 3D segmentation: extract frozen features once, train many view-masked UNets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"maskgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Domain-generalising 3D segmentation: extract frozen features once, train many view-masked UNets."""
+
+
+# Order follows the data flow: data -> extract/store -> train -> evaluate -> pretrain -> demo.
+from maskgen.cli import data as _data  # noqa: E402
+from maskgen.cli import extract as _extract  # noqa: E402
+from maskgen.cli import train as _train  # noqa: E402
+from maskgen.cli import evaluate as _evaluate  # noqa: E402
+from maskgen.cli import pretrain as _pretrain  # noqa: E402
+from maskgen.cli import demo as _demo  # noqa: E402
+
+for _module in (_data, _extract, _train, _evaluate, _pretrain, _demo):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

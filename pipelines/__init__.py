@@ -1,0 +1,1 @@
+"""Dataset pipelines shipped with maskgen (one TOML file per dataset)."""
