@@ -2,8 +2,62 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from maskgen.cli._common import handle_errors
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+
+    @app.command("pretrain")
+    @handle_errors
+    def pretrain_command(
+        out: Path = typer.Option(..., "--out", help="Weights file to write (e.g. weights.pt); the resumable "
+                                 "state, metrics.jsonl and progress.png go to '<out>.state/'."),
+        steps: int = typer.Option(2000, "--steps", min=1, help="Total optimisation steps."),
+        crop_size: int = typer.Option(32, "--crop-size", min=8, help="Edge of the cubic synthetic volumes "
+                                      "(a multiple of 2**num-downs)."),
+        batch_size: int = typer.Option(2, "--batch-size", min=1, help="Label maps per step (each rendered twice)."),
+        ngf: int = typer.Option(8, "--ngf", min=1, help="UNet base width (anatomix: 16)."),
+        num_downs: int = typer.Option(3, "--num-downs", min=1, help="UNet downsamplings (anatomix: 4)."),
+        out_channels: int = typer.Option(16, "--out-channels", min=2, help="Feature channels (anatomix: 16)."),
+        lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW; warm-up then cosine)."),
+        min_lr: float = typer.Option(1e-5, "--min-lr", help="Learning rate at the last step."),
+        warmup_steps: int = typer.Option(100, "--warmup-steps", min=0, help="Linear warm-up steps."),
+        temperature: float = typer.Option(0.1, "--temperature", help="Temperature of the contrastive loss."),
+        voxels: int = typer.Option(256, "--voxels", min=2, help="Voxels sampled per volume and step for the loss."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, the data and the voxel samples."),
+        label_dir: Optional[Path] = typer.Option(None, "--label-dir", help="Folder of NIfTI label maps to mix in "
+                                                 "with the synthetic ensembles (optional)."),
+        checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="Steps between checkpoints."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run saved in '<out>.state/'."),
+        stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop this invocation after "
+                                                 "that many steps (resume later with --resume)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Pretrain an anatomix-style feature extractor on synthetic label ensembles (contrastive)."""
+        from rich.console import Console
+
+        from maskgen.errors import MaskgenError
+        from maskgen.pretrain.config import PretrainConfig
+        from maskgen.pretrain.loop import pretrain
+
+        try:
+            cfg = PretrainConfig(
+                out=out, steps=steps, crop_size=crop_size, batch_size=batch_size, ngf=ngf, num_downs=num_downs,
+                out_channels=out_channels, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, temperature=temperature,
+                voxels_per_volume=voxels, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
+            )
+        except ValueError as e:
+            raise MaskgenError(f"invalid pretrain settings: {e}") from None
+        result = pretrain(cfg, resume=resume, stop_after=stop_after, show_progress=not quiet)
+        console = Console(stderr=True, highlight=False)
+        if result == cfg.out:
+            console.print(f"Wrote {result} (load it with --extractor anatomix --weights {result}); "
+                          f"metrics and progress.png in {cfg.state_dir}")
+        else:
+            console.print(f"Stopped before step {cfg.steps}; state in {cfg.state_dir}. Continue with --resume.")

@@ -2,8 +2,97 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
+
+from maskgen.cli._common import handle_errors
+
+# option name (python) -> TrainConfig field, for options that map one to one
+_FIELDS = (
+    "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "fg_fraction",
+    "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
+    "online_features", "extractor_weights",
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+
+    @app.command("train")
+    @handle_errors
+    def train_command(
+        ctx: typer.Context,
+        features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract`."),
+        out: Optional[str] = typer.Option(
+            None, "--out", help="Run folder [default: runs/<store>-<inputs>-mr<rate>-s<seed>]."
+        ),
+        inputs: str = typer.Option("both", "--inputs", help="both (image + features) | image (ERM) | features."),
+        mask_rate: float = typer.Option(0.5, "--mask-rate", help="View masking rate in [0, 1); 0 disables."),
+        steps: int = typer.Option(250_000, "--steps", help="Training steps (paper: 250k all-data, 40k few-shot)."),
+        batch_size: int = typer.Option(4, "--batch-size", help="Crops per step."),
+        lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate at step 0 (cosine to 0)."),
+        weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay."),
+        channels: int = typer.Option(20, "--channels", help="UNet base width n_c (paper Table 15)."),
+        depth: int = typer.Option(5, "--depth", help="UNet max-pool levels (crop sides must divide by 2**depth)."),
+        crop_size: Optional[str] = typer.Option(
+            None, "--crop-size", help="Training crop x,y,z in voxels [default: the store pipeline's]."
+        ),
+        fg_fraction: float = typer.Option(1 / 3, "--fg-fraction", help="Fraction of crops centred on foreground."),
+        aug_prob: float = typer.Option(0.33, "--aug-prob", help="Probability of each augmentation (paper C.2)."),
+        aug_device: str = typer.Option(
+            "auto", "--aug-device", help="Spatial augmentation: cpu (loader workers) | device (batched) | auto."
+        ),
+        feature_norm: str = typer.Option("crop", "--feature-norm", help="crop (instance norm) | volume (stored stats)."),
+        n_train: Optional[int] = typer.Option(None, "--n-train", help="Few-shot: train on K random train cases."),
+        val_every: int = typer.Option(1000, "--val-every", help="Validate and save last.pt every N steps (0: at end)."),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes [default: auto]."),
+        seed: int = typer.Option(0, "--seed", help="Run seed (model init, crops, augmentation, masking)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        online_features: bool = typer.Option(
+            False, "--online-features", help="Recompute features from each augmented crop with the frozen extractor."
+        ),
+        extractor_weights: Optional[str] = typer.Option(
+            None, "--extractor-weights", help="Extractor weights for --online-features (anatomix.pth)."
+        ),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),
+        stop_at: Optional[int] = typer.Option(
+            None, "--stop-at", help="Stop after this many steps in total (continue later with --resume)."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
+        from pathlib import Path
+
+        from click.core import ParameterSource
+
+        from maskgen.config import from_dict
+        from maskgen.errors import MaskgenError
+        from maskgen.train.config import TrainConfig, parse_crop_size
+        from maskgen.train.loop import run_dir_for, train
+
+        given = dict(locals())
+        values = {name: given[name] for name in _FIELDS}
+        values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
+        if not Path(features).exists():
+            raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
+        if resume:
+            # continue the run as configured; only options given on this command line may change (and are checked)
+            explicit = {n for n in _FIELDS if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+            if crop_size:
+                explicit.add("crop_zyx")
+            probe = TrainConfig(features=features, out=out or "", **values)
+            config_json = run_dir_for(probe) / "config.json"
+            base = probe
+            if config_json.is_file():
+                import json
+
+                base = from_dict(TrainConfig, json.loads(config_json.read_text()))
+            cfg = base.replace(features=features, **{k: values[k] for k in explicit})
+            if out:
+                cfg = cfg.replace(out=out)
+        else:
+            cfg = TrainConfig(features=features, out=out or "", **values)
+        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet)
+        typer.echo(str(run_dir))

@@ -1,0 +1,258 @@
+"""Measure feature-store layouts on real extractor output: bytes per voxel, write time, random-crop reads/s.
+
+Source volume: the demo dataset's first case when `--demo DIR` is given (an nnU-Net-style folder made by
+`maskgen demo-data`), else the MNI152 T1 template shipped with nilearn at 1 mm (real anatomy with an air
+margin, label = dominant tissue). Features come from a real extractor (`--extractor mind` by default).
+Every layout is written with maskgen's own writer (`maskgen.store.writer.write_case`) and read back with
+`FeatureStore.read_crop`, exactly as `maskgen extract` and training do.
+
+    python benchmarks/store_layout.py                       # all layouts, crops 64^3 and 96^3
+    python benchmarks/store_layout.py --configs f16-c32-none,f16-c64-none --zarr-threads 2
+
+Appends one JSON line per layout to benchmarks/results.jsonl (command, git revision, machine, versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.jsonl"
+
+# name -> StoreLayout kwargs
+CONFIGS: dict[str, dict] = {
+    "f16-c32-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="none"),
+    "f16-c64-none": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="none"),
+    "f16-c48-none": dict(dtype="float16", chunks_zyx=(48, 48, 48), codec="none"),
+    "f16-ch1-c32-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), channel_chunk=1, codec="none"),
+    "f16-ch1-c64-none": dict(dtype="float16", chunks_zyx=(64, 64, 64), channel_chunk=1, codec="none"),
+    "f16-c32-lz4": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="blosc-lz4"),
+    "f16-c64-lz4": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="blosc-lz4"),
+    "f16-c32-bzstd": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="blosc-zstd"),
+    "f16-c64-bzstd": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="blosc-zstd"),
+    "f16-shard128-c32-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), shards_zyx=(128, 128, 128), codec="none"),
+    "f16-shard128-c32-lz4": dict(
+        dtype="float16", chunks_zyx=(32, 32, 32), shards_zyx=(128, 128, 128), codec="blosc-lz4"
+    ),
+    "i8-c32-none": dict(dtype="int8", chunks_zyx=(32, 32, 32), codec="none"),
+    "i8-c64-none": dict(dtype="int8", chunks_zyx=(64, 64, 64), codec="none"),
+    "i8-c32-lz4": dict(dtype="int8", chunks_zyx=(32, 32, 32), codec="blosc-lz4"),
+    "i8-c32-bzstd": dict(dtype="int8", chunks_zyx=(32, 32, 32), codec="blosc-zstd"),
+}
+
+
+def _git_rev() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout
+        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"node": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def _versions() -> dict:
+    import numcodecs
+    import torch
+    import zarr
+
+    return {"torch": torch.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
+            "numpy": np.__version__}
+
+
+def load_source(demo: str | None, extractor_name: str) -> tuple[dict, str]:
+    """image (1,Z,Y,X), features (C,Z,Y,X), label (Z,Y,X) of one real volume, and a description."""
+    import torch
+
+    from maskgen.extract.inference import extract_volume
+    from maskgen.extract.registry import build_extractor
+
+    torch.set_num_threads(1)
+    if demo:
+        from maskgen.data.layouts import discover_cases
+        from maskgen.data.pipeline import load_pipeline
+        from maskgen.data.preprocess import preprocess_case
+
+        toml = Path(demo) / "pipeline.toml"
+        pipe = load_pipeline(str(toml))
+        case = discover_cases(pipe, Path(demo))[0]
+        pre = preprocess_case(case, pipe)
+        image, label, what = pre.image, pre.label, f"demo case {case.case_id} ({demo})"
+    else:
+        from maskgen.data.demo_template import load_template
+
+        t = load_template(1)
+        margin = 12  # air around the brain, as in a head scan
+        xyz = np.pad(t.t1, margin)
+        tissue = np.argmax(np.stack([1 - t.mask, t.csf, t.gm, t.wm]), axis=0).astype(np.uint8)
+        image = np.ascontiguousarray(xyz[None].transpose(0, 3, 2, 1))
+        label = np.ascontiguousarray(np.pad(tissue, margin).transpose(2, 1, 0))
+        what = "MNI152 2009a T1 template (nilearn), 1 mm, 12-voxel air margin"
+    extractor = build_extractor(extractor_name)
+    feats = extract_volume(extractor, image.astype(np.float32), threshold_voxels=None)
+    desc = f"{what}; {extractor.name} features"
+    return {"image": image.astype(np.float32), "features": feats, "label": label}, desc
+
+
+def measure_reads(read, shape_zyx, crop: int, n: int, repeats: int, seed: int) -> float:
+    """Median over `repeats` of crops/s for `n` random crops fully inside the volume."""
+    rng = np.random.default_rng(seed)
+    rates = []
+    for _ in range(repeats):
+        starts = [tuple(int(rng.integers(0, s - crop + 1)) for s in shape_zyx) for _ in range(n)]
+        t0 = time.perf_counter()
+        for st in starts:
+            read(st, crop)
+        rates.append(n / (time.perf_counter() - t0))
+    return float(statistics.median(rates))
+
+
+def run_config(name: str, kwargs: dict, data: dict, workdir: Path, crops: list[int], n: int, repeats: int) -> dict:
+    from maskgen.store import writer
+    from maskgen.store.layout import FEATURES, StoreLayout
+    from maskgen.store.reader import FeatureStore
+
+    layout = StoreLayout(**kwargs)
+    path = workdir / f"{name}.zarr"
+    shutil.rmtree(path, ignore_errors=True)
+    fp = {"name": "benchmark", "layer": "final", "weights_sha256": None, "out_channels": data["features"].shape[0]}
+    attrs = {"format_version": 1, "extractor": fp, "layout": layout.to_attrs(),
+             "pipeline": {"name": "benchmark", "classes": ["csf", "gm", "wm"]}, "spacing_zyx": [1.0, 1.0, 1.0]}
+    writer.prepare_store(path, attrs)
+    t0 = time.perf_counter()
+    total = writer.write_case(path, "case", image=data["image"], features=data["features"], label=data["label"],
+                              attrs={"domain": "t1", "split": "train"}, layout=layout)
+    write_s = time.perf_counter() - t0
+    c, z, y, x = data["features"].shape
+    voxels = z * y * x
+    feat_bytes = writer.dir_size(writer.case_dir(path, "case") / FEATURES)
+    raw_itemsize = 1 if layout.dtype == "int8" else 2
+    store = FeatureStore(path)
+    shape = store.case("case").shape_zyx
+    feat_arr = store.array("case", FEATURES)
+    reads = {}
+    for crop in crops:
+        full = measure_reads(lambda st, k: store.read_crop("case", st, (k, k, k)), shape, crop, n, repeats, 0)
+        full16 = measure_reads(
+            lambda st, k: store.read_crop("case", st, (k, k, k), dtype=np.float16), shape, crop, n, repeats, 1
+        )
+        raw = measure_reads(
+            lambda st, k: feat_arr[:, st[0] : st[0] + k, st[1] : st[1] + k, st[2] : st[2] + k], shape, crop, n,
+            repeats, 2,
+        )
+        reads[str(crop)] = {"sample_f32_per_s": round(full, 2), "sample_f16_per_s": round(full16, 2),
+                            "features_only_per_s": round(raw, 2)}
+    shutil.rmtree(path, ignore_errors=True)
+    return {
+        "config": name,
+        "layout": layout.to_attrs(),
+        "write_s": round(write_s, 3),
+        "bytes_per_voxel": round(total / voxels, 3),
+        "feature_bytes_per_value": round(feat_bytes / (voxels * c), 4),
+        "feature_compression_ratio": round(voxels * c * raw_itemsize / feat_bytes, 3),
+        "reads": reads,
+    }
+
+
+def baselines(data: dict, workdir: Path, crops: list[int], n: int, repeats: int) -> dict:
+    feats = data["features"].astype(np.float16)
+    shape = feats.shape[1:]
+    path = workdir / "features.npy"
+    np.save(path, feats)
+    mm = np.load(path, mmap_mode="r")
+    out = {}
+    for crop in crops:
+        ram = measure_reads(lambda st, k: np.array(feats[:, st[0]:st[0]+k, st[1]:st[1]+k, st[2]:st[2]+k]),
+                            shape, crop, n, repeats, 2)
+        mem = measure_reads(lambda st, k: np.array(mm[:, st[0]:st[0]+k, st[1]:st[1]+k, st[2]:st[2]+k]),
+                            shape, crop, n, repeats, 2)
+        out[str(crop)] = {"numpy_ram_features_per_s": round(ram, 2), "npy_memmap_features_per_s": round(mem, 2)}
+    path.unlink()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names: " + ", ".join(CONFIGS))
+    ap.add_argument("--crops", default="64,96", help="crop edge lengths to read (voxels)")
+    ap.add_argument("--n", type=int, default=40, help="random crops per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--zarr-threads", type=int, default=1, help="zarr decode thread pool size")
+    ap.add_argument("--extractor", default="mind")
+    ap.add_argument("--demo", default=None, help="demo dataset folder (from `maskgen demo-data`); else MNI template")
+    ap.add_argument("--workdir", default=None, help="where to write the temporary stores (default: a temp dir)")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--no-baselines", action="store_true")
+    args = ap.parse_args(argv)
+
+    import zarr
+
+    zarr.config.set({"threading.max_workers": max(1, args.zarr_threads)})
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    crops = [int(c) for c in args.crops.split(",")]
+    data, desc = load_source(args.demo, args.extractor)
+    common = {
+        "benchmark": "store_layout",
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "git_rev": _git_rev(),
+        "machine": _machine(),
+        "versions": _versions(),
+        "source": desc,
+        "volume_czyx": list(data["features"].shape),
+        "zarr_threads": args.zarr_threads,
+        "crops_per_repeat": args.n,
+        "repeats": args.repeats,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="maskgen-layout-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        lines = []
+        if not args.no_baselines:
+            lines.append({**common, "config": "baseline", "reads": baselines(data, workdir, crops, args.n,
+                                                                            args.repeats)})
+            print(json.dumps(lines[-1]["reads"]), flush=True)
+        for name in names:
+            res = run_config(name, CONFIGS[name], data, workdir, crops, args.n, args.repeats)
+            lines.append({**common, **res})
+            print(f"{name:24s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
+                  f"  ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:.2f}s  "
+                  + "  ".join(f"{k}^3: {v['sample_f32_per_s']:.1f}/{v['sample_f16_per_s']:.1f}/"
+                              f"{v['features_only_per_s']:.1f}" for k, v in res["reads"].items()), flush=True)
+        with open(args.results, "a") as f:
+            for line in lines:
+                f.write(json.dumps(line, sort_keys=True) + "\n")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Reading and writing NIfTI files with nibabel, with errors that name the file and say what to do."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from maskgen.errors import MaskgenError
+
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError)
+
+
+def load_header(path: str | Path) -> nib.spatialimages.SpatialImage:
+    """Open an image lazily (header only; data is read on access). Missing/unreadable files raise MaskgenError."""
+    path = Path(path)
+    if not path.exists():
+        raise MaskgenError(f"{path} does not exist; check the data folder or the pipeline's layout")
+    if path.is_dir():
+        raise MaskgenError(f"{path} is a folder, not a NIfTI file")
+    try:
+        return nib.load(str(path))
+    except _READ_ERRORS as e:
+        raise MaskgenError(
+            f"{path} is not a readable NIfTI file ({type(e).__name__}: {e}); re-export or re-download it"
+        ) from None
+
+
+def spatial_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, ...]:
+    """The image's shape without trailing singleton axes beyond the third (x, y, z[, channels])."""
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, c): the NIfTI "vector" convention
+        shape = shape[:3] + shape[4:]
+    return shape
+
+
+def _data(
+    img: nib.spatialimages.SpatialImage, path: Path, channel: int | None, all_channels: bool = False
+) -> np.ndarray:
+    shape = spatial_shape(img)
+    if len(shape) < 3:
+        raise MaskgenError(f"{path} has shape {tuple(img.shape)}: a 3D volume (or 4D with channels) is needed")
+    if len(shape) > 4:
+        raise MaskgenError(f"{path} has shape {tuple(img.shape)}: more than one non-spatial axis is not supported")
+    if len(shape) == 4 and not all_channels:
+        if channel is None:
+            raise MaskgenError(
+                f"{path} is 4D with {shape[3]} volumes: the pipeline must say which channel each case uses "
+                "(e.g. layout msd_brats)"
+            )
+        if not 0 <= channel < shape[3]:
+            raise MaskgenError(f"{path} has {shape[3]} volumes, so channel {channel} does not exist")
+    elif len(shape) == 3 and channel not in (None, 0):
+        raise MaskgenError(f"{path} is a 3D volume, but the case asks for channel {channel}")
+    try:
+        if len(shape) == 4 and not all_channels:
+            # Read only the requested volume: (x, y, z, c) or the vector form (x, y, z, 1, c).
+            index = (slice(None),) * 3 + ((channel,) if len(img.shape) == 4 else (0, channel))
+            data = np.asanyarray(img.dataobj[index]).reshape(shape[:3])
+        else:
+            data = np.asanyarray(img.dataobj).reshape(shape)
+    except _READ_ERRORS as e:
+        raise MaskgenError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-export or re-download it"
+        ) from None
+    return data
+
+
+def read_volume(path: str | Path, channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(data (x, y, z) in the file's dtype after scaling, affine 4x4 float64). 4D files need `channel`."""
+    path = Path(path)
+    img = load_header(path)
+    return _data(img, path, channel), np.asarray(img.affine, dtype=np.float64)
+
+
+def read_all_channels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(data (x, y, z[, c]), affine): the whole file, for checks that look at every channel once."""
+    path = Path(path)
+    img = load_header(path)
+    return _data(img, path, None, all_channels=True), np.asarray(img.affine, dtype=np.float64)
+
+
+def orientation(affine: np.ndarray) -> tuple[str, str, str]:
+    """Axis codes of an affine, e.g. ('L', 'P', 'S')."""
+    return tuple(nib.aff2axcodes(np.asarray(affine)))  # type: ignore[return-value]
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel size along each array axis (mm)."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def save_nifti_atomic(img: nib.Nifti1Image, path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, then rename over `path` (no half-written outputs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

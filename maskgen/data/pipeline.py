@@ -1,0 +1,312 @@
+"""Dataset pipelines: one declarative TOML file per dataset, read into a frozen `Pipeline`.
+
+A pipeline says where the cases are (layout + `[layout]` options), which domain each case belongs to and which
+cases form train / val / test (`[splits]`), the target spacing and crop size (x, y, z), the intensity normalisation,
+the class names and whether flips / rot90 are allowed. The schema is documented in the header of every shipped
+file under `pipelines/` and in docs/ARCHITECTURE.md (section "data").
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maskgen.errors import MaskgenError
+
+LAYOUTS = ("nnunet", "csv", "amos", "msd_brats", "topcow", "hvsmr", "prostate", "pandg", "pattern")
+NORMALIZATIONS = ("ct", "minmax")
+SPLITS = ("train", "val", "test")
+
+_TOP_LEVEL_KEYS = {
+    "name",
+    "description",
+    "layout",
+    "spacing",
+    "crop_size",
+    "normalization",
+    "ct_window",
+    "classes",
+    "allow_flips",
+    "default_data_root",
+    "label_map",
+    "binarize_labels",
+    "splits",
+}
+
+
+def freeze(value: Any) -> Any:
+    """A hashable, JSON-round-trip-stable form: lists/tuples -> tuples, dicts -> sorted tuples of (key, value)."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One dataset's declaration (see the module docstring); built by `load_pipeline`."""
+
+    name: str
+    layout: str
+    spacing: tuple[float, float, float]
+    crop_size: tuple[int, int, int]
+    normalization: str
+    ct_window: tuple[float, float] = (-1024.0, 1024.0)
+    classes: tuple[str, ...] = ()
+    allow_flips: bool = True
+    options: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+    source: str = ""
+    splits: tuple[tuple[str, Any], ...] = ()
+    label_map: tuple[tuple[int, int], ...] = ()
+    binarize_labels: bool = False
+    default_data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        # Keep equality and hashing stable across to_dict/from_dict (JSON turns tuples into lists).
+        object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
+        object.__setattr__(self, "crop_size", tuple(int(v) for v in self.crop_size))
+        object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "options", freeze(dict(self.options)))
+        object.__setattr__(self, "splits", freeze(dict(self.splits)))
+        object.__setattr__(self, "label_map", tuple(sorted((int(a), int(b)) for a, b in self.label_map)))
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(reversed(self.spacing))  # type: ignore[return-value]
+
+    @property
+    def crop_zyx(self) -> tuple[int, int, int]:
+        return tuple(reversed(self.crop_size))  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label values including background (K + 1)."""
+        return len(self.classes) + 1
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A `[layout]` setting (frozen: lists are tuples, tables are tuples of (key, value) pairs)."""
+        return dict(self.options).get(key, default)
+
+    def split_option(self, key: str, default: Any = None) -> Any:
+        """A `[splits]` setting (frozen like `option`)."""
+        return dict(self.splits).get(key, default)
+
+
+def available_pipelines() -> list[str]:
+    """Names of the pipelines shipped with maskgen (usable as `--dataset NAME`)."""
+    root = importlib.resources.files("maskgen.pipelines")
+    return sorted(p.name[: -len(".toml")] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def pipeline_path(name_or_path: str | Path) -> Path:
+    """The TOML file behind `--dataset`: an existing file path, or the name of a shipped pipeline."""
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    looks_like_path = text.endswith(".toml") or "/" in text or "\\" in text
+    if candidate.is_file():
+        return candidate
+    if looks_like_path:
+        raise MaskgenError(f"pipeline file {text} does not exist; pass an existing .toml file or one of: "
+                           f"{', '.join(available_pipelines())}")
+    shipped = importlib.resources.files("maskgen.pipelines") / f"{text}.toml"
+    if not shipped.is_file():
+        raise MaskgenError(
+            f"unknown dataset {text!r}: shipped pipelines are {', '.join(available_pipelines())}; "
+            "or pass --dataset path/to/pipeline.toml"
+        )
+    return Path(str(shipped))
+
+
+def load_pipeline(name_or_path: str | Path) -> Pipeline:
+    """Read and check a pipeline: `"amos"` (shipped with maskgen) or `"path/to/file.toml"`."""
+    path = pipeline_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise MaskgenError(f"cannot read pipeline file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise MaskgenError(f"pipeline file {path} is not valid TOML: {e}") from None
+    pipeline = parse_pipeline(data, source=str(path), default_name=path.name.removesuffix(".toml"))
+    from maskgen.data.layouts import check_layout_options
+
+    check_layout_options(pipeline)
+    return pipeline
+
+
+def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name: str = "dataset") -> Pipeline:
+    """Build a `Pipeline` from a parsed TOML table, with messages naming the file and the bad value."""
+
+    def bad(msg: str) -> MaskgenError:
+        return MaskgenError(f"pipeline {source}: {msg}")
+
+    data = dict(data)
+    # TOML cannot hold both `layout = "kind"` and a `[layout]` table, so the layout is either a plain string (no
+    # options) or a `[layout]` table whose `kind` names it and whose other keys are the layout's options.
+    layout_value = data.get("layout")
+    options: dict[str, Any] = {}
+    if isinstance(layout_value, dict):
+        options = dict(layout_value)
+        kind = options.pop("kind", None)
+        if kind is None:
+            raise bad("the [layout] table needs `kind = ...`, one of " + ", ".join(LAYOUTS))
+        data["layout"] = kind
+
+    unknown = sorted(set(data) - _TOP_LEVEL_KEYS)
+    if unknown:
+        raise bad(f"unknown key(s) {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
+
+    layout = data.get("layout")
+    if layout not in LAYOUTS:
+        raise bad(f"layout kind {layout!r} is not one of {', '.join(LAYOUTS)}")
+
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise bad(f"name = {name!r} must be a non-empty string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise bad(f"description = {description!r} must be a string")
+
+    spacing = _triple(data, "spacing", float, bad, required=True)
+    crop = _triple(data, "crop_size", int, bad, required=True)
+
+    normalization = data.get("normalization")
+    if normalization not in NORMALIZATIONS:
+        raise bad(f"normalization = {normalization!r} must be one of {', '.join(NORMALIZATIONS)}")
+    window = data.get("ct_window", [-1024.0, 1024.0])
+    if (
+        not isinstance(window, list)
+        or len(window) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in window)
+        or not window[0] < window[1]
+    ):
+        raise bad(f"ct_window = {window!r} must be [low, high] with low < high (Hounsfield units)")
+
+    classes = data.get("classes")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c.strip() for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise bad(f"classes = {classes!r} must be a non-empty list of distinct foreground names (label = index + 1)")
+    if len(classes) > 254:
+        raise bad(f"{len(classes)} classes do not fit uint8 labels (at most 254 foreground classes)")
+
+    allow_flips = data.get("allow_flips", True)
+    if not isinstance(allow_flips, bool):
+        raise bad(f"allow_flips = {allow_flips!r} must be true or false")
+
+    default_root = data.get("default_data_root")
+    if default_root is not None and (not isinstance(default_root, str) or not default_root):
+        raise bad(f"default_data_root = {default_root!r} must be a non-empty string (a folder path)")
+
+    binarize = data.get("binarize_labels", False)
+    if not isinstance(binarize, bool):
+        raise bad(f"binarize_labels = {binarize!r} must be true or false")
+    if binarize and len(classes) != 1:
+        raise bad(f"binarize_labels = true needs exactly one class, got classes = {classes!r}")
+
+    label_map_table = data.get("label_map", {})
+    if not isinstance(label_map_table, dict):
+        raise bad("label_map must be a table of \"raw value\" = new value, e.g. [label_map] \"15\" = 13")
+    label_map: list[tuple[int, int]] = []
+    for key, value in label_map_table.items():
+        try:
+            raw = int(key)
+        except ValueError:
+            raise bad(f"label_map key {key!r} is not an integer label value") from None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= len(classes):
+            raise bad(f"label_map \"{key}\" = {value!r} must map to 0..{len(classes)} (0 = background)")
+        label_map.append((raw, value))
+
+    splits = data.get("splits", {})
+    if not isinstance(splits, dict):
+        raise bad("[splits] must be a table")
+    _check_splits(splits, bad)
+
+    return Pipeline(
+        name=name,
+        layout=layout,
+        spacing=spacing,  # type: ignore[arg-type]
+        crop_size=crop,  # type: ignore[arg-type]
+        normalization=normalization,
+        ct_window=(float(window[0]), float(window[1])),
+        classes=tuple(classes),
+        allow_flips=allow_flips,
+        options=freeze(options),
+        description=description,
+        source=source,
+        splits=freeze(splits),
+        label_map=tuple(label_map),
+        binarize_labels=binarize,
+        default_data_root=default_root,
+    )
+
+
+def _triple(data: dict, key: str, kind: type, bad, required: bool) -> tuple:
+    value = data.get(key)
+    if value is None and not required:
+        return ()
+    ok = (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and all(v > 0 and math.isfinite(v) for v in value)
+        and (kind is float or all(float(v).is_integer() for v in value))
+    )
+    if not ok:
+        what = "positive numbers (mm)" if kind is float else "positive integers (voxels)"
+        raise bad(f"{key} = {value!r} must be [x, y, z] of three {what}")
+    return tuple(kind(v) for v in value)
+
+
+_SPLIT_KEYS = {"train", "val", "test", "proportions", "seed"}
+
+
+def _check_splits(splits: dict[str, Any], bad) -> None:
+    unknown = sorted(set(splits) - _SPLIT_KEYS)
+    if unknown:
+        raise bad(f"unknown [splits] key(s) {unknown}; allowed: {sorted(_SPLIT_KEYS)}")
+    for split in SPLITS:
+        if split in splits:
+            domains = splits[split]
+            if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
+                raise bad(f"[splits] {split} = {domains!r} must be a list of domain names")
+    if "seed" in splits and (not isinstance(splits["seed"], int) or isinstance(splits["seed"], bool)):
+        raise bad(f"[splits] seed = {splits['seed']!r} must be an integer")
+    proportions = splits.get("proportions", {})
+    if not isinstance(proportions, dict):
+        raise bad("[splits] proportions must be a table like { train = 340, val = 48, test = 96 }")
+    for key, value in proportions.items():
+        if key not in SPLITS:
+            raise bad(f"[splits] proportions has unknown split {key!r}; use train, val, test")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
+            raise bad(f"[splits] proportions {key} = {value!r} must be a number >= 0")
+    has_domains = any(s in splits for s in SPLITS)
+    if ("proportions" in splits or "seed" in splits) and not has_domains:
+        raise bad("[splits] proportions/seed need the domain lists train = [...], val = [...], test = [...]")
+    if has_domains and "train" not in splits:
+        raise bad("[splits] lists domains for val/test but not `train = [...]`")
+
+
+def split_rule(pipeline: Pipeline) -> dict[str, Any] | None:
+    """The domain-based split rule of `[splits]`, or None when the layout's own (explicit) splits apply."""
+    splits = dict(pipeline.splits)
+    if not any(s in splits for s in SPLITS):
+        return None
+    return {
+        "domains": {s: tuple(splits.get(s, ())) for s in SPLITS},
+        "proportions": {s: float(v) for s, v in dict(splits.get("proportions", ())).items()},
+        "seed": int(splits.get("seed", 0)),
+    }
+
+
+__all__ = ["Pipeline", "load_pipeline", "available_pipelines", "parse_pipeline", "pipeline_path", "split_rule",
+           "LAYOUTS", "SPLITS", "freeze"]

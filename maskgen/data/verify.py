@@ -1,0 +1,242 @@
+"""`maskgen verify`: read every case of a dataset and report all problems at once, each naming the file and the fix.
+
+Errors: unreadable / truncated / missing files, image-label shape or affine mismatch, non-integer or undeclared label
+values, NaN/Inf voxels, missing labels, duplicate case ids, case ids unsafe as storage keys. Warnings: empty
+foreground, unlabelled cases kept on purpose, case ids with unusual characters. Each file is read once even when
+several cases share it (BraTS channels), on a few threads (decompression releases the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from maskgen.data.cases import Case, case_id_is_portable, case_id_problem
+from maskgen.data.labels import affine_mismatch, check_label
+from maskgen.data.layouts import discover_cases, layout_options, resolve_data_root
+from maskgen.data.nifti import load_header, read_all_channels, spatial_shape
+from maskgen.data.pipeline import Pipeline
+from maskgen.errors import MaskgenError
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    case_id: str
+    path: str  # the file concerned ("" when the problem is not about one file)
+    severity: str  # "error" | "warning"
+    message: str  # what is wrong and how to fix it
+
+
+@dataclass
+class VerifyReport:
+    pipeline: Pipeline
+    data_root: Path
+    cases: list[Case]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Number of cases per (split, domain)."""
+        return dict(Counter((c.split, c.domain) for c in self.cases))
+
+
+@dataclass
+class _FileCheck:
+    """What reading one file found: its grid, or the reason it could not be read, plus content findings."""
+
+    shape: tuple[int, ...] | None = None
+    affine: np.ndarray | None = None
+    error: str | None = None
+    nonfinite: dict[int, int] = field(default_factory=dict)  # image: channel -> NaN/Inf count
+    label_problems: list[str] = field(default_factory=list)  # label: value problems
+    empty: bool = False  # label: no foreground after remapping
+
+
+def _check_image_file(path: Path) -> _FileCheck:
+    try:
+        data, affine = read_all_channels(path)
+    except MaskgenError as e:
+        return _FileCheck(error=str(e))
+    check = _FileCheck(shape=data.shape, affine=affine)
+    if data.dtype.kind == "f":
+        vols = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
+        for c, vol in enumerate(vols):
+            bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
+            if bad:
+                check.nonfinite[c] = bad
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        check.error = f"{path} has a degenerate affine (zero or non-finite voxel axes); fix its header"
+    return check
+
+
+def _check_label_file(path: Path, pipeline: Pipeline) -> _FileCheck:
+    try:
+        img = load_header(path)
+        if len(spatial_shape(img)) != 3:
+            return _FileCheck(error=f"label {path} has shape {tuple(img.shape)}; a label must be one 3D volume")
+        data, affine = read_all_channels(path)
+    except MaskgenError as e:
+        return _FileCheck(error=str(e))
+    check = _FileCheck(shape=data.shape, affine=affine)
+    label, problems = check_label(data, pipeline)
+    check.label_problems = problems
+    check.empty = label is not None and not label.any()
+    return check
+
+
+def verify_cases(
+    cases: Iterable[Case],
+    pipeline: Pipeline,
+    workers: int | None = None,
+    on_file_done: Callable[[], None] | None = None,
+) -> list[Problem]:
+    """All problems of these cases (ids, files, contents), in case order."""
+    cases = list(cases)
+    problems: list[Problem] = []
+    unlabeled_ok = bool(layout_options(pipeline).get("include_unlabeled", False))
+
+    seen: dict[str, Case] = {}
+    for case in cases:
+        why = case_id_problem(case.case_id)
+        if why:
+            problems.append(Problem(case.case_id, str(case.image), ERROR,
+                                    f"{why}: it cannot be a storage key; rename the file (or the CSV entry)"))
+        elif not case_id_is_portable(case.case_id):
+            problems.append(Problem(case.case_id, str(case.image), WARNING,
+                                    f"case id {case.case_id!r} has characters other than letters, digits, '.', '_', "
+                                    "'-'; it works, but portable names are safer"))
+        if case.case_id in seen:
+            problems.append(Problem(case.case_id, str(case.image), ERROR,
+                                    f"case id {case.case_id!r} is used twice ({seen[case.case_id].image} and "
+                                    f"{case.image}); rename one of them"))
+        else:
+            seen[case.case_id] = case
+
+    image_paths = sorted({Path(c.image) for c in cases})
+    label_paths = sorted({Path(c.label) for c in cases if c.label is not None and Path(c.label).exists()})
+    jobs: list[tuple[str, Path]] = [("image", p) for p in image_paths] + [("label", p) for p in label_paths]
+
+    def run(job: tuple[str, Path]) -> _FileCheck:
+        kind, path = job
+        result = _check_image_file(path) if kind == "image" else _check_label_file(path, pipeline)
+        if on_file_done is not None:
+            on_file_done()
+        return result
+
+    n = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if n > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            results = list(pool.map(run, jobs))
+    else:
+        results = [run(j) for j in jobs]
+    checked = dict(zip(jobs, results))
+
+    for case in cases:
+        problems.extend(_case_problems(case, checked, unlabeled_ok))
+    return problems
+
+
+def _case_problems(case: Case, checked: dict[tuple[str, Path], _FileCheck], unlabeled_ok: bool) -> list[Problem]:
+    out: list[Problem] = []
+    cid = case.case_id
+    image_path = Path(case.image)
+    img = checked[("image", image_path)]
+
+    def add(path: Path | str, severity: str, message: str) -> None:
+        out.append(Problem(cid, str(path), severity, message))
+
+    image_shape = None
+    if img.error:
+        add(image_path, ERROR, img.error)
+    else:
+        assert img.shape is not None
+        if len(img.shape) == 4 and case.channel is None:
+            add(image_path, ERROR, f"image {image_path} is 4D with {img.shape[3]} volumes but the case names no "
+                "channel; use a layout that selects channels (e.g. msd_brats) or split the file")
+        elif case.channel is not None and len(img.shape) == 4 and not 0 <= case.channel < img.shape[3]:
+            add(image_path, ERROR, f"image {image_path} has {img.shape[3]} volumes, so channel {case.channel} "
+                "does not exist; check the layout's channels")
+        elif case.channel not in (None, 0) and len(img.shape) == 3:
+            add(image_path, ERROR, f"image {image_path} is 3D but the case asks for channel {case.channel}; "
+                "check the layout's channels")
+        else:
+            image_shape = img.shape[:3]
+            channel = case.channel if len(img.shape) == 4 else 0
+            bad = img.nonfinite.get(channel or 0, 0)
+            if bad:
+                where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
+                add(image_path, ERROR, f"image {image_path}{where} has {bad} NaN/Inf voxels; replace them (e.g. with "
+                    "the background value) and save the file again")
+
+    if case.label is None:
+        if unlabeled_ok:
+            add("", WARNING, "has no label (include_unlabeled = true): usable for predict only, not for training "
+                "or scores")
+        else:
+            add("", ERROR, "has no label; add one, or set include_unlabeled = true in the pipeline's [layout] to keep "
+                "label-free cases for prediction only")
+        return out
+    label_path = Path(case.label)
+    if not label_path.exists():
+        add(label_path, ERROR, f"label {label_path} is missing; put the label there (same grid as image "
+            f"{image_path.name}) or remove the image")
+        return out
+    lab = checked[("label", label_path)]
+    if lab.error:
+        add(label_path, ERROR, lab.error)
+        return out
+    assert lab.shape is not None and lab.affine is not None
+    if image_shape is not None:
+        if tuple(lab.shape) != tuple(image_shape):
+            add(label_path, ERROR, f"label {label_path} has shape {tuple(lab.shape)} but image {image_path} has "
+                f"{tuple(image_shape)}; both must be on one voxel grid: resample the label onto the image (nearest)")
+        elif img.affine is not None:
+            mismatch = affine_mismatch(img.affine, lab.affine)
+            if mismatch:
+                add(label_path, ERROR, f"label {label_path} is not aligned with image {image_path} ({mismatch}); "
+                    "if both come from one grid, copy the image's header into the label, otherwise resample it")
+    for message in lab.label_problems:
+        add(label_path, ERROR, f"{message} (in {label_path})")
+    if lab.empty:
+        add(label_path, WARNING, f"label {label_path} has no foreground: the case teaches only background and its "
+            "Dice is undefined; check that it is the right file")
+    return out
+
+
+def verify_dataset(
+    pipeline: Pipeline,
+    data_root: str | Path | None = None,
+    workers: int | None = None,
+    on_file_done: Callable[[], None] | None = None,
+    on_cases: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Discover the dataset's cases (tolerating bad ids, which it reports) and check every one."""
+    root = resolve_data_root(data_root, pipeline)
+    cases = discover_cases(pipeline, root, strict=False)
+    if on_cases is not None:
+        n_files = len({Path(c.image) for c in cases}) + len(
+            {Path(c.label) for c in cases if c.label is not None and Path(c.label).exists()}
+        )
+        on_cases(n_files)
+    problems = verify_cases(cases, pipeline, workers=workers, on_file_done=on_file_done)
+    return VerifyReport(pipeline=pipeline, data_root=root, cases=cases, problems=problems)

@@ -1,0 +1,172 @@
+"""A trained run ready for inference: model, TrainConfig, its feature store, and (on demand) its own extractor.
+
+`open_run` loads a run folder's checkpoint with `maskgen.train.loop.load_run` and opens the store recorded in the
+checkpoint (or one passed explicitly, which must have been made by the same extractor). `LoadedRun.segment`
+predicts a label map exactly as validation does during training (`maskgen.train.inference.predict_volume`: MONAI
+sliding windows of the training crop, Gaussian blending, inputs assembled per window by the train module).
+`run_extractor` rebuilds the extractor that made the store and refuses one whose weights differ.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maskgen.errors import MaskgenError
+
+#: Fingerprint entries that determine the features (the name is informative only: the same weights shipped under
+#: another name make the same features).
+FEATURE_IDENTITY = ("weights_sha256", "layer", "out_channels", "arch")
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    checkpoint: str
+    model: Any          # UNet in eval mode on `device`
+    cfg: Any            # TrainConfig
+    ckpt: dict
+    store: Any          # FeatureStore
+    device: Any         # torch.device
+
+    @property
+    def step(self) -> int:
+        return int(self.ckpt.get("step", 0))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.store.pipeline.classes)
+
+    @property
+    def num_foreground(self) -> int:
+        return len(self.classes)
+
+    @property
+    def uses_features(self) -> bool:
+        from maskgen.train.inputs import uses_features
+
+        return uses_features(self.cfg.inputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Name of each network input channel, in order: "image", "feature 0", ..."""
+        from maskgen.train.inputs import uses_image
+
+        names = ["image"] if uses_image(self.cfg.inputs) else []
+        if self.uses_features:
+            names += [f"feature {c}" for c in range(int(self.store.num_features))]
+        return names
+
+    def stats(self, info: Any) -> tuple[Any, Any] | None:
+        """Per-volume feature statistics for `--feature-norm volume`; None for per-crop normalisation."""
+        if self.cfg.feature_norm != "volume":
+            return None
+        return (info.feature_mean, info.feature_std)
+
+    def logits(self, image: np.ndarray, features: np.ndarray | None, stats: Any = None, overlap: float = 0.5,
+               model: Any = None) -> Any:
+        """Class logits (K+1, Z, Y, X) float32 CPU tensor of one volume (sliding window, Gaussian blending)."""
+        from maskgen.train.inference import predict_volume
+
+        return predict_volume(model if model is not None else self.model, image,
+                              features if self.uses_features else None, self.cfg, self.device, overlap, stats,
+                              output="logits")
+
+    def segment(self, image: np.ndarray, features: np.ndarray | None, stats: Any = None, overlap: float = 0.5,
+                model: Any = None) -> np.ndarray:
+        """Label map (Z, Y, X) uint8 of one volume: argmax of the sliding-window logits."""
+        return self.logits(image, features, stats, overlap, model).argmax(0).numpy().astype(np.uint8)
+
+
+def _check_overlap(overlap: float) -> None:
+    if not 0.0 <= overlap < 1.0:
+        raise MaskgenError(f"--overlap {overlap} must be in [0, 1) (the paper's validation uses 0.5).")
+
+
+def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
+             features: str | Path | None = None) -> LoadedRun:
+    """Load `run_dir/<checkpoint>.pt` and the run's feature store (`features` overrides the recorded path)."""
+    from maskgen.store.reader import FeatureStore
+    from maskgen.train.loop import load_run
+    from maskgen.train.placement import resolve_device
+
+    dev = resolve_device(device)
+    model, cfg, ckpt = load_run(run_dir, checkpoint, dev)
+    recorded = (ckpt.get("store") or {}).get("path") or cfg.features
+    path = Path(features) if features is not None else Path(recorded)
+    if not path.exists():
+        raise MaskgenError(
+            f"the feature store of run {run_dir} ({path}) does not exist; pass its new location with --features."
+        )
+    store = FeatureStore(path)
+    made_by = (ckpt.get("store") or {}).get("extractor")
+    if made_by is not None and _identity(made_by) != _identity(store.extractor):
+        raise MaskgenError(
+            f"{path} was made by another extractor ({store.extractor.get('name')}, weights sha256 "
+            f"{_short(store.extractor.get('weights_sha256'))}) than run {run_dir} was trained on "
+            f"({made_by.get('name')}, {_short(made_by.get('weights_sha256'))}); use the run's own store."
+        )
+    return LoadedRun(Path(run_dir), checkpoint, model, cfg, ckpt, store, dev)
+
+
+def _identity(fp: dict[str, Any]) -> dict[str, Any]:
+    return {k: fp.get(k) for k in FEATURE_IDENTITY}
+
+
+def _short(sha: Any) -> str:
+    return "none" if not sha else str(sha)[:12]
+
+
+def run_extractor(run: LoadedRun, weights: str | Path | None = None) -> Any:
+    """The frozen extractor that made the run's store, on the run's device.
+
+    Weights: `weights` if given, else the file the store was extracted with (recorded in its `extract_config`) if it
+    still exists, else the registry's lookup (MASKGEN_ANATOMIX_WEIGHTS, hub cache, shipped default); never a
+    download. Refuses (MaskgenError naming both sha256) when the extractor found would make different features.
+    """
+    from maskgen.extract.registry import build_extractor
+
+    fp = dict(run.store.extractor)
+    if not fp:
+        raise MaskgenError(f"{run.store.path} records no extractor fingerprint; re-create it with `maskgen extract`.")
+    name = str(fp.get("name", ""))
+    layer = str(fp.get("layer", "final"))
+    if weights is None and name != "mind":
+        recorded = (run.store.attrs.get("extract_config") or {}).get("weights")
+        if recorded and Path(recorded).is_file():
+            weights = recorded
+    kind = "mind" if name == "mind" else ("anatomix" if name == "anatomix" or weights is not None else "auto")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fallback is caught by the fingerprint check below
+            extractor = build_extractor(kind, weights=None if kind == "mind" else weights,
+                                        layer="final" if kind == "mind" else layer,
+                                        device=run.device, allow_download=False)
+    except MaskgenError as e:
+        raise MaskgenError(
+            f"run {run.run_dir} needs the extractor that made {run.store.path} ({name}, layer {layer}, weights sha256 "
+            f"{_short(fp.get('weights_sha256'))}): {e}"
+        ) from None
+    got = extractor.fingerprint()
+    diffs = [k for k in FEATURE_IDENTITY if fp.get(k) != got.get(k)]
+    if diffs:
+        raise MaskgenError(
+            f"the extractor available here ({got.get('name')}, weights sha256 {_short(got.get('weights_sha256'))}) "
+            f"differs from the one that made {run.store.path} ({name}, weights sha256 "
+            f"{_short(fp.get('weights_sha256'))}) in {', '.join(diffs)}: its features would not be what run "
+            f"{run.run_dir} was trained on. Pass the same weights file with --weights."
+        )
+    return extractor
+
+
+def features_for(run: LoadedRun, extractor: Any, image: np.ndarray) -> np.ndarray | None:
+    """Raw features of a (1, Z, Y, X) image as the store holds them (None when the run does not use features)."""
+    if not run.uses_features:
+        return None
+    from maskgen.extract.inference import extract_volume
+
+    return extract_volume(extractor, image, device=run.device)

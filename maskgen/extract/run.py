@@ -1,0 +1,429 @@
+"""`run_extract`: preprocess every case of a pipeline, run the frozen extractor once per case, fill the store.
+
+Each case is one dask task that writes only its own group (`maskgen.store.writer.write_case`), so cases run in
+parallel on a local dask scheduler (`workers` processes or threads) or on an existing dask.distributed cluster
+(`scheduler`). The extractor is built once in the calling process (its fingerprint is checked against the store
+before anything is written) and once per worker process, never per case. A case that fails (unreadable input,
+non-finite features, full disk) is reported by name and left unmarked; the other cases go on, and the run fails
+at the end listing the failed ones. Re-running skips complete cases and redoes incomplete ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from maskgen.errors import MaskgenError
+from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout
+
+EXTRACTOR_CHOICES = ("auto", "anatomix", "mind")
+LAYER_CHOICES = ("final", "penultimate")
+PARALLEL_CHOICES = ("processes", "threads")
+DEVICE_CHOICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `maskgen extract` needs; saved into the store's root attributes (`extract_config`)."""
+
+    dataset: str                                  # shipped pipeline name or path/to/pipeline.toml
+    out: str | None = None                        # default: cache/<pipeline name>.zarr
+    data_root: str | None = None                  # default: $MASKGEN_DATA_ROOT or the pipeline's default
+    extractor: str = "auto"
+    weights: str | None = None
+    layer: str = "final"
+    dtype: str = DEFAULT_LAYOUT.dtype             # "float16" | "int8"
+    chunks: tuple[int, int, int] = DEFAULT_LAYOUT.chunks_zyx
+    codec: str = DEFAULT_LAYOUT.codec
+    workers: int = 1
+    parallel: str = "processes"                   # local scheduler kind when workers > 1
+    scheduler: str | None = None                  # address of a dask.distributed scheduler
+    overwrite: bool = False
+    device: str = "cpu"
+    allow_download: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise MaskgenError("ExtractConfig.dataset is empty: pass --dataset NAME or --dataset file.toml")
+        checks = (
+            ("extractor", self.extractor, EXTRACTOR_CHOICES),
+            ("layer", self.layer, LAYER_CHOICES),
+            ("dtype", self.dtype, FEATURE_DTYPES),
+            ("codec", self.codec, CODECS),
+            ("parallel", self.parallel, PARALLEL_CHOICES),
+            ("device", self.device, DEVICE_CHOICES),
+        )
+        for name, value, choices in checks:
+            if value not in choices:
+                raise MaskgenError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise MaskgenError(f"--workers must be an integer >= 1, got {self.workers!r}")
+        object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
+        if len(self.chunks) != 3 or min(self.chunks) < 1:
+            raise MaskgenError(f"--chunks must be three positive integers (z, y, x), got {self.chunks!r}")
+
+    @property
+    def layout(self) -> StoreLayout:
+        return StoreLayout(dtype=self.dtype, chunks_zyx=self.chunks, codec=self.codec)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case_id: str
+    error: str | None = None
+    bytes_written: int = 0
+    voxels: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    store: Path
+    extractor: str
+    cases_total: int
+    cases_written: int
+    cases_skipped: int
+    failed: tuple[tuple[str, str], ...]
+    seconds: float
+    bytes_written: int
+    voxels_written: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def gb_written(self) -> float:
+        return self.bytes_written / 1e9
+
+    @property
+    def bytes_per_voxel(self) -> float:
+        return self.bytes_written / self.voxels_written if self.voxels_written else 0.0
+
+
+class ExtractFailed(MaskgenError):
+    """Some cases failed; the others are in the store. `summary` holds the details."""
+
+    def __init__(self, message: str, summary: ExtractSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
+# ------------------------------------------------------------------------------------------- extractor per worker
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """How a worker rebuilds the extractor the calling process resolved (same arguments, no download)."""
+
+    name: str
+    weights: str | None
+    layer: str
+    device: str
+
+
+_EXTRACTORS: dict[ExtractorSpec, Any] = {}
+_EXTRACTORS_LOCK = threading.Lock()
+BUILD_COUNT = {"n": 0}  # extractors built in this process (tests check: once per worker, not per case)
+
+
+def _build(spec: ExtractorSpec, allow_download: bool) -> Any:
+    from maskgen.extract.registry import build_extractor
+
+    BUILD_COUNT["n"] += 1
+    return build_extractor(spec.name, spec.weights, spec.layer, spec.device, allow_download=allow_download)
+
+
+def worker_extractor(spec: ExtractorSpec, fingerprint: dict[str, Any]) -> Any:
+    """The extractor of this process (built on first use), checked against the fingerprint recorded in the store."""
+    with _EXTRACTORS_LOCK:
+        extractor = _EXTRACTORS.get(spec)
+        if extractor is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the calling process already showed any fallback warning
+                extractor = _build(spec, allow_download=False)
+            if extractor.fingerprint() != fingerprint:
+                raise MaskgenError(
+                    f"a worker built extractor {extractor.fingerprint().get('name')!r} "
+                    f"(weights {extractor.fingerprint().get('weights_sha256')}) but the store expects "
+                    f"{fingerprint.get('name')!r} (weights {fingerprint.get('weights_sha256')}); pass --weights PATH "
+                    "explicitly so every worker loads the same file"
+                )
+            _EXTRACTORS[spec] = extractor
+    return extractor
+
+
+def _init_worker_process(torch_threads: int) -> None:
+    """Initializer of local worker processes: share the cores, one zarr thread (set before zarr's first use)."""
+    import torch
+    import zarr
+
+    torch.set_num_threads(max(1, torch_threads))
+    zarr.config.set({"threading.max_workers": 1})
+
+
+# ------------------------------------------------------------------------------------------- one case
+@dataclass(frozen=True)
+class CaseTask:
+    store: str
+    case: Any          # maskgen.data.layouts.Case
+    pipeline: Any      # maskgen.data.pipeline.Pipeline
+    spec: ExtractorSpec
+    fingerprint: dict = field(hash=False)
+    layout: StoreLayout = DEFAULT_LAYOUT
+
+
+def _reason(case_id: str, e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    prefix = f"case {case_id}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def process_case(task: CaseTask) -> CaseResult:
+    """Preprocess, extract and write one case; failures come back as a CaseResult naming the problem."""
+    import numpy as np
+
+    from maskgen.config import to_dict
+    from maskgen.data.preprocess import preprocess_case
+    from maskgen.extract.inference import extract_volume
+    from maskgen.store.writer import write_case
+
+    case = task.case
+    cid = case.case_id
+    t0 = time.perf_counter()
+
+    def failed(message: str) -> CaseResult:
+        return CaseResult(cid, error=message, seconds=time.perf_counter() - t0)
+
+    try:
+        pre = preprocess_case(case, task.pipeline)
+    except MaskgenError as e:
+        return failed(f"cannot load: {_reason(cid, e)}")
+    except Exception as e:  # nibabel/zlib/scipy errors on a corrupted file
+        return failed(f"cannot load {case.image}: {type(e).__name__}: {e}")
+    try:
+        extractor = worker_extractor(task.spec, task.fingerprint)
+        features = extract_volume(extractor, pre.image, device=task.spec.device)
+    except MaskgenError as e:
+        return failed(_reason(cid, e))
+    except Exception as e:
+        return failed(f"feature extraction failed: {type(e).__name__}: {e}")
+    attrs = {
+        "domain": case.domain,
+        "split": case.split,
+        "spacing_zyx": [float(s) for s in pre.spacing_zyx],
+        "geometry": to_dict(pre.geometry),
+        "image_path": str(case.image),
+        "label_path": None if case.label is None else str(case.label),
+        "channel": case.channel,
+        "subject": getattr(case, "subject_id", cid),
+    }
+    label = None if pre.label is None else np.asarray(pre.label)
+    try:
+        nbytes = write_case(
+            task.store, cid, image=pre.image, features=features, label=label, attrs=attrs, layout=task.layout
+        )
+    except MaskgenError as e:
+        return failed(_reason(cid, e))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return failed(f"disk full ({os.strerror(e.errno)}) while writing {task.store}; free space and re-run the "
+                          "same command to resume")
+        return failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
+    voxels = int(np.prod(pre.image.shape[1:]))
+    return CaseResult(cid, bytes_written=nbytes, voxels=voxels, seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------- scheduling
+def _run_local(tasks: list[CaseTask], cfg: ExtractConfig, on_result: Callable[[CaseResult], None]) -> None:
+    import dask
+    from dask.callbacks import Callback
+
+    class _Report(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001 - dask's signature
+            if isinstance(result, CaseResult):
+                on_result(result)
+
+    delayed = [dask.delayed(process_case, pure=False)(t, dask_key_name=f"case-{i}") for i, t in enumerate(tasks)]
+    workers = min(cfg.workers, len(tasks))
+    if workers <= 1:
+        with _Report():
+            dask.compute(*delayed, scheduler="synchronous")
+    elif cfg.parallel == "threads":
+        with _Report():
+            dask.compute(*delayed, scheduler="threads", num_workers=workers)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        torch_threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker_process,
+            initargs=(torch_threads,),
+        ) as pool, _Report():
+            dask.compute(*delayed, scheduler="processes", pool=pool, num_workers=workers)
+
+
+def _run_distributed(tasks: list[CaseTask], address: str, on_result: Callable[[CaseResult], None]) -> None:
+    import uuid
+
+    from distributed import Client, as_completed
+
+    try:
+        client = Client(address, timeout="20s", set_as_default=False)
+    except Exception as e:  # OSError / TimeoutError / ValueError for a bad address
+        raise MaskgenError(f"cannot connect to the dask scheduler at {address}: {type(e).__name__}: {e}; start one "
+                           "with `dask scheduler` (plus `dask worker ADDRESS`) or drop --scheduler") from None
+    try:
+        run = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(process_case, t, key=f"maskgen-extract-{run}-{t.case.case_id}", pure=False):
+                t.case.case_id
+            for t in tasks
+        }
+        for fut in as_completed(list(futures)):
+            try:
+                result = fut.result()
+            except Exception as e:  # the worker died (KilledWorker) or could not run the task
+                result = CaseResult(futures[fut], error=f"dask worker failed: {type(e).__name__}: {e}")
+            on_result(result)
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------------------- progress
+def _progress(enabled: bool) -> Any:
+    """A rich progress bar on stderr: cases done / total, cases per minute, elapsed time and ETA."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class CasesPerMinute(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            elapsed = task.elapsed or 0.0
+            if not task.completed or elapsed <= 0:
+                return Text("-- cases/min", style="progress.data.speed")
+            return Text(f"{task.completed / elapsed * 60:.1f} cases/min", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("cases"),
+        CasesPerMinute(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+# ------------------------------------------------------------------------------------------- entry point
+def default_out(pipeline_name: str) -> Path:
+    return Path("cache") / f"{pipeline_name}.zarr"
+
+
+def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: bool = True) -> ExtractSummary:
+    """Fill (or complete) the feature store described by `config`; see the module docstring.
+
+    Raises MaskgenError before touching the store for configuration problems (unknown dataset, missing anatomix
+    weights, a store made with other settings), and ExtractFailed at the end if any case failed (unless
+    `raise_on_failure` is False, in which case the summary lists them).
+    """
+    from maskgen.config import to_dict
+    from maskgen.data.layouts import discover_cases
+    from maskgen.data.pipeline import load_pipeline
+    from maskgen.store import writer
+
+    t_start = time.perf_counter()
+    pipeline = load_pipeline(config.dataset)
+    out = Path(config.out) if config.out else default_out(pipeline.name)
+    cases = discover_cases(pipeline, config.data_root)
+    for case in cases:
+        writer.check_case_id(case.case_id)
+    existing = writer.read_root_attrs(out)
+    if out.exists() and existing is None and not (out.is_dir() and not any(out.iterdir())):
+        raise MaskgenError(f"{out} exists and is not a maskgen feature store; choose another --out or remove it")
+
+    # The extractor (and its fingerprint) comes first: a missing weights file stops here, before the store.
+    spec = ExtractorSpec(config.extractor, config.weights, config.layer, config.device)
+    with _EXTRACTORS_LOCK:
+        extractor = _build(spec, allow_download=config.allow_download)
+    fingerprint = extractor.fingerprint()
+    layout = config.layout
+    attrs = writer.root_attributes(pipeline, fingerprint, layout, extract_config=to_dict(config))
+    try:
+        with _EXTRACTORS_LOCK:
+            _EXTRACTORS[spec] = extractor  # in-process workers (threads, distributed processes=False) reuse it
+        writer.prepare_store(out, attrs, overwrite=config.overwrite)
+
+        todo, skipped = [], 0
+        for case in cases:
+            state = writer.case_state(out, case.case_id)
+            if state == "complete" and not config.overwrite:
+                skipped += 1
+                continue
+            if state != "absent":
+                writer.delete_case(out, case.case_id)  # partial group of an interrupted run
+            todo.append(CaseTask(str(out), case, pipeline, spec, fingerprint, layout))
+
+        results: list[CaseResult] = []
+        with _progress(progress and bool(todo)) as bar:
+            task_id = bar.add_task(f"extract {pipeline.name} ({fingerprint.get('name')})", total=len(todo))
+
+            def on_result(res: CaseResult) -> None:
+                results.append(res)
+                if not res.ok:
+                    bar.console.print(f"[bold red]failed[/] {res.case_id}: {res.error}", highlight=False)
+                bar.advance(task_id)
+
+            if todo:
+                if config.scheduler:
+                    _run_distributed(todo, config.scheduler, on_result)
+                else:
+                    _run_local(todo, config, on_result)
+        writer.consolidate(out)
+    finally:
+        with _EXTRACTORS_LOCK:
+            _EXTRACTORS.pop(spec, None)
+
+    done = [r for r in results if r.ok]
+    failed = tuple(sorted((r.case_id, r.error or "") for r in results if not r.ok))
+    summary = ExtractSummary(
+        store=out,
+        extractor=str(fingerprint.get("name")),
+        cases_total=len(cases),
+        cases_written=len(done),
+        cases_skipped=skipped,
+        failed=failed,
+        seconds=time.perf_counter() - t_start,
+        bytes_written=sum(r.bytes_written for r in done),
+        voxels_written=sum(r.voxels for r in done),
+    )
+    if failed and raise_on_failure:
+        listing = "\n".join(f"  - {cid}: {why}" for cid, why in failed)
+        raise ExtractFailed(
+            f"{len(failed)} of {len(cases)} case(s) failed; the other cases are complete in {out}:\n{listing}\n"
+            "Fix the cause and re-run the same command: complete cases are skipped.",
+            summary,
+        )
+    return summary

@@ -1,0 +1,146 @@
+"""Frozen configuration of `maskgen pretrain`: the synthetic data ranges and the training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _check_range(name: str, lo: float, hi: float, minimum: float | None = None, maximum: float | None = None) -> None:
+    if lo > hi:
+        raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
+    if minimum is not None and lo < minimum:
+        raise ValueError(f"{name}: {lo} is below the allowed minimum {minimum}")
+    if maximum is not None and hi > maximum:
+        raise ValueError(f"{name}: {hi} is above the allowed maximum {maximum}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Ranges that the random label ensembles and their renderings are drawn from (uniform unless noted).
+
+    Label ensembles: a smooth random partition (argmax of `num_regions` upsampled noise fields) with
+    `num_shapes` deformed blobs, shells and thin tubes/sheets painted over it.
+    Rendering (independently per view): per-label mean and within-label noise, smooth per-label texture,
+    blur, resolution loss, bias field, additive noise, gamma and contrast inversion.
+    """
+
+    num_regions: tuple[int, int] = (3, 12)
+    num_shapes: tuple[int, int] = (4, 20)
+    shape_radius: tuple[float, float] = (0.08, 0.45)   # fraction of the half-width of the crop
+    shape_roughness: tuple[float, float] = (0.0, 0.6)
+    tube_fraction: float = 0.3                         # probability that a shape is a thin tube or sheet
+    shell_fraction: float = 0.2                        # probability that a shape is a hollow shell
+    # spatial
+    rotation_deg: float = 180.0
+    scale: tuple[float, float] = (0.75, 1.33)
+    elastic_strength: tuple[float, float] = (0.0, 0.08)  # max displacement in normalised [-1, 1] units
+    # appearance
+    within_label_std: tuple[float, float] = (0.0, 0.08)
+    texture_amplitude: tuple[float, float] = (0.0, 0.25)
+    blur_sigma: tuple[float, float] = (0.0, 1.2)       # voxels, drawn per axis
+    p_resolution_loss: float = 0.3
+    resolution_factor: tuple[float, float] = (1.0, 3.0)
+    bias_strength: tuple[float, float] = (0.0, 0.6)
+    noise_std: tuple[float, float] = (0.0, 0.06)
+    log_gamma: tuple[float, float] = (-0.6, 0.6)
+    p_invert: float = 0.3
+    p_zero_background: float = 0.25
+    p_real_labels: float = 0.5                         # used only when a label folder is given
+
+    def __post_init__(self) -> None:
+        _check_range("num_regions", *self.num_regions, minimum=1)
+        _check_range("num_shapes", *self.num_shapes, minimum=0)
+        _check_range("shape_radius", *self.shape_radius, minimum=0.01)
+        _check_range("shape_roughness", *self.shape_roughness, minimum=0.0)
+        _check_range("scale", *self.scale, minimum=0.1)
+        _check_range("elastic_strength", *self.elastic_strength, minimum=0.0)
+        _check_range("within_label_std", *self.within_label_std, minimum=0.0)
+        _check_range("texture_amplitude", *self.texture_amplitude, minimum=0.0)
+        _check_range("blur_sigma", *self.blur_sigma, minimum=0.0)
+        _check_range("resolution_factor", *self.resolution_factor, minimum=1.0)
+        _check_range("bias_strength", *self.bias_strength, minimum=0.0)
+        _check_range("noise_std", *self.noise_std, minimum=0.0)
+        _check_range("log_gamma", *self.log_gamma)
+        for name in ("tube_fraction", "shell_fraction", "p_resolution_loss", "p_invert", "p_zero_background", "p_real_labels"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        if self.tube_fraction + self.shell_fraction > 1.0:
+            raise ValueError(
+                f"tube_fraction + shell_fraction must be <= 1, got {self.tube_fraction} + {self.shell_fraction}"
+            )
+        if self.rotation_deg < 0:
+            raise ValueError(f"rotation_deg must be >= 0, got {self.rotation_deg}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One `maskgen pretrain` run. Everything that changes the result is here (and must match on resume)."""
+
+    out: Path
+    steps: int = 2000
+    crop_size: int = 32
+    batch_size: int = 2
+    ngf: int = 8
+    num_downs: int = 3
+    out_channels: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 1e-5
+    temperature: float = 0.1
+    voxels_per_volume: int = 256
+    seed: int = 0
+    label_dir: Path | None = None
+    checkpoint_every: int = 50
+    log_every: int = 10
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "crop_size", "batch_size", "ngf", "num_downs", "out_channels", "voxels_per_volume",
+                    "checkpoint_every", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        multiple = 2 ** self.num_downs
+        if self.crop_size % multiple:
+            raise ValueError(
+                f"crop_size {self.crop_size} must be a multiple of 2**num_downs = {multiple} "
+                f"(e.g. {max(multiple, self.crop_size // multiple * multiple)})"
+            )
+        if self.crop_size // multiple < 2:
+            raise ValueError(
+                f"crop_size {self.crop_size} is too small for num_downs {self.num_downs}: "
+                f"the bottleneck would be {self.crop_size // multiple} voxels wide (need >= 2)"
+            )
+        if self.out_channels < 2:
+            raise ValueError(f"out_channels must be >= 2 for a contrastive embedding, got {self.out_channels}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.voxels_per_volume < 2:
+            raise ValueError(f"voxels_per_volume must be >= 2, got {self.voxels_per_volume}")
+        if self.voxels_per_volume > self.crop_size ** 3:
+            raise ValueError(
+                f"voxels_per_volume {self.voxels_per_volume} exceeds the {self.crop_size ** 3} voxels of a crop"
+            )
+
+    @property
+    def arch(self) -> dict[str, int | str]:
+        """Keyword arguments of `AnatomixUNet` for this run (recorded in every checkpoint)."""
+        return {"input_nc": 1, "output_nc": self.out_channels, "ngf": self.ngf, "num_downs": self.num_downs,
+                "norm": "batch"}
+
+    @property
+    def state_dir(self) -> Path:
+        """Folder beside the output with the resumable training state, metrics and plots."""
+        return Path(str(self.out) + ".state")

@@ -1,0 +1,85 @@
+"""Voxel-wise supervised contrastive loss (InfoNCE with label positives) between two renderings.
+
+Features are first standardised per volume and channel (instance norm, as downstream training does), then for
+each volume a bounded set of voxels is drawn, balanced across labels (each label present is equally
+likely, then a uniform voxel within it), and the same voxels are read from both views' features. With
+L2-normalised embeddings z and temperature t, every sampled voxel of either view is an anchor; its positives
+are all other sampled voxels (both views) with the same label, its negatives those with other labels of the
+same volume:
+
+    loss_i = -mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
+
+(the SupCon objective of Khosla et al., 2020, applied per volume). The loss is averaged over anchors and volumes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_voxels(labels: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
+    """`num` distinct flat voxel indices of a (Z, Y, X) label map, label-balanced (without replacement)."""
+    flat = labels.reshape(-1)
+    if num > flat.numel():
+        raise ValueError(f"cannot sample {num} voxels from a volume of {flat.numel()}")
+    counts = torch.bincount(flat)
+    present = (counts > 0).sum()
+    weights = 1.0 / (counts[flat].to(torch.float64) * present)
+    return torch.multinomial(weights, num, replacement=False, generator=generator)
+
+
+def supcon_loss(z: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss of (N, C) L2-normalised embeddings with integer class `keys` (N,)."""
+    n = z.shape[0]
+    logits = z @ z.t() / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (keys[:, None] == keys[None, :]) & ~self_mask
+    n_pos = positives.sum(1)
+    valid = n_pos > 0
+    pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(1)
+    return -(pos_log_prob[valid] / n_pos[valid]).mean()
+
+
+class VoxelContrastiveLoss(torch.nn.Module):
+    """Contrast features of two aligned renderings, (B, C, Z, Y, X) each, with labels (B, Z, Y, X)."""
+
+    def __init__(self, temperature: float = 0.1, voxels_per_volume: int = 256) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if voxels_per_volume < 2:
+            raise ValueError(f"voxels_per_volume must be >= 2, got {voxels_per_volume}")
+        self.temperature = float(temperature)
+        self.voxels_per_volume = int(voxels_per_volume)
+
+    def forward(
+        self, f1: torch.Tensor, f2: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if f1.shape != f2.shape or f1.ndim != 5:
+            raise ValueError(f"features must be two (B, C, Z, Y, X) tensors of one shape, got {tuple(f1.shape)} "
+                             f"and {tuple(f2.shape)}")
+        if labels.shape != (f1.shape[0], *f1.shape[2:]):
+            raise ValueError(f"labels {tuple(labels.shape)} do not match features {tuple(f1.shape)}")
+        # Per-volume channel standardisation, as the features are used downstream; it also removes the shared
+        # offset that otherwise dominates the cosine of raw UNet outputs and lets the embedding collapse.
+        f1 = F.instance_norm(f1)
+        f2 = F.instance_norm(f2)
+        losses, pos_cos, neg_cos = [], [], []
+        for b in range(f1.shape[0]):
+            idx = sample_voxels(labels[b], self.voxels_per_volume, generator).to(f1.device)
+            z1 = F.normalize(f1[b].flatten(1)[:, idx].t(), dim=1)        # (M, C)
+            z2 = F.normalize(f2[b].flatten(1)[:, idx].t(), dim=1)
+            keys = labels[b].reshape(-1)[idx.to(labels.device)].to(f1.device)
+            losses.append(supcon_loss(torch.cat([z1, z2]), torch.cat([keys, keys]), self.temperature))
+            with torch.no_grad():
+                pos_cos.append((z1 * z2).sum(1).mean())
+                different = keys[:, None] != keys[None, :]
+                if different.any():
+                    neg_cos.append((z1 @ z2.t())[different].mean())
+        loss = torch.stack(losses).mean()
+        stats = {"pos_cos": float(torch.stack(pos_cos).mean()),
+                 "neg_cos": float(torch.stack(neg_cos).mean()) if neg_cos else float("nan")}
+        return loss, stats

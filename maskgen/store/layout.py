@@ -1,0 +1,155 @@
+"""How a feature store lays out its arrays on disk: names, dtype, chunk shape, codec, int8 quantisation.
+
+The default layout was chosen by measurement (`benchmarks/store_layout.py`, results in
+`benchmarks/results.jsonl`): random training crops from zarr-python are limited by per-chunk overhead and
+decoding, not by the disk, so features are stored as float16, uncompressed, in chunks holding all channels of
+a 32^3 block; image and label use the same spatial chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CASES_GROUP = "cases"
+IMAGE = "image"
+FEATURES = "features"
+LABEL = "label"
+COMPLETE_ATTR = "complete"
+SIDECAR_DIR = ".maskgen"  # maskgen's own files inside the store folder (foreground caches); not zarr nodes
+
+FEATURE_DTYPES = ("float16", "int8")
+CODECS = ("none", "blosc-lz4", "blosc-zstd", "zstd")
+INT8_MAX = 127
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Dtype, chunking and codec of the arrays of every case.
+
+    dtype: feature dtype, "float16" or "int8" (per-channel symmetric scale saved in the case attributes).
+    chunks_zyx: largest spatial chunk shape, shared by image, features and label.
+    balance: shrink each chunk edge to ceil(n / ceil(n / chunk)) so the chunks tile the volume with less than one
+        voxel of padding per chunk (uncompressed edge chunks are stored full size: unbalanced 64^3 chunks cost up to
+        +46% disk on real volumes); otherwise chunks are only clipped to small volumes.
+    channel_chunk: feature channels per chunk; 0 keeps all channels in one chunk (one read per block).
+    codec: "none", "blosc-lz4", "blosc-zstd" (byte shuffle) or "zstd".
+    clevel: compression level for the codecs that take one.
+    shards_zyx: outer shard shape (a multiple of chunks_zyx) to store many chunks per file, or None.
+    """
+
+    dtype: str = "float16"
+    chunks_zyx: tuple[int, int, int] = (32, 32, 32)
+    balance: bool = True
+    channel_chunk: int = 0
+    codec: str = "none"
+    clevel: int = 5
+    shards_zyx: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FEATURE_DTYPES:
+            raise ValueError(f"StoreLayout.dtype must be one of {FEATURE_DTYPES}, got {self.dtype!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"StoreLayout.codec must be one of {CODECS}, got {self.codec!r}")
+        if len(self.chunks_zyx) != 3 or any(int(c) < 1 for c in self.chunks_zyx):
+            raise ValueError(f"StoreLayout.chunks_zyx must be three positive ints, got {self.chunks_zyx!r}")
+        if self.channel_chunk < 0:
+            raise ValueError(f"StoreLayout.channel_chunk must be >= 0, got {self.channel_chunk!r}")
+        if not 0 <= self.clevel <= 22:
+            raise ValueError(f"StoreLayout.clevel must be in [0, 22], got {self.clevel!r}")
+        object.__setattr__(self, "chunks_zyx", tuple(int(c) for c in self.chunks_zyx))
+        if self.shards_zyx is not None:
+            shards = tuple(int(s) for s in self.shards_zyx)
+            if len(shards) != 3 or any(s < c or s % c for s, c in zip(shards, self.chunks_zyx)):
+                raise ValueError(
+                    f"StoreLayout.shards_zyx must be multiples of chunks_zyx {self.chunks_zyx}, got {self.shards_zyx!r}"
+                )
+            object.__setattr__(self, "shards_zyx", shards)
+
+    # -- chunk geometry ---------------------------------------------------------------------------------
+    def spatial_chunks(self, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Chunk shape for a volume: balanced (see `balance`) or clipped to the volume; fixed when sharded."""
+        if self.shards_zyx is not None:
+            return self.chunks_zyx
+        if self.balance:
+            return tuple(  # type: ignore[return-value]
+                math.ceil(int(s) / math.ceil(int(s) / c)) for c, s in zip(self.chunks_zyx, shape_zyx)
+            )
+        return tuple(min(c, int(s)) for c, s in zip(self.chunks_zyx, shape_zyx))  # type: ignore[return-value]
+
+    def spatial_shards(self, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int] | None:
+        """Shard shape for a volume (rounded down to what the volume needs), or None without sharding."""
+        if self.shards_zyx is None:
+            return None
+        return tuple(  # type: ignore[return-value]
+            min(sh, math.ceil(int(s) / c) * c) for sh, c, s in zip(self.shards_zyx, self.chunks_zyx, shape_zyx)
+        )
+
+    def feature_chunk_channels(self, channels: int) -> int:
+        return channels if self.channel_chunk == 0 else min(self.channel_chunk, channels)
+
+    # -- codecs -----------------------------------------------------------------------------------------
+    def compressors(self, itemsize: int) -> Any:
+        """The `compressors=` argument for `zarr.create_array` (None stores raw bytes)."""
+        import zarr.codecs as zc
+
+        if self.codec == "none":
+            return None
+        if self.codec == "zstd":
+            return [zc.ZstdCodec(level=self.clevel)]
+        cname = self.codec.split("-", 1)[1]
+        shuffle = "shuffle" if itemsize > 1 else "noshuffle"
+        return [zc.BloscCodec(cname=cname, clevel=self.clevel, shuffle=shuffle, typesize=itemsize)]
+
+    def to_attrs(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["chunks_zyx"] = list(self.chunks_zyx)
+        d["shards_zyx"] = None if self.shards_zyx is None else list(self.shards_zyx)
+        return d
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> "StoreLayout":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in attrs.items() if k in known}
+        if kw.get("chunks_zyx") is not None:
+            kw["chunks_zyx"] = tuple(kw["chunks_zyx"])
+        if kw.get("shards_zyx") is not None:
+            kw["shards_zyx"] = tuple(kw["shards_zyx"])
+        return cls(**kw)
+
+
+DEFAULT_LAYOUT = StoreLayout()
+
+
+# -- int8 quantisation ----------------------------------------------------------------------------------
+def int8_scale(features: np.ndarray) -> np.ndarray:
+    """Per-channel symmetric scale (float32, shape (C,)) so that round(x / scale) fits in [-127, 127]."""
+    c = features.shape[0]
+    amax = np.abs(features.reshape(c, -1)).max(axis=1).astype(np.float64)
+    scale = amax / INT8_MAX
+    scale[~(scale > 0)] = 1.0  # all-zero channel
+    return scale.astype(np.float32)
+
+
+def quantize_int8(features: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(C, ...) float -> int8 with the per-channel `scale` from `int8_scale`."""
+    shape = (-1,) + (1,) * (features.ndim - 1)
+    q = np.rint(features / np.asarray(scale, dtype=np.float32).reshape(shape))
+    return np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8)
+
+
+def dequantize(stored: np.ndarray, scale: np.ndarray | None, dtype: Any = np.float32) -> np.ndarray:
+    """Stored features (float16 or int8 with `scale`) -> `dtype` (float32 by default)."""
+    if stored.dtype == np.int8:
+        if scale is None:
+            raise ValueError("int8 features need their per-channel scale")
+        shape = (-1,) + (1,) * (stored.ndim - 1)
+        out = stored.astype(dtype)
+        out *= np.asarray(scale, dtype=dtype).reshape(shape)
+        return out
+    return stored.astype(dtype, copy=False)

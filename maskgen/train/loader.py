@@ -1,0 +1,130 @@
+"""Training batches streamed from the feature store: crop sampling, CPU augmentation, DataLoader workers.
+
+Batch `step` is a pure function of (run seed, step): worker w of W builds steps start+w, start+w+W, ... and the
+DataLoader hands them out round-robin, so batches arrive in step order and are identical for any number of workers,
+on a fresh run or after `--resume`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from maskgen.errors import MaskgenError
+from maskgen.train.augment import Augmenter
+from maskgen.train.sampling import CropSampler, sample_rng
+from maskgen.train.spatial_device import pack_spatial
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What a worker needs to build batches (picklable)."""
+
+    case_ids: tuple[str, ...]
+    crop_zyx: tuple[int, int, int]
+    batch_size: int
+    seed: int
+    fg_fraction: float
+    aug_prob: float
+    allow_flips: bool
+    spatial_on_cpu: bool       # False: spatial augmentation runs batched on the training device
+    read_features: bool        # False for --inputs image and --online-features (features are not used)
+    volume_stats: bool         # attach per-case feature mean/std (--feature-norm volume)
+
+
+class TrainBatches(IterableDataset):
+    """Yields collated batches for steps [start_step, end_step): dict with `step`, `case_ids`, `image` (B,1,Z,Y,X)
+    float32 in [0, 1], `label` (B,1,Z,Y,X) uint8, and as needed `features` (B,C,Z,Y,X) (float16 when the spatial
+    augmentation runs on the device: cast there), `mean`/`std` (B,C) and `spatial` (per-sample device transforms)."""
+
+    def __init__(self, store: Any, spec: LoaderSpec, start_step: int, end_step: int):
+        super().__init__()
+        self.store = store
+        self.spec = spec
+        self.start_step = int(start_step)
+        self.end_step = int(end_step)
+        self.sampler = CropSampler(store, spec.case_ids, spec.crop_zyx, spec.fg_fraction)
+        self.augmenter = Augmenter(prob=spec.aug_prob, allow_flips=spec.allow_flips)
+        self._infos = {c.case_id: c for c in store.cases() if c.case_id in set(spec.case_ids)}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for step in range(self.start_step + worker, self.end_step, workers):
+            yield self.batch(step)
+
+    def batch(self, step: int) -> dict[str, Any]:
+        samples = [self.sample(step, slot) for slot in range(self.spec.batch_size)]
+        out: dict[str, Any] = {
+            "step": step,
+            "case_ids": [s["case_id"] for s in samples],
+            "image": torch.stack([s["image"] for s in samples]),
+            "label": torch.stack([s["label"] for s in samples]),
+        }
+        if self.spec.read_features:
+            out["features"] = torch.stack([s["features"] for s in samples])
+        if self.spec.volume_stats:
+            out["mean"] = torch.tensor(np.stack([self._infos[c].feature_mean for c in out["case_ids"]]), dtype=torch.float32)
+            out["std"] = torch.tensor(np.stack([self._infos[c].feature_std for c in out["case_ids"]]), dtype=torch.float32)
+        if not self.spec.spatial_on_cpu:
+            out["spatial"] = pack_spatial([s["params"].spatial for s in samples], self.spec.crop_zyx)
+        return out
+
+    def sample(self, step: int, slot: int) -> dict[str, Any]:
+        rng = sample_rng(self.spec.seed, step, slot)
+        choice = self.sampler.sample(rng)
+        device_path = not self.spec.spatial_on_cpu
+        feat_dtype = np.float16 if device_path else np.float32
+        crop = self.store.read_crop(choice.case_id, choice.start_zyx, self.spec.crop_zyx, dtype=feat_dtype)
+        data: dict[str, Any] = {
+            "image": torch.from_numpy(np.ascontiguousarray(crop["image"], dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(crop["label"])[None]),
+        }
+        if self.spec.read_features:
+            data["features"] = torch.from_numpy(np.ascontiguousarray(crop["features"]))
+        params = self.augmenter.sample(rng)
+        data = self.augmenter.apply(data, params, spatial=self.spec.spatial_on_cpu)
+        data["case_id"] = choice.case_id
+        data["params"] = params
+        return data
+
+
+def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    torch.set_num_threads(1)
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset.store, "refresh"):
+        info.dataset.store.refresh()  # zarr handles inherited through fork are reopened in the worker
+
+
+def make_loader(
+    store: Any, spec: LoaderSpec, start_step: int, end_step: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """A DataLoader over `TrainBatches` (batches are built by the dataset: batch_size=None)."""
+    dataset = TrainBatches(store, spec, start_step, end_step)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=False,
+        # a private generator: creating the iterator must not draw from the global torch RNG, whose state is
+        # checkpointed (view masking draws from it) and must match between a resumed and an uninterrupted run
+        generator=torch.Generator().manual_seed(spec.seed),
+    )
+
+
+def choose_train_cases(case_ids: Sequence[str], n_train: int | None, seed: int) -> tuple[str, ...]:
+    """All train cases, or `n_train` of them chosen with the run seed (paper 4.1 few-shot), sorted."""
+    ids = sorted(case_ids)
+    if n_train is None:
+        return tuple(ids)
+    if n_train > len(ids):
+        raise MaskgenError(f"--n-train {n_train} exceeds the {len(ids)} train cases of the store; use at most {len(ids)}.")
+    rng = np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(2**31 - 1,)))
+    return tuple(sorted(ids[i] for i in rng.choice(len(ids), size=n_train, replace=False)))

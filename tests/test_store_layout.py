@@ -1,0 +1,72 @@
+"""StoreLayout validation, chunk geometry and int8 quantisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskgen.store.layout import StoreLayout, dequantize, int8_scale, quantize_int8
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"dtype": "float32"}, "float32"),
+        ({"codec": "gzip"}, "gzip"),
+        ({"chunks_zyx": (32, 0, 32)}, "(32, 0, 32)"),
+        ({"chunks_zyx": (32, 32, 32), "shards_zyx": (64, 48, 64)}, "(64, 48, 64)"),
+        ({"channel_chunk": -1}, "-1"),
+    ],
+)
+def test_bad_layout_names_the_value(kwargs, needle):
+    with pytest.raises(ValueError, match=r".*") as info:
+        StoreLayout(**kwargs)
+    assert needle in str(info.value)
+
+
+def test_balanced_chunks_tile_with_little_padding():
+    lay = StoreLayout(chunks_zyx=(64, 64, 64))
+    shape = (180, 207, 171)
+    chunks = lay.spatial_chunks(shape)
+    assert chunks == (60, 52, 57)
+    for c, s in zip(chunks, shape):
+        n = -(-s // c)
+        assert c <= 64 and n * c - s < n  # less than one voxel of padding per chunk along each axis
+    assert StoreLayout(chunks_zyx=(64, 64, 64), balance=False).spatial_chunks(shape) == (64, 64, 64)
+    assert StoreLayout(chunks_zyx=(64, 64, 64), balance=False).spatial_chunks((20, 100, 30)) == (20, 64, 30)
+    assert StoreLayout().spatial_chunks((24, 24, 24)) == (24, 24, 24)
+
+
+def test_shards_follow_chunks_and_round_to_the_volume():
+    lay = StoreLayout(chunks_zyx=(32, 32, 32), shards_zyx=(128, 128, 128))
+    assert lay.spatial_chunks((100, 100, 100)) == (32, 32, 32)
+    assert lay.spatial_shards((100, 300, 40)) == (128, 128, 64)
+    assert StoreLayout().spatial_shards((100, 100, 100)) is None
+
+
+def test_attrs_round_trip():
+    lay = StoreLayout(dtype="int8", chunks_zyx=(16, 32, 32), codec="blosc-zstd", shards_zyx=(32, 64, 64))
+    assert StoreLayout.from_attrs(lay.to_attrs()) == lay
+
+
+def test_compressors():
+    assert StoreLayout().compressors(2) is None
+    (codec,) = StoreLayout(codec="blosc-lz4").compressors(2)
+    assert codec.cname.value == "lz4" and codec.shuffle.value == "shuffle" and codec.typesize == 2
+    (codec,) = StoreLayout(codec="blosc-zstd").compressors(1)
+    assert codec.shuffle.value == "noshuffle"
+
+
+def test_int8_round_trip_error_is_half_a_step():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6, 7, 8)).astype(np.float32) * np.array([1, 10, 0.01, 0], np.float32)[:, None, None, None]
+    scale = int8_scale(x)
+    assert scale.shape == (4,) and scale[3] == 1.0  # an all-zero channel keeps a usable scale
+    q = quantize_int8(x, scale)
+    assert q.dtype == np.int8 and np.abs(q).max() <= 127
+    back = dequantize(q, scale)
+    assert back.dtype == np.float32
+    err = np.abs(back - x).reshape(4, -1).max(axis=1)
+    assert np.all(err <= scale / 2 + 1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        dequantize(q, None)

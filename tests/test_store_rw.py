@@ -1,0 +1,277 @@
+"""Writer and reader of the feature store, on small in-memory volumes (no extractor)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from maskgen.data.pipeline import Pipeline
+from maskgen.errors import MaskgenError
+from maskgen.store import writer
+from maskgen.store.layout import StoreLayout
+from maskgen.store.reader import FeatureStore
+
+PIPE = Pipeline(name="toy", layout="nnunet", spacing=(1.0, 1.0, 2.0), crop_size=(16, 16, 8), normalization="minmax",
+                classes=("a", "b"))
+FP = {"name": "toy", "layer": "final", "weights_sha256": None, "out_channels": 3, "arch": {}}
+
+
+def _case(seed: int, shape=(10, 13, 17), channels=3):
+    rng = np.random.default_rng(seed)
+    image = rng.random((1, *shape)).astype(np.float32)
+    feats = (rng.normal(size=(channels, *shape)) * np.array([1, 5, 0.1])[:, None, None, None]).astype(np.float32)
+    label = rng.integers(0, 3, size=shape).astype(np.uint8)
+    return image, feats, label
+
+
+def _make(path, layout=StoreLayout(), cases=("c0", "c1", "c2"), consolidate=True, shape=(10, 13, 17)):
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, layout))
+    data = {}
+    for i, cid in enumerate(cases):
+        image, feats, label = _case(i, shape)
+        writer.write_case(path, cid, image=image, features=feats, label=label, layout=layout,
+                          attrs={"domain": "d0" if i % 2 == 0 else "d1", "split": "train" if i < 2 else "test",
+                                 "spacing_zyx": [2.0, 1.0, 1.0]})
+        data[cid] = (image, feats, label)
+    if consolidate:
+        writer.consolidate(path)
+    return data
+
+
+@pytest.fixture(scope="module")
+def store16(tmp_path_factory):
+    path = tmp_path_factory.mktemp("s") / "f16.zarr"
+    return path, _make(path, StoreLayout(chunks_zyx=(4, 8, 8)))
+
+
+def test_cases_metadata_and_root(store16):
+    path, data = store16
+    s = FeatureStore(path)
+    assert [c.case_id for c in s.cases()] == ["c0", "c1", "c2"]
+    assert s.used_consolidated
+    assert [c.case_id for c in s.cases(split="train")] == ["c0", "c1"]
+    assert [c.case_id for c in s.cases(domain="d1")] == ["c1"]
+    assert [c.case_id for c in s.cases(split="test", domain="d0")] == ["c2"]
+    info = s.case("c1")
+    assert info.shape_zyx == (10, 13, 17) and info.spacing_zyx == (2.0, 1.0, 1.0)
+    feats = data["c1"][1]
+    np.testing.assert_allclose(info.feature_mean, feats.reshape(3, -1).mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(info.feature_std, feats.reshape(3, -1).std(1), rtol=1e-5)
+    assert s.num_features == 3 and s.num_classes == 3
+    assert s.pipeline == PIPE
+    assert s.spacing_zyx == (2.0, 1.0, 1.0) and s.attrs["normalization"] == "minmax"
+    assert s.attrs["layout"]["chunks_zyx"] == [4, 8, 8]
+    with pytest.raises(MaskgenError, match="nope"):
+        s.case("nope")
+
+
+def test_read_case_matches_written(store16):
+    path, data = store16
+    s = FeatureStore(path)
+    image, feats, label = data["c2"]
+    got = s.read_case("c2")
+    assert got["features"].dtype == np.float32 and got["image"].dtype == np.float32 and got["label"].dtype == np.uint8
+    np.testing.assert_array_equal(got["features"], feats.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(got["image"], image.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(got["label"], label)
+
+
+@pytest.mark.parametrize(
+    "start, size",
+    [((0, 0, 0), (10, 13, 17)), ((2, 3, 5), (4, 8, 8)), ((-3, 5, 10), (8, 8, 12)), ((7, -4, -2), (6, 20, 21)),
+     ((20, 0, 0), (4, 4, 4)), ((-5, -5, -5), (3, 3, 3))],
+)
+def test_read_crop_zero_pads_outside(store16, start, size):
+    path, data = store16
+    s = FeatureStore(path)
+    image, feats, label = data["c0"]
+    pad = 25
+    ref_f = np.pad(feats.astype(np.float16).astype(np.float32), ((0, 0),) + ((pad, pad),) * 3)
+    ref_l = np.pad(label, ((pad, pad),) * 3)
+    sl = tuple(slice(a + pad, a + pad + b) for a, b in zip(start, size))
+    got = s.read_crop("c0", start, size)
+    assert got["features"].shape == (3, *size) and got["image"].shape == (1, *size) and got["label"].shape == size
+    np.testing.assert_array_equal(got["features"], ref_f[(slice(None),) + sl])
+    np.testing.assert_array_equal(got["label"], ref_l[sl])
+    half = s.read_crop("c0", start, size, dtype=np.float16)
+    assert half["features"].dtype == np.float16
+    np.testing.assert_array_equal(half["features"].astype(np.float32), got["features"])
+
+
+def test_read_crop_touches_only_needed_chunks(store16, monkeypatch):
+    """A crop inside one chunk decodes one chunk per array."""
+    path, _ = store16
+    s = FeatureStore(path)
+    arr = s.array("c0", "features")
+    calls = []
+    original = type(arr).__getitem__
+
+    def counting(self, sel):
+        calls.append(sel)
+        return original(self, sel)
+
+    monkeypatch.setattr(type(arr), "__getitem__", counting)
+    s.read_crop("c0", (4, 8, 8), (4, 8, 8))  # exactly chunk (1, 1, 1)
+    feat_sel = calls[1]
+    assert feat_sel[1:] == (slice(4, 8), slice(8, 16), slice(8, 16))
+
+
+def test_int8_store_dequantises(tmp_path):
+    path = tmp_path / "i8.zarr"
+    data = _make(path, StoreLayout(dtype="int8"), cases=("c0",))
+    s = FeatureStore(path)
+    info = s.case("c0")
+    assert info.feature_scale is not None and len(info.feature_scale) == 3
+    assert str(s.array("c0", "features").dtype) == "int8"
+    feats = data["c0"][1]
+    got = s.read_case("c0")["features"]
+    assert np.all(np.abs(got - feats).reshape(3, -1).max(1) <= np.asarray(info.feature_scale) / 2 + 1e-6)
+    crop = s.read_crop("c0", (-2, 0, 0), (6, 6, 6))["features"]
+    np.testing.assert_array_equal(crop[:, 2:], got[:, :4, :6, :6])
+    assert not crop[:, :2].any()
+
+
+def test_incomplete_cases_are_ignored_and_stale_consolidation_falls_back(tmp_path):
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0", "c1"))
+    # an interrupted write: arrays present, never marked complete
+    meta = path / "cases" / "c1" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["complete"] = False
+    meta.write_text(json.dumps(doc))
+    assert writer.case_state(path, "c1") == "incomplete"
+    s = FeatureStore(path)
+    assert not s.used_consolidated  # consolidated copy still says complete, but it no longer matches? (same folders)
+    # the folder set matches, so staleness of attributes is detected only by the write protocol: prepare_store
+    # drops the consolidated copy before any write. Emulate that and check the listing path.
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout()))
+    s = FeatureStore(path)
+    assert not s.used_consolidated
+    assert [c.case_id for c in s.cases()] == ["c0"]
+    assert "c1" in s.case_folders()
+    # a case folder without any metadata yet (killed right after mkdir) is ignored too
+    (path / "cases" / "c9").mkdir()
+    assert [c.case_id for c in FeatureStore(path).cases()] == ["c0"]
+
+
+def test_consolidated_metadata_stale_when_folders_change(tmp_path):
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0", "c1"))
+    assert FeatureStore(path).used_consolidated
+    shutil.rmtree(path / "cases" / "c1")  # removed behind maskgen's back
+    s = FeatureStore(path)
+    assert [c.case_id for c in s.cases()] == ["c0"] and not s.used_consolidated
+    s.read_case("c0")
+
+
+def test_non_finite_features_write_nothing(tmp_path):
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0",))
+    image, feats, label = _case(5)
+    feats[1, 2, 3, 4] = np.nan
+    with pytest.raises(MaskgenError, match=r"case bad: 1 non-finite .* channel\(s\) \[1\]"):
+        writer.write_case(path, "bad", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+    assert writer.case_state(path, "bad") == "absent"
+
+
+def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0",))
+    original = writer._write_slabs
+    calls = {"n": 0}
+
+    def full_disk(arr, data, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the features array, after the image was written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(arr, data, *args)
+
+    monkeypatch.setattr(writer, "_write_slabs", full_disk)
+    image, feats, label = _case(1)
+    with pytest.raises(OSError):
+        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+    assert writer.case_state(path, "c1") == "absent"
+    assert [c.case_id for c in FeatureStore(path).cases()] == ["c0"]
+
+
+def test_case_ids_must_be_group_names(tmp_path):
+    for bad in ("a/b", ".hidden", "__x", ""):
+        with pytest.raises(MaskgenError, match="case id"):
+            writer.check_case_id(bad)
+
+
+def test_prepare_store_refuses_other_settings_and_foreign_folders(tmp_path):
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0",))
+    other = Pipeline(name="toy", layout="nnunet", spacing=(1.0, 1.0, 1.0), crop_size=(16, 16, 8),
+                     normalization="ct", classes=("a", "b"))
+    attrs = writer.root_attributes(other, {**FP, "weights_sha256": "abc", "layer": "penultimate"},
+                                   StoreLayout(dtype="int8"))
+    with pytest.raises(MaskgenError) as info:
+        writer.prepare_store(path, attrs)
+    msg = str(info.value)
+    for needle in ("spacing", "normalisation", "feature layer", "weights (sha256)", "feature dtype", "--overwrite"):
+        assert needle in msg, msg
+    assert writer.case_state(path, "c0") == "complete"  # untouched
+    writer.prepare_store(path, attrs, overwrite=True)
+    assert writer.case_state(path, "c0") == "absent"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(MaskgenError, match="not a maskgen feature store"):
+        writer.prepare_store(foreign, attrs, overwrite=True)
+    assert (foreign / "notes.txt").exists()
+    with pytest.raises(MaskgenError, match="not a maskgen feature store"):
+        FeatureStore(foreign)
+    with pytest.raises(MaskgenError, match="does not exist"):
+        FeatureStore(tmp_path / "missing.zarr")
+
+
+def test_pickled_store_reads_in_another_process(store16):
+    path, data = store16
+    s = FeatureStore(path)
+    s.read_case("c0")  # open handles before pickling
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone._root is None and clone._arrays == {}
+    np.testing.assert_array_equal(clone.read_crop("c1", (0, 0, 0), (4, 4, 4))["label"], data["c1"][2][:4, :4, :4])
+
+
+def _fg_worker(args):
+    path, case_id = args
+    locs = FeatureStore(path).foreground_locations(case_id, max_per_class=50, seed=3)
+    return {k: v.tolist() for k, v in locs.items()}
+
+
+def test_foreground_locations_sampled_once_and_cached_atomically(tmp_path):
+    path = tmp_path / "s.zarr"
+    data = _make(path, cases=("c0",))
+    label = data["c0"][2]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:  # two DataLoader-like workers racing on the same cache file
+        results = pool.map(_fg_worker, [(str(path), "c0")] * 4)
+    assert all(r == results[0] for r in results)
+    cache = writer.fg_cache_path(path, "c0")
+    assert cache.is_file() and not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+    s = FeatureStore(path)
+    locs = s.foreground_locations("c0", max_per_class=50, seed=3)
+    assert set(locs) == {1, 2}
+    for k, pts in locs.items():
+        assert pts.shape == (50, 3) and pts.dtype == np.int32
+        assert len({tuple(p) for p in pts}) == 50
+        assert np.all(label[tuple(pts.T)] == k)
+        assert pts.tolist() == results[0][k]
+    # all voxels when the class is small; another seed re-samples and rewrites the cache
+    every = s.foreground_locations("c0", max_per_class=10**6, seed=3)
+    assert len(every[1]) == int((label == 1).sum())
+    assert s.foreground_locations("c0", max_per_class=50, seed=4)[1].tolist() != locs[1].tolist()
+    # re-writing the case drops its cached locations
+    image, feats, lab = _case(7)
+    writer.write_case(path, "c0", image=image, features=feats, label=lab, attrs={}, layout=StoreLayout())
+    assert not cache.exists()
