@@ -6,10 +6,13 @@ margin, label = dominant tissue). Features come from a real extractor (`--extrac
 Every layout is written with maskgen's own writer (`maskgen.store.writer.write_case`) and read back with
 `FeatureStore.read_crop`, exactly as `maskgen extract` and training do.
 
-    python benchmarks/store_layout.py                       # all layouts, crops 64^3 and 96^3
+    python benchmarks/store_layout.py                       # all layouts, crops 64^3 and 128^3
     python benchmarks/store_layout.py --configs f16-c32-none,f16-c64-none --zarr-threads 2
 
-Appends one JSON line per layout to benchmarks/results.jsonl (command, git revision, machine, versions).
+Appends one JSON line per layout to benchmarks/results.jsonl (command, git revision, machine, versions). Reads are
+crops/s (median over repeats, rounds interleaved across layouts, warm page cache): `sample_f32` = image + features +
+label as float32 (FeatureStore.read_crop default), `sample_f16` = the same without the CPU cast (cast on the device),
+`features_only` = the feature array alone in its stored dtype.
 """
 
 from __future__ import annotations
@@ -34,22 +37,27 @@ RESULTS = HERE / "results.jsonl"
 
 # name -> StoreLayout kwargs
 CONFIGS: dict[str, dict] = {
+    # float16, uncompressed: chunk edge, balanced (default) vs plain chunks, per-channel chunks
     "f16-c32-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="none"),
-    "f16-c64-none": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="none"),
+    "f16-c32u-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="none", balance=False),
     "f16-c48-none": dict(dtype="float16", chunks_zyx=(48, 48, 48), codec="none"),
-    "f16-ch1-c32-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), channel_chunk=1, codec="none"),
+    "f16-c64-none": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="none"),
+    "f16-c64u-none": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="none", balance=False),
     "f16-ch1-c64-none": dict(dtype="float16", chunks_zyx=(64, 64, 64), channel_chunk=1, codec="none"),
+    # float16, compressed
     "f16-c32-lz4": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="blosc-lz4"),
     "f16-c64-lz4": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="blosc-lz4"),
     "f16-c32-bzstd": dict(dtype="float16", chunks_zyx=(32, 32, 32), codec="blosc-zstd"),
     "f16-c64-bzstd": dict(dtype="float16", chunks_zyx=(64, 64, 64), codec="blosc-zstd"),
+    # sharding (many chunks per file)
     "f16-shard128-c32-none": dict(dtype="float16", chunks_zyx=(32, 32, 32), shards_zyx=(128, 128, 128), codec="none"),
     "f16-shard128-c32-lz4": dict(
         dtype="float16", chunks_zyx=(32, 32, 32), shards_zyx=(128, 128, 128), codec="blosc-lz4"
     ),
+    # int8 + per-channel scale
     "i8-c32-none": dict(dtype="int8", chunks_zyx=(32, 32, 32), codec="none"),
     "i8-c64-none": dict(dtype="int8", chunks_zyx=(64, 64, 64), codec="none"),
-    "i8-c32-lz4": dict(dtype="int8", chunks_zyx=(32, 32, 32), codec="blosc-lz4"),
+    "i8-c64-lz4": dict(dtype="int8", chunks_zyx=(64, 64, 64), codec="blosc-lz4"),
     "i8-c32-bzstd": dict(dtype="int8", chunks_zyx=(32, 32, 32), codec="blosc-zstd"),
 }
 
@@ -118,23 +126,21 @@ def load_source(demo: str | None, extractor_name: str) -> tuple[dict, str]:
     return {"image": image.astype(np.float32), "features": feats, "label": label}, desc
 
 
-def measure_reads(read, shape_zyx, crop: int, n: int, repeats: int, seed: int) -> float:
-    """Median over `repeats` of crops/s for `n` random crops fully inside the volume."""
-    rng = np.random.default_rng(seed)
-    rates = []
-    for _ in range(repeats):
-        starts = [tuple(int(rng.integers(0, s - crop + 1)) for s in shape_zyx) for _ in range(n)]
-        t0 = time.perf_counter()
-        for st in starts:
-            read(st, crop)
-        rates.append(n / (time.perf_counter() - t0))
-    return float(statistics.median(rates))
+def _rate(read, starts: list[tuple[int, int, int]], crop: int) -> float:
+    t0 = time.perf_counter()
+    for st in starts:
+        read(st, crop)
+    return len(starts) / (time.perf_counter() - t0)
 
 
-def run_config(name: str, kwargs: dict, data: dict, workdir: Path, crops: list[int], n: int, repeats: int) -> dict:
+def _starts(shape_zyx, crop: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    return [tuple(int(rng.integers(0, s - crop + 1)) for s in shape_zyx) for _ in range(n)]
+
+
+def write_config(name: str, kwargs: dict, data: dict, workdir: Path) -> dict:
+    """Write one case with maskgen's writer; bytes and write time."""
     from maskgen.store import writer
     from maskgen.store.layout import FEATURES, StoreLayout
-    from maskgen.store.reader import FeatureStore
 
     layout = StoreLayout(**kwargs)
     path = workdir / f"{name}.zarr"
@@ -151,54 +157,63 @@ def run_config(name: str, kwargs: dict, data: dict, workdir: Path, crops: list[i
     voxels = z * y * x
     feat_bytes = writer.dir_size(writer.case_dir(path, "case") / FEATURES)
     raw_itemsize = 1 if layout.dtype == "int8" else 2
-    store = FeatureStore(path)
-    shape = store.case("case").shape_zyx
-    feat_arr = store.array("case", FEATURES)
-    reads = {}
-    for crop in crops:
-        full = measure_reads(lambda st, k: store.read_crop("case", st, (k, k, k)), shape, crop, n, repeats, 0)
-        full16 = measure_reads(
-            lambda st, k: store.read_crop("case", st, (k, k, k), dtype=np.float16), shape, crop, n, repeats, 1
-        )
-        raw = measure_reads(
-            lambda st, k: feat_arr[:, st[0] : st[0] + k, st[1] : st[1] + k, st[2] : st[2] + k], shape, crop, n,
-            repeats, 2,
-        )
-        reads[str(crop)] = {"sample_f32_per_s": round(full, 2), "sample_f16_per_s": round(full16, 2),
-                            "features_only_per_s": round(raw, 2)}
-    shutil.rmtree(path, ignore_errors=True)
     return {
         "config": name,
+        "path": path,
         "layout": layout.to_attrs(),
+        "chunks_used": list(layout.spatial_chunks((z, y, x))),
         "write_s": round(write_s, 3),
         "bytes_per_voxel": round(total / voxels, 3),
         "feature_bytes_per_value": round(feat_bytes / (voxels * c), 4),
         "feature_compression_ratio": round(voxels * c * raw_itemsize / feat_bytes, 3),
-        "reads": reads,
     }
 
 
-def baselines(data: dict, workdir: Path, crops: list[int], n: int, repeats: int) -> dict:
+def readers(path: Path) -> dict:
+    """The reads that are timed: a full training sample (float32 / float16 output) and the feature array alone."""
+    from maskgen.store.layout import FEATURES
+    from maskgen.store.reader import FeatureStore
+
+    store = FeatureStore(path)
+    feat = store.array("case", FEATURES)
+    return {
+        "sample_f32_per_s": lambda st, k: store.read_crop("case", st, (k, k, k)),
+        "sample_f16_per_s": lambda st, k: store.read_crop("case", st, (k, k, k), dtype=np.float16),
+        "features_only_per_s": lambda st, k: feat[:, st[0]:st[0] + k, st[1]:st[1] + k, st[2]:st[2] + k],
+    }
+
+
+def baseline_readers(data: dict, workdir: Path) -> dict:
     feats = data["features"].astype(np.float16)
-    shape = feats.shape[1:]
     path = workdir / "features.npy"
     np.save(path, feats)
     mm = np.load(path, mmap_mode="r")
-    out = {}
-    for crop in crops:
-        ram = measure_reads(lambda st, k: np.array(feats[:, st[0]:st[0]+k, st[1]:st[1]+k, st[2]:st[2]+k]),
-                            shape, crop, n, repeats, 2)
-        mem = measure_reads(lambda st, k: np.array(mm[:, st[0]:st[0]+k, st[1]:st[1]+k, st[2]:st[2]+k]),
-                            shape, crop, n, repeats, 2)
-        out[str(crop)] = {"numpy_ram_features_per_s": round(ram, 2), "npy_memmap_features_per_s": round(mem, 2)}
-    path.unlink()
-    return out
+    return {
+        "numpy_ram_features_per_s": lambda st, k: np.array(feats[:, st[0]:st[0]+k, st[1]:st[1]+k, st[2]:st[2]+k]),
+        "npy_memmap_features_per_s": lambda st, k: np.array(mm[:, st[0]:st[0]+k, st[1]:st[1]+k, st[2]:st[2]+k]),
+    }
+
+
+def measure(all_readers: dict[str, dict], shape, crops: list[int], n: int, repeats: int, seed: int) -> dict:
+    """Median crops/s per (config, reader, crop). Rounds are interleaved across configs, so a change in machine
+    load (the CPU may be shared) affects every config alike."""
+    rng = np.random.default_rng(seed)
+    rates: dict = {}
+    for _ in range(repeats):
+        for crop in crops:
+            starts = _starts(shape, crop, n, rng)  # the same crops for every config in this round
+            for name, reads in all_readers.items():
+                for what, read in reads.items():
+                    rates.setdefault(name, {}).setdefault(str(crop), {}).setdefault(what, []).append(
+                        _rate(read, starts, crop))
+    return {name: {crop: {what: round(float(statistics.median(v)), 2) for what, v in d.items()}
+                   for crop, d in per.items()} for name, per in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names: " + ", ".join(CONFIGS))
-    ap.add_argument("--crops", default="64,96", help="crop edge lengths to read (voxels)")
+    ap.add_argument("--crops", default="64,128", help="crop edge lengths to read (voxels)")
     ap.add_argument("--n", type=int, default=40, help="random crops per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--zarr-threads", type=int, default=1, help="zarr decode thread pool size")
@@ -234,16 +249,21 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="maskgen-layout-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
+        written = {name: write_config(name, CONFIGS[name], data, workdir) for name in names}
+        all_readers = {name: readers(w["path"]) for name, w in written.items()}
+        if not args.no_baselines:
+            all_readers["baseline"] = baseline_readers(data, workdir)
+        reads = measure(all_readers, data["features"].shape[1:], crops, args.n, args.repeats, seed=0)
         lines = []
         if not args.no_baselines:
-            lines.append({**common, "config": "baseline", "reads": baselines(data, workdir, crops, args.n,
-                                                                            args.repeats)})
-            print(json.dumps(lines[-1]["reads"]), flush=True)
-        for name in names:
-            res = run_config(name, CONFIGS[name], data, workdir, crops, args.n, args.repeats)
+            lines.append({**common, "config": "baseline", "reads": reads["baseline"]})
+            print("baseline", json.dumps(reads["baseline"]), flush=True)
+        for name, res in written.items():
+            res = {k: v for k, v in res.items() if k != "path"}
+            res["reads"] = reads[name]
             lines.append({**common, **res})
-            print(f"{name:24s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
-                  f"  ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:.2f}s  "
+            print(f"{name:22s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
+                  f"  ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:5.2f}s  "
                   + "  ".join(f"{k}^3: {v['sample_f32_per_s']:.1f}/{v['sample_f16_per_s']:.1f}/"
                               f"{v['features_only_per_s']:.1f}" for k, v in res["reads"].items()), flush=True)
         with open(args.results, "a") as f:

@@ -59,7 +59,8 @@ def test_layout_and_splits(demo_root):
         ("sub-003_t2", "t2", "test", "sub-003"),
         ("sub-003_flair", "flair", "test", "sub-003"),
     ]
-    assert sorted(p.name for p in (demo_root / "imagesTr").iterdir()) == sorted(f"{r['case']}_0000.nii.gz" for r in rows)
+    images = sorted(p.name for p in (demo_root / "imagesTr").iterdir())
+    assert images == sorted(f"{r['case']}_0000.nii.gz" for r in rows)
     assert sorted(p.name for p in (demo_root / "labelsTr").iterdir()) == sorted(f"{r['case']}.nii.gz" for r in rows)
     assert not [p for p in demo_root.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
 

@@ -7,9 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
-from maskgen.extract.mind import SSC_PAIRS, MindSSC, mind_ssc
+from maskgen.extract.mind import SSC_PAIRS, MindSSC, box_filter, mind_ssc
 
 
 def _smooth_volume(shape, seed=0) -> np.ndarray:
@@ -55,6 +56,14 @@ def test_matches_independent_numpy_implementation(radius, dilation):
     ref = _numpy_mind_ssc(img, radius, dilation)
     # channel order is ours; the reference uses the same neighbour and pair enumeration
     np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_box_filter_equals_replicate_padded_average_pooling(radius):
+    x = torch.rand(2, 3, 7, 9, 6)
+    k = 2 * radius + 1
+    ref = F.avg_pool3d(F.pad(x, (radius,) * 6, mode="replicate"), k, stride=1)
+    torch.testing.assert_close(box_filter(x, radius), ref)
 
 
 def test_shape_range_and_per_voxel_max_on_odd_sizes():

@@ -97,13 +97,15 @@ def register(app: typer.Typer) -> None:
     def pipelines() -> None:
         """List the shipped dataset pipelines (usable as --dataset NAME)."""
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         from maskgen.data.pipeline import available_pipelines, load_pipeline
 
-        table = Table()
-        for col in ("name", "layout", "spacing (x,y,z) mm", "crop (x,y,z)", "classes", "description"):
-            table.add_column(col)
+        table = Table(caption="spacing and crop in (x, y, z) order")
+        for col in ("name", "layout", "spacing mm", "crop", "classes"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("description")
         for name in available_pipelines():
             p = load_pipeline(name)
             table.add_row(
@@ -112,6 +114,6 @@ def register(app: typer.Typer) -> None:
                 "×".join(f"{s:g}" for s in p.spacing),
                 "×".join(str(s) for s in p.crop_size),
                 str(len(p.classes)),
-                p.description,
+                escape(p.description),
             )
         Console(highlight=False).print(table)

@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
         warmup_steps: int = typer.Option(100, "--warmup-steps", min=0, help="Linear warm-up steps."),
         temperature: float = typer.Option(0.1, "--temperature", help="Temperature of the contrastive loss."),
         voxels: int = typer.Option(256, "--voxels", min=2, help="Voxels sampled per volume and step for the loss."),
+        loss: str = typer.Option("cross_view", "--loss", help="'cross_view' (anchors of one view against the "
+                                 "other) or 'supcon' (both views pooled, within-view pairs too)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, the data and the voxel samples."),
         label_dir: Optional[Path] = typer.Option(None, "--label-dir", help="Folder of NIfTI label maps to mix in "
                                                  "with the synthetic ensembles (optional)."),
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
             cfg = PretrainConfig(
                 out=out, steps=steps, crop_size=crop_size, batch_size=batch_size, ngf=ngf, num_downs=num_downs,
                 out_channels=out_channels, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, temperature=temperature,
-                voxels_per_volume=voxels, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
+                voxels_per_volume=voxels, loss=loss, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
             )
         except ValueError as e:
             raise MaskgenError(f"invalid pretrain settings: {e}") from None

@@ -65,8 +65,6 @@ def register(app: typer.Typer) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
         from pathlib import Path
 
-        from click.core import ParameterSource
-
         from maskgen.config import from_dict
         from maskgen.errors import MaskgenError
         from maskgen.train.config import TrainConfig, parse_crop_size
@@ -79,7 +77,8 @@ def register(app: typer.Typer) -> None:
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
         if resume:
             # continue the run as configured; only options given on this command line may change (and are checked)
-            explicit = {n for n in _FIELDS if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+            # (compared by name: typer vendors its own click, whose ParameterSource is not click's)
+            explicit = {n for n in _FIELDS if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
             if crop_size:
                 explicit.add("crop_zyx")
             probe = TrainConfig(features=features, out=out or "", **values)

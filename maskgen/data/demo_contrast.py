@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskgen.data.demo_deform import WarpedTissues, _check_range, upsample_control_grid
+from maskgen.data.demo_deform import WarpedTissues, check_range, upsample_control_grid
 
 Range = tuple[float, float]
 AXES = ("x", "y", "z")
@@ -47,7 +47,7 @@ class ContrastSpec:
             if len(self.tissue_means) != 3:
                 raise ValueError(f"{self.name}: tissue_means needs 3 ranges (CSF, GM, WM), got {self.tissue_means!r}")
             object.__setattr__(
-                self, "tissue_means", tuple(_check_range(f"{self.name}: tissue_means", r, 0.0, 1.0)
+                self, "tissue_means", tuple(check_range(f"{self.name}: tissue_means", r, 0.0, 1.0)
                                             for r in self.tissue_means)
             )
         for name, lo, hi in (
@@ -59,7 +59,7 @@ class ContrastSpec:
             ("slice_thickness_mm", 0.0, 20.0),
             ("gain", 1e-3, 1e6),
         ):
-            object.__setattr__(self, name, _check_range(f"{self.name}: {name}", getattr(self, name), lo, hi))
+            object.__setattr__(self, name, check_range(f"{self.name}: {name}", getattr(self, name), lo, hi))
         if self.slice_axis not in AXES:
             raise ValueError(f"{self.name}: slice_axis must be one of {AXES}, got {self.slice_axis!r}")
 

@@ -14,7 +14,7 @@ import numpy as np
 from maskgen.data.demo_template import Template
 
 
-def _check_range(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
+def check_range(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
     if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
         raise ValueError(f"{name} must be (min, max) with {lo} <= min <= max <= {hi}, got {value!r}")
     return (float(value[0]), float(value[1]))
@@ -106,7 +106,7 @@ class RandomAnatomy:
             raise ValueError(f"margin_mm must be >= 0, got {margin_mm!r}")
         if not 0 <= max_rotation_deg <= 45:
             raise ValueError(f"max_rotation_deg must be in [0, 45], got {max_rotation_deg!r}")
-        self.scale_range = _check_range("scale_range", scale_range, 0.5, 2.0)
+        self.scale_range = check_range("scale_range", scale_range, 0.5, 2.0)
         if not 0 <= anisotropy <= 0.3:
             raise ValueError(f"anisotropy must be in [0, 0.3], got {anisotropy!r}")
         if max_translation_mm < 0:

@@ -133,7 +133,9 @@ def check_layout_options(pipeline: Pipeline) -> None:
     allowed = set(spec.defaults) | {"missing_data_hint"}
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise MaskgenError(f"{where}: unknown key(s) {unknown} for layout {pipeline.layout!r}; allowed: {sorted(allowed)}")
+        raise MaskgenError(
+            f"{where}: unknown key(s) {unknown} for layout {pipeline.layout!r}; allowed: {sorted(allowed)}"
+        )
     for key in spec.required:
         if not given.get(key):
             raise MaskgenError(f"{where}: layout {pipeline.layout!r} needs `{key} = ...`")

@@ -26,9 +26,29 @@ def load_header(path: str | Path) -> nib.spatialimages.SpatialImage:
     try:
         return nib.load(str(path))
     except _READ_ERRORS as e:
-        raise MaskgenError(
-            f"{path} is not a readable NIfTI file ({type(e).__name__}: {e}); re-export or re-download it"
-        ) from None
+        what = "is truncated or corrupt" if _truncated(path) else "is not a readable NIfTI file"
+        raise MaskgenError(f"{path} {what} ({_describe(e)}); re-export or re-download it") from None
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _truncated(path: Path) -> bool:
+    """A gzip stream that ends early, or a file shorter than a NIfTI header (348 bytes)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:
+                while g.read(1 << 20):
+                    pass
+            return False
+        return not path.name.lower().endswith(".gz") and path.stat().st_size < 348
+    except (EOFError, zlib.error):
+        return True
+    except (OSError, gzip.BadGzipFile):
+        return False
 
 
 def spatial_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, ...]:
@@ -68,7 +88,7 @@ def _data(
             data = np.asanyarray(img.dataobj).reshape(shape)
     except _READ_ERRORS as e:
         raise MaskgenError(
-            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-export or re-download it"
+            f"{path} is truncated or corrupt ({_describe(e)}); re-export or re-download it"
         ) from None
     return data
 

@@ -133,11 +133,7 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         raise MaskgenError(f"cannot read pipeline file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise MaskgenError(f"pipeline file {path} is not valid TOML: {e}") from None
-    pipeline = parse_pipeline(data, source=str(path), default_name=path.name.removesuffix(".toml"))
-    from maskgen.data.layouts import check_layout_options
-
-    check_layout_options(pipeline)
-    return pipeline
+    return parse_pipeline(data, source=str(path), default_name=path.name.removesuffix(".toml"))
 
 
 def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name: str = "dataset") -> Pipeline:
@@ -231,7 +227,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
         raise bad("[splits] must be a table")
     _check_splits(splits, bad)
 
-    return Pipeline(
+    pipeline = Pipeline(
         name=name,
         layout=layout,
         spacing=spacing,  # type: ignore[arg-type]
@@ -248,6 +244,10 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
         binarize_labels=binarize,
         default_data_root=default_root,
     )
+    from maskgen.data.layouts import check_layout_options  # layouts imports this module
+
+    check_layout_options(pipeline)
+    return pipeline
 
 
 def _triple(data: dict, key: str, kind: type, bad, required: bool) -> tuple:

@@ -218,7 +218,9 @@ def check_patterns(opts: dict[str, Any], where: str) -> None:
     for key in ("label_pattern", "domain", "case_id", "subject"):
         extra = set(_fields(str(opts[key]))) - set(image_fields)
         if extra:
-            raise MaskgenError(f"{where}: {key} {opts[key]!r} uses {sorted(extra)}, which image_pattern does not capture")
+            raise MaskgenError(
+                f"{where}: {key} {opts[key]!r} uses {sorted(extra)}, which image_pattern does not capture"
+            )
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:

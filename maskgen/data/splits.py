@@ -1,7 +1,8 @@
 """Domain-based train / val / test assignment with subject-disjoint, seeded, reproducible splits.
 
 A pipeline's `[splits]` lists which domains each split uses, e.g. BraTS:
-    train = ["t1w", "t1gd", "t2w"]; val = ["flair"]; test = ["flair"]; proportions = { train = 340, val = 48, test = 96 }
+    train = ["t1w", "t1gd", "t2w"]; val = ["flair"]; test = ["flair"]
+    proportions = { train = 340, val = 48, test = 96 }
 
 Rule: every subject goes to exactly one split, so no subject is shared between splits. The splits a subject can go to
 are those that list at least one of its cases' domains. Subjects with the same set of possible splits form a group;
@@ -9,8 +10,8 @@ each group is ordered by a seeded hash of the subject id and divided in the give
 restricted to the group's splits; equal shares without a proportions table, an error if the table lacks one of the
 group's splits). A case is kept when its domain is listed by its
 subject's split; other cases are dropped (e.g. the FLAIR scan of a BraTS training subject, the T1w scan of a
-test subject). Cases whose domain no split lists are dropped too. The hash ordering needs no random generator, so the split is identical on every machine
-and adding a subject moves no other subject between splits unless the group sizes change.
+test subject). Cases whose domain no split lists are dropped too. The hash ordering needs no random generator, so
+the split is identical on every machine, and adding a subject shifts other subjects only at the split boundaries.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def split_counts(n: int, weights: dict[str, float], splits: tuple[str, ...]) -> 
     w = [max(0.0, float(weights.get(s, 1.0))) for s in splits]
     total = sum(w)
     if total <= 0:
-        raise MaskgenError(f"[splits] proportions for {', '.join(splits)} are all 0, so {n} subjects have nowhere to go")
+        raise MaskgenError(
+            f"[splits] proportions for {', '.join(splits)} are all 0, so {n} subjects have nowhere to go"
+        )
     exact = [n * wi / total for wi in w]
     counts = [math.floor(x) for x in exact]
     order = sorted(range(len(splits)), key=lambda i: (-(exact[i] - counts[i]), i))

@@ -98,7 +98,9 @@ def _contrast_rng(seed: int, subject: int, contrast: int) -> np.random.Generator
     return np.random.default_rng([seed, subject, contrast + 1])
 
 
-def synthetic_volume(size: int = 32, n_classes: int = 2, seed: int = 0, contrast: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_volume(
+    size: int = 32, n_classes: int = 2, seed: int = 0, contrast: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Arrays for tests that skip files: image (1, Z, Y, X) float32 min-max scaled to [0, 1] and label (Z, Y, X)
     uint8 in 0..n_classes. Same data as subject 0 of ``make_synthetic_dataset(seed=seed)`` in that contrast."""
     label = synthetic_labels(size, n_classes, _subject_rng(seed, 0))
@@ -144,7 +146,9 @@ def make_synthetic_dataset(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         entry = dw.read_maskgen_key(out_dir)
         if entry is None or entry.get("generator") != GENERATOR:
-            raise MaskgenError(f"{out_dir} exists and is not empty: pass an empty or new folder to make_synthetic_dataset")
+            raise MaskgenError(
+                f"{out_dir} exists and is not empty: pass an empty or new folder to make_synthetic_dataset"
+            )
 
     targets = {"train": contrasts[:1], "val": contrasts[1:] or contrasts[:1], "test": contrasts}
     classes = [f"class{k}" for k in range(1, n_classes + 1)]

@@ -45,6 +45,13 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_foreground: int) -> np
     return out
 
 
+def case_mean(dice: Sequence[float] | np.ndarray) -> float:
+    """A case's Dice: the mean over its scored (finite) classes; NaN when no class is scored."""
+    arr = np.asarray(dice, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
 @dataclass(frozen=True)
 class Stat:
     """Mean and standard error over the finite values of a sample; n is how many were finite."""
@@ -87,9 +94,7 @@ class CaseDice:
     @property
     def mean(self) -> float:
         """Mean over the scored classes; NaN when no class is scored."""
-        arr = np.asarray(self.dice, dtype=np.float64)
-        arr = arr[np.isfinite(arr)]
-        return float(arr.mean()) if arr.size else math.nan
+        return case_mean(self.dice)
 
     def as_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
         return {

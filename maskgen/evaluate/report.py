@@ -123,7 +123,7 @@ def grouped_bar_plot(
         if e is not None:
             e = np.where(np.isfinite(e), e, 0.0)
         ax.bar(x + (s - (n_s - 1) / 2) * width, v, width, yerr=e, capsize=2, label=series[s], color=cmap[s])
-    ax.set_xticks(x, list(groups))
+    ax.set_xticks(x, list(groups), rotation=45 if n_g > 6 else 0, ha="right" if n_g > 6 else "center")
     ax.set_ylabel(ylabel)
     if zero_line:
         ax.axhline(0.0, color="black", linewidth=0.8)
@@ -164,7 +164,12 @@ def line_plot(
         if panel.get("identity") is not None:
             ax.axvline(panel["identity"], color="grey", linestyle="--", linewidth=1)
         if panel.get("logx"):
+            from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
             ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(FixedLocator(list(x)))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel(panel.get("xlabel", ""))
         ax.set_ylabel(ylabel)
         ax.set_title(panel.get("title", ""))

@@ -192,3 +192,50 @@ def stability_analysis(
     names = [IMAGE_ROW] + [f"feature {c}" for c in range(store.num_features)] + [ALL_FEATURES_ROW]
     domain_pairs = list(dict.fromkeys(p.domains for p in pairs))
     return StabilityResult(rows=rows, channel_names=names, domain_pairs=domain_pairs, notes=notes)
+
+
+def stability_table(result: StabilityResult, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Rows: image, each channel, all features; columns: each domain pair; cells mean (s.e.) over subjects."""
+    summ = result.summary(metric)
+    header = ["channel"] + result.domain_pairs
+    rows = [[name] + [summ[name][dp].format(scale=1.0, digits=3) for dp in result.domain_pairs]
+            for name in result.channel_names]
+    return header, rows
+
+
+def write_stability(result: StabilityResult, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """`stability.{json,csv,md,png}` in `out_dir` (the plot shows CKA per channel and domain pair)."""
+    from maskgen.config import write_json_atomic
+    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv, write_text_atomic
+
+    out_dir = Path(out_dir)
+    paths = {ext: out_dir / f"stability.{ext}" for ext in ("json", "csv", "md", "png")}
+    summary = {m: {row: {dp: s.as_dict() for dp, s in by_dp.items()} for row, by_dp in result.summary(m).items()}
+               for m in ("cka", "cosine")}
+    write_json_atomic(paths["json"], {
+        "channels": result.channel_names, "domain_pairs": result.domain_pairs, "notes": result.notes,
+        "subjects": sorted({r.pair.subject for r in result.rows}), "summary": summary,
+    })
+    write_csv(paths["csv"], [
+        {"subject": r.pair.subject, "domain_a": r.pair.domain_a, "domain_b": r.pair.domain_b,
+         "case_a": r.pair.case_a, "case_b": r.pair.case_b, "channel": r.row, "cka": r.cka, "cosine": r.cosine}
+        for r in result.rows
+    ], ["subject", "domain_a", "domain_b", "case_a", "case_b", "channel", "cka", "cosine"])
+    n_subj = len({r.pair.subject for r in result.rows})
+    text = (f"# Cross-domain stability{(' of ' + title) if title else ''}\n\n{n_subj} subjects; mean (s.e.) over "
+            "subjects. Linear CKA (1 = same up to an affine change) and cosine similarity of each channel between "
+            "two domains of the same subject; \"image\" is the raw input for reference.\n")
+    for metric, label in (("cka", "Linear CKA"), ("cosine", "Cosine similarity")):
+        header, rows = stability_table(result, metric)
+        text += f"\n## {label}\n\n" + markdown_table(header, rows)
+    if result.notes:
+        text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in result.notes)
+    write_text_atomic(paths["md"], text)
+    summ = result.summary("cka")
+    grouped_bar_plot(
+        paths["png"], result.channel_names, result.domain_pairs,
+        [[summ[name][dp].mean for name in result.channel_names] for dp in result.domain_pairs],
+        [[summ[name][dp].se for name in result.channel_names] for dp in result.domain_pairs],
+        ylabel="linear CKA", title=f"Cross-domain stability{(' of ' + title) if title else ''} (linear CKA)", scale=1.0,
+    )
+    return paths

@@ -16,6 +16,10 @@ DEFAULT_OVERLAP = 0.5
 #: Volumes with more voxels than this go through sliding windows. The default anatomix network peaks at about
 #: 0.7 KB per input voxel in float32 on the CPU (measured, max RSS at 128^3), so 160^3 voxels ~ 2.9 GB.
 DEFAULT_THRESHOLD_VOXELS = 160**3
+#: Sliding-window outputs are blended on the accelerator when the output and weight buffers fit in this many bytes
+#: (a 256^3 volume of 16 channels needs ~1.1 GB), else on the CPU. The network's activations (~0.7 KB per window
+#: voxel) are what sliding windows bound; the output costs (C + 1) x 4 bytes per voxel.
+DEVICE_STITCH_MAX_BYTES = 4 * 2**30
 
 
 def _ceil_to(n: int, multiple: int) -> int:
@@ -69,7 +73,8 @@ def extract_volume(
     Up to `threshold_voxels` voxels (None: no limit) the whole volume runs at once, padded (replicate) to a multiple
     of `extractor.size_multiple` and cropped back. Larger volumes use MONAI `sliding_window_inference` with
     `window`^3 windows (rounded up to the size multiple), `overlap` and Gaussian blending (`gaussian_weight_map`);
-    windows run on `device` and are stitched on the CPU, so device memory stays bounded. `torch.inference_mode`;
+    windows run on `device` and are blended there when the output fits in `DEVICE_STITCH_MAX_BYTES`, else on the
+    CPU, so device memory stays bounded. `torch.inference_mode`;
     bf16 autocast on CUDA for extractors that support it. The extractor is moved to `device`.
     """
     if image.ndim != 4 or image.shape[0] != 1:
@@ -111,6 +116,8 @@ def _sliding_window(
     from monai.inferers import sliding_window_inference
 
     padded, crop = pad_to_multiple(x, extractor.size_multiple, extractor.min_size)
+    buffer_bytes = (extractor.out_channels + 1) * 4 * padded[0, 0].numel()
+    stitch = device if device.type != "cpu" and buffer_bytes <= DEVICE_STITCH_MAX_BYTES else torch.device("cpu")
     roi = _ceil_to(max(window, extractor.min_size), extractor.size_multiple)
     roi_size = tuple(min(roi, s) for s in padded.shape[2:])
 
@@ -128,7 +135,7 @@ def _sliding_window(
         padding_mode="replicate",
         roi_weight_map=gaussian_weight_map(roi_size),
         sw_device=device,
-        device="cpu",
+        device=stitch,
     )
     return torch.as_tensor(out)[(slice(None), slice(None), *crop)].float()
 

@@ -97,6 +97,7 @@ class ExtractSummary:
     seconds: float
     bytes_written: int
     voxels_written: int
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -274,31 +275,36 @@ def _run_local(tasks: list[CaseTask], cfg: ExtractConfig, on_result: Callable[[C
             dask.compute(*delayed, scheduler="processes", pool=pool, num_workers=workers)
 
 
-def _run_distributed(tasks: list[CaseTask], address: str, on_result: Callable[[CaseResult], None]) -> None:
-    import uuid
+SCHEDULER_CONNECT_TIMEOUT_S = 20.0
 
-    from distributed import Client, as_completed
+
+def connect(address: str) -> Any:
+    """A dask.distributed Client for `address`; MaskgenError (before anything is written) if it cannot connect."""
+    from distributed import Client
 
     try:
-        client = Client(address, timeout="20s", set_as_default=False)
+        return Client(address, timeout=SCHEDULER_CONNECT_TIMEOUT_S, set_as_default=False)
     except Exception as e:  # OSError / TimeoutError / ValueError for a bad address
         raise MaskgenError(f"cannot connect to the dask scheduler at {address}: {type(e).__name__}: {e}; start one "
                            "with `dask scheduler` (plus `dask worker ADDRESS`) or drop --scheduler") from None
-    try:
-        run = uuid.uuid4().hex[:8]
-        futures = {
-            client.submit(process_case, t, key=f"maskgen-extract-{run}-{t.case.case_id}", pure=False):
-                t.case.case_id
-            for t in tasks
-        }
-        for fut in as_completed(list(futures)):
-            try:
-                result = fut.result()
-            except Exception as e:  # the worker died (KilledWorker) or could not run the task
-                result = CaseResult(futures[fut], error=f"dask worker failed: {type(e).__name__}: {e}")
-            on_result(result)
-    finally:
-        client.close()
+
+
+def _run_distributed(tasks: list[CaseTask], client: Any, on_result: Callable[[CaseResult], None]) -> None:
+    import uuid
+
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(process_case, t, key=f"maskgen-extract-{run}-{t.case.case_id}", pure=False): t.case.case_id
+        for t in tasks
+    }
+    for fut in as_completed(list(futures), loop=client.loop):
+        try:
+            result = fut.result()
+        except Exception as e:  # the worker died (KilledWorker) or could not run the task
+            result = CaseResult(futures[fut], error=f"dask worker failed: {type(e).__name__}: {e}")
+        on_result(result)
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -366,11 +372,19 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
 
     # The extractor (and its fingerprint) comes first: a missing weights file stops here, before the store.
     spec = ExtractorSpec(config.extractor, config.weights, config.layer, config.device)
-    with _EXTRACTORS_LOCK:
+    with _EXTRACTORS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         extractor = _build(spec, allow_download=config.allow_download)
+    notes = tuple(str(w.message) for w in caught)
+    if notes:  # e.g. `--extractor auto` falling back to mind: say so visibly, whatever the warning filters
+        from rich.console import Console
+
+        for note in notes:
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]Warning:[/] {note}")
     fingerprint = extractor.fingerprint()
     layout = config.layout
     attrs = writer.root_attributes(pipeline, fingerprint, layout, extract_config=to_dict(config))
+    client = connect(config.scheduler) if config.scheduler else None
     try:
         with _EXTRACTORS_LOCK:
             _EXTRACTORS[spec] = extractor  # in-process workers (threads, distributed processes=False) reuse it
@@ -397,14 +411,16 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
                 bar.advance(task_id)
 
             if todo:
-                if config.scheduler:
-                    _run_distributed(todo, config.scheduler, on_result)
+                if client is not None:
+                    _run_distributed(todo, client, on_result)
                 else:
                     _run_local(todo, config, on_result)
         writer.consolidate(out)
     finally:
         with _EXTRACTORS_LOCK:
             _EXTRACTORS.pop(spec, None)
+        if client is not None:
+            client.close()
 
     done = [r for r in results if r.ok]
     failed = tuple(sorted((r.case_id, r.error or "") for r in results if not r.ok))
@@ -418,6 +434,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
         seconds=time.perf_counter() - t_start,
         bytes_written=sum(r.bytes_written for r in done),
         voxels_written=sum(r.voxels for r in done),
+        warnings=notes,
     )
     if failed and raise_on_failure:
         listing = "\n".join(f"  - {cid}: {why}" for cid, why in failed)

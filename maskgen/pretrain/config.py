@@ -74,6 +74,9 @@ class SynthConfig:
             raise ValueError(f"rotation_deg must be >= 0, got {self.rotation_deg}")
 
 
+LOSSES = ("cross_view", "supcon")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """One `maskgen pretrain` run. Everything that changes the result is here (and must match on resume)."""
@@ -91,6 +94,7 @@ class PretrainConfig:
     weight_decay: float = 1e-5
     temperature: float = 0.1
     voxels_per_volume: int = 256
+    loss: str = "cross_view"        # "cross_view": anchors of one view vs the other | "supcon": both views pooled
     seed: int = 0
     label_dir: Path | None = None
     checkpoint_every: int = 50
@@ -127,6 +131,8 @@ class PretrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.voxels_per_volume < 2:
             raise ValueError(f"voxels_per_volume must be >= 2, got {self.voxels_per_volume}")
         if self.voxels_per_volume > self.crop_size ** 3:

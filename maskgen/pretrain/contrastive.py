@@ -1,15 +1,19 @@
-"""Voxel-wise supervised contrastive loss (InfoNCE with label positives) between two renderings.
+"""Voxel-wise supervised contrastive losses (InfoNCE with label positives) between two aligned renderings.
 
 Features are first standardised per volume and channel (instance norm, as downstream training does), then for
 each volume a bounded set of voxels is drawn, balanced across labels (each label present is equally
-likely, then a uniform voxel within it), and the same voxels are read from both views' features. With
-L2-normalised embeddings z and temperature t, every sampled voxel of either view is an anchor; its positives
-are all other sampled voxels (both views) with the same label, its negatives those with other labels of the
-same volume:
+likely, then a uniform voxel within it), and the same voxels are read from both views' features (L2-normalised
+embeddings z, temperature t). Two variants:
 
-    loss_i = -mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
+- `cross_view` (default): anchors of one view against the candidates of the other; the positives of an anchor
+  are the other view's voxels with its label (its own counterpart included), negatives those with other labels:
+  loss_i = -mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a in other view} exp(z_i.z_a / t) ), symmetrised.
+  Intensity cannot separate labels across views (each view has its own random contrast), so this targets
+  exactly the cross-domain stability the extractor is for.
+- `supcon`: both views pooled, every voxel an anchor against all others (SupCon, Khosla et al., 2020), so
+  within-view pairs count too.
 
-(the SupCon objective of Khosla et al., 2020, applied per volume). The loss is averaged over anchors and volumes.
+The loss is averaged over anchors and over the volumes of a batch (negatives never cross volumes).
 """
 
 from __future__ import annotations
@@ -43,10 +47,26 @@ def supcon_loss(z: torch.Tensor, keys: torch.Tensor, temperature: float) -> torc
     return -(pos_log_prob[valid] / n_pos[valid]).mean()
 
 
+def cross_view_supcon_loss(
+    z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Symmetric cross-view supervised contrastive loss: anchors of one view against all voxels of the other.
+
+    z1, z2: (M, C) L2-normalised embeddings of the same M voxels in the two views; keys: (M,) labels. The
+    positives of an anchor are the other view's voxels with its label (its own counterpart included).
+    """
+    logits = z1 @ z2.t() / temperature                       # (M, M): view-1 anchors x view-2 candidates
+    positives = keys[:, None] == keys[None, :]
+    n_pos = positives.sum(1)
+    loss_12 = -(torch.log_softmax(logits, dim=1).masked_fill(~positives, 0.0).sum(1) / n_pos).mean()
+    loss_21 = -(torch.log_softmax(logits.t(), dim=1).masked_fill(~positives, 0.0).sum(1) / n_pos).mean()
+    return 0.5 * (loss_12 + loss_21)
+
+
 class VoxelContrastiveLoss(torch.nn.Module):
     """Contrast features of two aligned renderings, (B, C, Z, Y, X) each, with labels (B, Z, Y, X)."""
 
-    def __init__(self, temperature: float = 0.1, voxels_per_volume: int = 256) -> None:
+    def __init__(self, temperature: float = 0.1, voxels_per_volume: int = 256, cross_view_only: bool = True) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -54,6 +74,7 @@ class VoxelContrastiveLoss(torch.nn.Module):
             raise ValueError(f"voxels_per_volume must be >= 2, got {voxels_per_volume}")
         self.temperature = float(temperature)
         self.voxels_per_volume = int(voxels_per_volume)
+        self.cross_view_only = bool(cross_view_only)
 
     def forward(
         self, f1: torch.Tensor, f2: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
@@ -73,7 +94,10 @@ class VoxelContrastiveLoss(torch.nn.Module):
             z1 = F.normalize(f1[b].flatten(1)[:, idx].t(), dim=1)        # (M, C)
             z2 = F.normalize(f2[b].flatten(1)[:, idx].t(), dim=1)
             keys = labels[b].reshape(-1)[idx.to(labels.device)].to(f1.device)
-            losses.append(supcon_loss(torch.cat([z1, z2]), torch.cat([keys, keys]), self.temperature))
+            if self.cross_view_only:
+                losses.append(cross_view_supcon_loss(z1, z2, keys, self.temperature))
+            else:
+                losses.append(supcon_loss(torch.cat([z1, z2]), torch.cat([keys, keys]), self.temperature))
             with torch.no_grad():
                 pos_cos.append((z1 * z2).sum(1).mean())
                 different = keys[:, None] != keys[None, :]

@@ -149,7 +149,7 @@ def dequantize(stored: np.ndarray, scale: np.ndarray | None, dtype: Any = np.flo
         if scale is None:
             raise ValueError("int8 features need their per-channel scale")
         shape = (-1,) + (1,) * (stored.ndim - 1)
-        out = stored.astype(dtype)
-        out *= np.asarray(scale, dtype=dtype).reshape(shape)
-        return out
+        out = stored.astype(np.float32)  # NumPy float16 arithmetic is emulated and slow: scale in float32
+        out *= np.asarray(scale, dtype=np.float32).reshape(shape)
+        return out.astype(dtype, copy=False)
     return stored.astype(dtype, copy=False)

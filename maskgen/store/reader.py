@@ -98,7 +98,7 @@ class FeatureStore:
         self._root: Any = None
         self._cases: dict[str, CaseInfo] | None = None
         self._arrays: dict[tuple[str, str], Any] = {}
-        self.used_consolidated = False
+        self._used_consolidated = False
 
     # -- pickling: no zarr handles across processes ----------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -170,9 +170,9 @@ class FeatureStore:
             }
             if set(groups) == on_disk:
                 found = {cid: dict(m.attributes) for cid, m in groups.items()}
-                self.used_consolidated = True
+                self._used_consolidated = True
         if found is None:  # missing or stale consolidated metadata: list the folders
-            self.used_consolidated = False
+            self._used_consolidated = False
             if cons is not None:  # do not resolve array metadata from a stale copy
                 import zarr
 
@@ -193,6 +193,12 @@ class FeatureStore:
             except (KeyError, TypeError, ValueError):
                 continue  # a complete marker with unreadable attributes: treat as incomplete
         return infos
+
+    @property
+    def used_consolidated(self) -> bool:
+        """Whether the case list came from consolidated metadata (False: it was missing or stale)."""
+        self.cases()
+        return self._used_consolidated
 
     def refresh(self) -> None:
         """Forget cached metadata (e.g. after another process added cases)."""

@@ -33,8 +33,8 @@ from maskgen.store.layout import (
     quantize_int8,
 )
 
-# Test hook: seconds to sleep after a case's arrays are written and before it is marked complete, so tests can
-# kill an extraction in the middle of a case. Unset in normal use.
+# Test hook, "CASE_ID:SECONDS": sleep after that case's arrays are written and before it is marked complete, so
+# tests can kill an extraction in the middle of a case. Unset in normal use.
 SLEEP_BEFORE_COMPLETE_ENV = "MASKGEN_TEST_SLEEP_BEFORE_COMPLETE"
 
 _SLAB_BYTES = 256 * 2**20  # bound on the temporary copy made when converting a slab to the stored dtype
@@ -349,9 +349,7 @@ def write_case(
                 a_lab = create(LABEL, shape, chunks, "uint8", 1)
                 _write_slabs(a_lab, label, 0, z_step, lambda s: s.astype(np.uint8))
 
-            delay = float(os.environ.get(SLEEP_BEFORE_COMPLETE_ENV, "0") or 0)
-            if delay > 0:
-                time.sleep(delay)
+            _test_hook_sleep(case_id)
             group.attrs.update({COMPLETE_ATTR: True})  # LAST: the case is now visible to readers
     except BaseException:
         try:
@@ -360,6 +358,14 @@ def write_case(
             pass
         raise
     return dir_size(case_dir(store_path, case_id))
+
+
+def _test_hook_sleep(case_id: str) -> None:
+    hook = os.environ.get(SLEEP_BEFORE_COMPLETE_ENV)
+    if hook:
+        target, _, seconds = hook.rpartition(":")
+        if target == case_id:
+            time.sleep(float(seconds))
 
 
 def dir_size(path: str | os.PathLike) -> int:

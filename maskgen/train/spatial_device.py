@@ -67,14 +67,18 @@ def augment_spatial_batch(
                 lab[b] = _permute(lab[b], flip[b], rot[b])
     idx = [b for b in range(x.shape[0]) if resample[b]]
     if idx:
+        everything = len(idx) == x.shape[0]
         index = torch.tensor(idx, device=x.device)
         theta = theta_from_matrix(spatial["matrix"][idx].to(x.device), shape).to(torch.float32)
         grid = F.affine_grid(theta, [len(idx), 1, *shape], align_corners=False)
-        x = x.index_copy(0, index, F.grid_sample(x[idx].float(), grid, mode="bilinear", padding_mode="zeros",
-                                                 align_corners=False).to(x.dtype))
+        src = x if everything else x[idx]
+        warped = F.grid_sample(src.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = warped.to(x.dtype) if everything else x.index_copy(0, index, warped.to(x.dtype))
         if lab is not None:
-            warped = F.grid_sample(lab[idx].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            lab = lab.index_copy(0, index, warped.round().to(lab.dtype))
+            src = lab if everything else lab[idx]
+            warped = F.grid_sample(src.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            warped = warped.round().to(lab.dtype)
+            lab = warped if everything else lab.index_copy(0, index, warped)
     image_out = rescale_batch(x[:, :n_img])
     features_out = x[:, n_img:] if features is not None else None
     return image_out, features_out, lab

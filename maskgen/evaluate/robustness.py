@@ -1,0 +1,244 @@
+"""Robustness to simulated domain shifts of increasing strength (paper Appendix B.7, Figure 9 top and middle).
+
+Every labelled case of the split is corrupted at each level of two shifts (`maskgen.evaluate.corruptions`):
+- bias fields: random smooth multiplicative fields, `draws` (default 3) different fields per level, averaged;
+- gamma: deterministic contrast change x ** gamma (gamma 1 = no change).
+The corrupted image goes through the run's own extractor (features recomputed, as a new scan would be), then the
+run predicts as in evaluation. Several runs (e.g. ERM and MaskGen) are scored on the same corrupted images: the
+random fields depend only on (seed, case, level, draw), so the comparison is paired. All levels, the identity
+included, recompute features from the stored image, so level 0 is directly comparable with the others.
+Per level: each case's Dice averaged over draws, then mean (s.e.) over cases.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from maskgen.errors import MaskgenError
+from maskgen.evaluate.corruptions import BiasFieldShift, GammaShift
+from maskgen.evaluate.metrics import Stat, case_mean, dice_per_class, mean_se
+
+DEFAULT_BIAS_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+DEFAULT_GAMMA_LEVELS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+SHIFTS = ("bias", "gamma")
+
+
+@dataclass
+class RobustnessResult:
+    runs: list[str]                                    # series names, in the order given
+    levels: dict[str, tuple[float, ...]]               # shift -> levels
+    # per_case[run][shift][level index] = list of per-case Dice (averaged over draws), in case order
+    per_case: dict[str, dict[str, list[list[float]]]]
+    case_ids: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def stat(self, run: str, shift: str, level_index: int) -> Stat:
+        return mean_se(self.per_case[run][shift][level_index])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.settings,
+            "cases": self.case_ids,
+            "levels": {k: list(v) for k, v in self.levels.items()},
+            "results": {
+                run: {
+                    shift: [{"level": lv, **self.stat(run, shift, i).as_dict(),
+                             "per_case": [None if not np.isfinite(v) else float(v)
+                                          for v in self.per_case[run][shift][i]]}
+                            for i, lv in enumerate(self.levels[shift])]
+                    for shift in self.levels
+                }
+                for run in self.runs
+            },
+        }
+
+
+def _check_levels(bias_levels: Sequence[float], gamma_levels: Sequence[float], draws: int) -> None:
+    try:
+        for b in bias_levels:
+            BiasFieldShift(float(b))
+        for g in gamma_levels:
+            GammaShift(float(g))
+    except ValueError as e:
+        raise MaskgenError(f"{e} (--bias-levels / --gamma-levels)") from None
+    if draws < 1:
+        raise MaskgenError(f"--draws {draws} must be >= 1 (the paper uses 3 bias fields per level).")
+    if not bias_levels and not gamma_levels:
+        raise MaskgenError("no corruption level given: pass --bias-levels and/or --gamma-levels.")
+
+
+def series_names(run_dirs: Sequence[Path]) -> list[str]:
+    names = [p.name for p in run_dirs]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}/{p.name}" for p in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in run_dirs]
+    return names
+
+
+def robustness_analysis(
+    run_dirs: Sequence[str | Path],
+    split: str = "test",
+    checkpoint: str = "best",
+    bias_levels: Sequence[float] = DEFAULT_BIAS_LEVELS,
+    gamma_levels: Sequence[float] = DEFAULT_GAMMA_LEVELS,
+    draws: int = 3,
+    seed: int = 0,
+    overlap: float = 0.5,
+    device: str = "auto",
+    weights: str | Path | None = None,
+    max_cases: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> RobustnessResult:
+    from maskgen.evaluate.runs import FEATURE_IDENTITY, _check_overlap, features_for, open_run, run_extractor
+
+    _check_overlap(overlap)
+    _check_levels(bias_levels, gamma_levels, draws)
+    if not run_dirs:
+        raise MaskgenError("give at least one run folder.")
+    run_paths = [Path(r) for r in run_dirs]
+    names = series_names(run_paths)
+    runs = [open_run(r, checkpoint, device) for r in run_paths]
+    store = runs[0].store
+    for r, name in zip(runs[1:], names[1:]):
+        if r.store.pipeline.classes != store.pipeline.classes:
+            raise MaskgenError(f"run {name} segments other classes than {names[0]}; compare runs of one dataset.")
+    infos = [c for c in store.cases(split=split) if c.has_label]
+    if max_cases is not None:
+        infos = infos[:max_cases]
+    if not infos:
+        raise MaskgenError(f"{store.path} has no labelled case in split {split!r}; choose another --split.")
+    for r, name in zip(runs, names):
+        missing = [c.case_id for c in infos if c.case_id not in r.store]
+        if missing:
+            raise MaskgenError(f"run {name}'s store {r.store.path} lacks test cases {missing[:3]} of {store.path}.")
+    # one extractor per distinct feature identity, built only for runs that use features
+    extractors: dict[str, Any] = {}
+    run_key: list[str | None] = []
+    for r in runs:
+        if not r.uses_features:
+            run_key.append(None)
+            continue
+        key = repr(sorted((k, repr(r.store.extractor.get(k))) for k in FEATURE_IDENTITY))
+        if key not in extractors:
+            extractors[key] = (run_extractor(r, weights), r)
+        run_key.append(key)
+
+    shifts: list[tuple[str, list[Any], int]] = []
+    if bias_levels:
+        shifts.append(("bias", [BiasFieldShift(float(b)) for b in bias_levels], draws))
+    if gamma_levels:
+        shifts.append(("gamma", [GammaShift(float(g)) for g in gamma_levels], 1))
+    levels = {"bias": tuple(float(b) for b in bias_levels), "gamma": tuple(float(g) for g in gamma_levels)}
+    levels = {k: v for k, v in levels.items() if v}
+    per_case: dict[str, dict[str, list[list[float]]]] = {
+        n: {s: [[] for _ in levels[s]] for s in levels} for n in names
+    }
+    total = len(infos) * sum(sum(1 if sh.identity else d for sh in ts) for _, ts, d in shifts)
+    done = 0
+    t0 = time.perf_counter()
+    for info in infos:
+        case_seed = zlib.crc32(info.case_id.encode())
+        originals: dict[str, dict[str, Any]] = {}
+        for r in runs:
+            originals.setdefault(str(r.store.path), r.store.read_case(info.case_id))
+        for shift_name, shift_list, n_draws in shifts:
+            for li, sh in enumerate(shift_list):
+                n = 1 if sh.identity else n_draws
+                sums: dict[str, list[float]] = {name: [] for name in names}
+                for draw in range(n):
+                    # the same field for every run and store: (seed, case, shift, level, draw) -> parameters
+                    rng = np.random.default_rng([seed, case_seed, SHIFTS.index(shift_name), li, draw])
+                    params = sh.sample(rng)
+                    images = {sp: sh.apply(o["image"], params) for sp, o in originals.items()}
+                    feats_cache: dict[tuple[str, str], np.ndarray | None] = {}
+                    for r, name, key in zip(runs, names, run_key):
+                        sp = str(r.store.path)
+                        image, label = images[sp], originals[sp]["label"]
+                        feats = None
+                        if key is not None:
+                            if (sp, key) not in feats_cache:
+                                feats_cache[(sp, key)] = features_for(r, extractors[key][0], image)
+                            feats = feats_cache[(sp, key)]
+                        stats = _stats(r, feats)
+                        pred = r.segment(image, feats, stats, overlap)
+                        d = dice_per_class(pred, label, r.num_foreground)
+                        sums[name].append(case_mean(d))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total, f"{info.case_id} {shift_name} {_level_str(shift_name, sh)}")
+                for name in names:
+                    vals = np.asarray(sums[name])
+                    vals = vals[np.isfinite(vals)]
+                    per_case[name][shift_name][li].append(float(vals.mean()) if vals.size else float("nan"))
+    settings = {"runs": [str(p) for p in run_paths], "split": split, "checkpoint": checkpoint, "draws": draws,
+                "seed": seed, "overlap": overlap, "seconds": round(time.perf_counter() - t0, 3),
+                "bias": "exp(Legendre polynomial field, degree 3), coefficients uniform in [-level, level]; "
+                        "image rescaled to [0, 1]",
+                "gamma": "x ** gamma on the [0, 1] image (MONAI AdjustContrast)"}
+    return RobustnessResult(names, levels, per_case, [c.case_id for c in infos], settings)
+
+
+def _stats(run: Any, feats: np.ndarray | None) -> Any:
+    from maskgen.store.writer import channel_stats
+
+    if feats is None or run.cfg.feature_norm != "volume":
+        return None
+    return channel_stats(feats)
+
+
+def _level_str(shift: str, sh: Any) -> str:
+    return f"{sh.strength:g}" if shift == "bias" else f"{sh.gamma:g}"
+
+
+def write_robustness(result: RobustnessResult, out_dir: Path) -> dict[str, Path]:
+    """`robustness-<split>.{json,csv,md,png}` in `out_dir`."""
+    from maskgen.config import write_json_atomic
+    from maskgen.evaluate.report import line_plot, markdown_table, write_csv, write_text_atomic
+
+    split = result.settings.get("split", "test")
+    stem = out_dir / f"robustness-{split}"
+    paths = {ext: stem.with_suffix(f".{ext}") for ext in ("json", "csv", "md", "png")}
+    write_json_atomic(paths["json"], result.as_dict())
+    rows = []
+    for run in result.runs:
+        for shift, lv in result.levels.items():
+            for i, level in enumerate(lv):
+                s = result.stat(run, shift, i)
+                rows.append({"run": run, "shift": shift, "level": level, "dice": s.mean, "dice_se": s.se,
+                             "cases": s.n})
+    write_csv(paths["csv"], rows, ["run", "shift", "level", "dice", "dice_se", "cases"])
+    text = f"# Robustness to simulated shifts ({split} split, Dice x100, mean (s.e.) over cases)\n"
+    for shift, lv in result.levels.items():
+        header, table = robustness_table(result, shift)
+        what = (f"bias field, coefficient range +-level, {result.settings.get('draws')} draws per level"
+                if shift == "bias" else "gamma (1 = no change)")
+        text += f"\n## {what}\n\n" + markdown_table(header, table)
+    write_text_atomic(paths["md"], text)
+    panels = []
+    for shift, lv in result.levels.items():
+        panels.append({
+            "title": "Bias field" if shift == "bias" else "Gamma / contrast",
+            "xlabel": "bias coefficient range" if shift == "bias" else "gamma",
+            "x": list(lv),
+            "identity": 0.0 if shift == "bias" else 1.0,
+            "logx": shift == "gamma",
+            "series": {run: ([result.stat(run, shift, i).mean for i in range(len(lv))],
+                             [result.stat(run, shift, i).se for i in range(len(lv))]) for run in result.runs},
+        })
+    line_plot(paths["png"], panels)
+    return paths
+
+
+def robustness_table(result: RobustnessResult, shift: str) -> tuple[list[str], list[list[str]]]:
+    header = [shift] + list(result.runs)
+    rows = []
+    for i, level in enumerate(result.levels[shift]):
+        rows.append([f"{level:g}"] + [result.stat(run, shift, i).format() for run in result.runs])
+    return header, rows

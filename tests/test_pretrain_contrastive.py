@@ -1,0 +1,94 @@
+"""Voxel-wise contrastive losses: voxel sampling and the properties the objective must have."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskgen.pretrain.contrastive import VoxelContrastiveLoss, cross_view_supcon_loss, sample_voxels, supcon_loss
+
+
+def _labels(shape=(2, 12, 12, 12)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    lab = torch.zeros(shape, dtype=torch.int64)
+    lab[:, 2:6] = 1
+    lab[:, :, 7:11] = 2
+    lab[:, 9:, 9:, 9:] = 3                       # a small label (27 voxels per volume)
+    lab[1] = torch.where(torch.rand(shape[1:], generator=g) < 0.1, 4, lab[1])
+    return lab
+
+
+def _label_features(labels: torch.Tensor, channels: int = 8, noise: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """Features that identify the label (a fixed random code per label) plus noise: (B, C, Z, Y, X)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(int(labels.max()) + 1, channels, generator=torch.Generator().manual_seed(99))
+    feats = codes[labels].permute(0, 4, 1, 2, 3)
+    return feats + noise * torch.randn(feats.shape, generator=g)
+
+
+def test_sample_voxels_distinct_and_label_balanced():
+    labels = _labels()[0]
+    idx = sample_voxels(labels, 200, torch.Generator().manual_seed(1))
+    assert idx.shape == (200,) and len(torch.unique(idx)) == 200
+    counts = torch.bincount(labels.reshape(-1)[idx], minlength=4)
+    share = labels.reshape(-1).bincount(minlength=4).float() / labels.numel()
+    assert share[3] < 0.02                        # rare in the volume ...
+    assert counts[3] >= 20                        # ... but well represented among the samples (27 available)
+    again = sample_voxels(labels, 200, torch.Generator().manual_seed(1))
+    assert torch.equal(idx, again)
+    with pytest.raises(ValueError, match="cannot sample"):
+        sample_voxels(labels, labels.numel() + 1, torch.Generator())
+
+
+@pytest.mark.parametrize("cross_view_only", [True, False])
+def test_loss_lower_for_matching_features_than_shuffled(cross_view_only):
+    labels = _labels()
+    loss_fn = VoxelContrastiveLoss(temperature=0.1, voxels_per_volume=128, cross_view_only=cross_view_only)
+    f1 = _label_features(labels, seed=1)
+    f2 = _label_features(labels, seed=2)                       # other view: same codes, other noise
+    matched, stats = loss_fn(f1, f2, labels, torch.Generator().manual_seed(0))
+    perm = torch.randperm(labels[0].numel(), generator=torch.Generator().manual_seed(3))
+    shuffled_f2 = f2.flatten(2)[:, :, perm].reshape(f2.shape)  # break the voxel correspondence of view 2
+    shuffled, shuffled_stats = loss_fn(f1, shuffled_f2, labels, torch.Generator().manual_seed(0))
+    assert matched < shuffled - 1.0
+    assert stats["pos_cos"] > 0.8 and shuffled_stats["pos_cos"] < 0.5
+    assert stats["neg_cos"] < stats["pos_cos"]
+
+
+def test_loss_is_invariant_to_per_channel_affine_changes():
+    """Features are standardised per volume and channel first (as downstream training does)."""
+    labels = _labels()
+    loss_fn = VoxelContrastiveLoss(temperature=0.2, voxels_per_volume=64)
+    f1, f2 = _label_features(labels, seed=1), _label_features(labels, seed=2)
+    scale = torch.rand(1, f1.shape[1], 1, 1, 1, generator=torch.Generator().manual_seed(4)) + 0.5
+    a, _ = loss_fn(f1, f2, labels, torch.Generator().manual_seed(0))
+    b, _ = loss_fn(f1 * scale + 3.0, f2, labels, torch.Generator().manual_seed(0))
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_supcon_reaches_its_bound_for_perfect_clusters_and_has_gradients():
+    keys = torch.tensor([0, 0, 1, 1, 2, 2])
+    perfect = F.one_hot(keys, 3).float()
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    z = F.normalize(z, dim=1).requires_grad_(True)
+    good = supcon_loss(perfect, keys, temperature=0.05)
+    assert float(good) < 0.01                                  # each anchor's one positive takes all the mass
+    bad = supcon_loss(z, keys, temperature=0.05)
+    assert bad.item() > good.item()
+    bad.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    cross_good = cross_view_supcon_loss(perfect, perfect, keys, temperature=0.05)
+    # two positives per anchor in the other view: the bound is log(2)
+    assert abs(float(cross_good) - torch.log(torch.tensor(2.0)).item()) < 0.01
+
+
+def test_loss_checks_its_arguments():
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        VoxelContrastiveLoss(temperature=0.0)
+    with pytest.raises(ValueError, match="voxels_per_volume must be >= 2, got 1"):
+        VoxelContrastiveLoss(voxels_per_volume=1)
+    loss_fn = VoxelContrastiveLoss(voxels_per_volume=8)
+    f = torch.zeros(1, 4, 4, 4, 4)
+    with pytest.raises(ValueError, match="labels"):
+        loss_fn(f, f, torch.zeros(1, 4, 4, 5, dtype=torch.int64), torch.Generator())

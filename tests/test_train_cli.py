@@ -1,0 +1,85 @@
+"""`maskgen train` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from maskgen.cli import app
+
+runner = CliRunner()
+TINY = ["--steps", "2", "--batch-size", "2", "--channels", "4", "--depth", "2", "--val-every", "2",
+        "--num-workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from maskgen.data.synthetic import make_synthetic_dataset
+    from maskgen.extract.run import ExtractConfig, run_extract
+
+    base = tmp_path_factory.getbasetemp() / "train-tiny-store"
+    path = base / "store.zarr"
+    if not (path / "zarr.json").exists():
+        data = make_synthetic_dataset(base / "data", n_cases=4, size=32)
+        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind"), progress=False)
+    return path
+
+
+def test_bad_store_path(tmp_path):
+    result = runner.invoke(app, ["train", "--features", str(tmp_path / "nope.zarr")])
+    assert result.exit_code == 1
+    assert "nope.zarr does not exist" in result.stderr and "maskgen extract" in result.stderr
+
+
+def test_not_a_store(tmp_path):
+    result = runner.invoke(app, ["train", "--features", str(tmp_path)])
+    assert result.exit_code == 1 and "not a maskgen feature store" in result.stderr
+
+
+@pytest.mark.parametrize("rate", ["1.0", "-0.1"])
+def test_bad_mask_rate_names_the_value(store, tmp_path, rate):
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(tmp_path / "r"), "--mask-rate", rate])
+    assert result.exit_code == 1
+    assert f"--mask-rate {rate}" in result.stderr and "[0, 1)" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_without_checkpoint(store, tmp_path):
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(tmp_path / "r"), "--resume"] + TINY)
+    assert result.exit_code == 1 and "no checkpoint" in result.stderr
+
+
+def test_bad_crop_size(store, tmp_path):
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(tmp_path / "r"),
+                                 "--crop-size", "16,16,10"] + TINY)
+    assert result.exit_code == 1 and "16,16,10" in result.stderr and "2**depth=4" in result.stderr
+
+
+def test_train_then_refuse_then_resume(store, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--features", str(store), "--out", str(out), "--mask-rate", "0.75", "--crop-size", "16,16,32"]
+    result = runner.invoke(app, args + TINY + ["--steps", "3", "--stop-at", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(str(out))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mask_rate"] == 0.75 and cfg["crop_zyx"] == [32, 16, 16] and cfg["steps"] == 3
+    again = runner.invoke(app, args + TINY + ["--steps", "3"])
+    assert again.exit_code == 1 and "not empty" in again.stderr
+    conflict = runner.invoke(app, ["train", "--features", str(store), "--out", str(out), "--resume", "--mask-rate", "0.5"])
+    assert conflict.exit_code == 1 and "mask_rate: run has 0.75, given 0.5" in conflict.stderr
+    # resuming needs no repetition of the run's options; runtime options may change
+    resumed = runner.invoke(app, ["train", "--features", str(store), "--out", str(out), "--resume", "--quiet",
+                                  "--num-workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+
+
+def test_default_run_folder(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--features", str(store), "--seed", "7"] + TINY)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "store-both-mr50-s7" / "last.pt").is_file()

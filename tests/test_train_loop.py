@@ -1,0 +1,173 @@
+"""End-to-end training on a real tiny store (synthetic 32^3 volumes, `mind` features, made by run_extract)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskgen.errors import MaskgenError
+from maskgen.train.config import TrainConfig
+from maskgen.train.loop import load_run, train
+
+TINY = dict(steps=4, batch_size=2, channels=4, depth=2, val_every=2, num_workers=0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from maskgen.data.synthetic import make_synthetic_dataset
+    from maskgen.extract.run import ExtractConfig, run_extract
+
+    base = tmp_path_factory.getbasetemp() / "train-tiny-store"
+    path = base / "store.zarr"
+    if not (path / "zarr.json").exists():
+        data = make_synthetic_dataset(base / "data", n_cases=4, size=32)
+        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind"), progress=False)
+    return path
+
+
+def _cfg(store, out, **kw) -> TrainConfig:
+    return TrainConfig(features=str(store), out=str(out), **{**TINY, **kw})
+
+
+def _weights(run: Path, name: str = "last.pt") -> dict:
+    return torch.load(run / name, weights_only=True)["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_gives_the_same_weights_as_one_run(store, tmp_path, workers):
+    one = train(_cfg(store, tmp_path / "one", num_workers=workers), progress=False)
+    two = tmp_path / "two"
+    train(_cfg(store, two, num_workers=workers), stop_at=2, progress=False)
+    assert torch.load(two / "last.pt", weights_only=True)["step"] == 2
+    train(_cfg(store, two, num_workers=workers), resume=True, progress=False)
+    assert _same(_weights(one), _weights(two))
+    ck_one = torch.load(one / "last.pt", weights_only=True)
+    ck_two = torch.load(two / "last.pt", weights_only=True)
+    assert _same(ck_one["optimizer"]["state"][0], ck_two["optimizer"]["state"][0])
+    steps = [r["step"] for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    # a different seed trains differently (the comparison above can fail)
+    other = train(_cfg(store, tmp_path / "other", seed=4), progress=False)
+    assert not _same(_weights(one), _weights(other))
+
+
+def test_run_folder_checkpoints_and_load_run(store, tmp_path):
+    from maskgen.store.reader import FeatureStore
+    from maskgen.train.inference import predict_volume
+
+    run = train(_cfg(store, tmp_path / "run", n_train=1), progress=False)
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "progress.png", "best.pt", "last.pt"}
+    config = json.loads((run / "config.json").read_text())
+    assert len(config["train_cases"]) == 1 and config["crop_zyx"] == [16, 16, 16] and config["n_train"] == 1
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rec = [r for r in records if "loss" in r]
+    val_rec = [r for r in records if "val_dice" in r]
+    assert [r["step"] for r in train_rec] == [1, 2, 3, 4] and [r["step"] for r in val_rec] == [2, 4]
+    assert all({"loss", "lr", "crops_per_s"} <= set(r) for r in train_rec)
+    assert train_rec[0]["lr"] == pytest.approx(2e-4) and all(0 <= r["val_dice"] <= 1 for r in val_rec)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "step", "rng", "config", "model_config", "store", "best_val_dice"} <= set(ckpt)
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"]) and ckpt["step"] == 4
+    assert ckpt["store"]["extractor"]["name"] == "mind" and ckpt["model_config"]["in_channels"] == 13
+
+    model, cfg, best = load_run(run, "best")
+    assert not model.training and cfg.train_cases == tuple(config["train_cases"])
+    assert best["best_val_dice"] == max(r["val_dice"] for r in val_rec)
+    fs = FeatureStore(store)
+    case = fs.cases(split="val")[0]
+    data = fs.read_case(case.case_id)
+    probs = predict_volume(model, data["image"], data["features"], cfg, "cpu")
+    assert probs.shape == (3, 32, 32, 32)
+    torch.testing.assert_close(probs.sum(0), torch.ones(32, 32, 32))
+    with pytest.raises(MaskgenError, match="does not exist"):
+        load_run(tmp_path / "missing")
+
+
+def test_new_run_refuses_a_non_empty_folder_and_resume_needs_a_checkpoint(store, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(MaskgenError, match="not empty.*--resume.*--overwrite"):
+        train(_cfg(store, run, steps=1), progress=False)
+    train(_cfg(store, run, steps=1), overwrite=True, progress=False)
+    assert (run / "notes.txt").exists() and (run / "last.pt").exists()  # --overwrite removes only run files
+    with pytest.raises(MaskgenError, match="no checkpoint"):
+        train(_cfg(store, tmp_path / "fresh"), resume=True, progress=False)
+    with pytest.raises(MaskgenError, match="mask_rate: run has 0.5, given 0.25"):
+        train(_cfg(store, run, steps=1, mask_rate=0.25), resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
+    import maskgen.train.loop as loop
+
+    real = loop.assemble_inputs
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # the training step's input assembly (validation imports its own)
+        calls["n"] += 1
+        z = real(*args, **kwargs)
+        return z * float("nan") if calls["n"] == 3 else z
+
+    monkeypatch.setattr(loop, "assemble_inputs", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(MaskgenError, match=r"non-finite \(nan\) at step 3.*step 2\) is untouched"):
+        train(_cfg(store, run), progress=False)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    digest = hashlib.sha256((run / "last.pt").read_bytes()).hexdigest()
+    monkeypatch.setattr(loop, "assemble_inputs", real)
+    assert hashlib.sha256((run / "last.pt").read_bytes()).hexdigest() == digest
+
+
+def test_training_never_runs_the_extractor_unless_online(store, tmp_path, monkeypatch):
+    import maskgen.extract.base as base
+    import maskgen.extract.inference as inference
+    import maskgen.extract.registry as registry
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the extractor ran during cached-feature training")
+
+    monkeypatch.setattr(registry, "build_extractor", forbidden)
+    monkeypatch.setattr(inference, "extract_batch", forbidden)
+    monkeypatch.setattr(base.Extractor, "forward", forbidden)
+    train(_cfg(store, tmp_path / "cached", steps=2), progress=False)
+    monkeypatch.undo()
+
+    calls = {"build": 0, "batch": 0}
+    real_build, real_batch = registry.build_extractor, inference.extract_batch
+
+    def build(*args, **kwargs):
+        calls["build"] += 1
+        return real_build(*args, **kwargs)
+
+    def batch(extractor, crops):
+        calls["batch"] += 1
+        assert crops.shape == (2, 1, 16, 16, 16)
+        return real_batch(extractor, crops)
+
+    monkeypatch.setattr(registry, "build_extractor", build)
+    monkeypatch.setattr(inference, "extract_batch", batch)
+    run = train(_cfg(store, tmp_path / "online", steps=2, online_features=True), progress=False)
+    assert calls == {"build": 1, "batch": 2}
+    assert json.loads((run / "config.json").read_text())["online_features"] is True
+
+
+@pytest.mark.parametrize(
+    "inputs,norm,aug_device", [("image", "crop", "cpu"), ("features", "volume", "device"), ("both", "volume", "device")]
+)
+def test_input_modes_normalisations_and_device_augmentation(store, tmp_path, inputs, norm, aug_device):
+    run = train(_cfg(store, tmp_path / "run", steps=2, val_every=0, inputs=inputs, feature_norm=norm,
+                     aug_device=aug_device, mask_rate=0.0 if inputs == "image" else 0.5), progress=False)
+    model, cfg, ckpt = load_run(run, "last")
+    assert ckpt["model_config"]["in_channels"] == {"image": 1, "features": 12, "both": 13}[inputs]
+    assert cfg.feature_norm == norm and np.isfinite(ckpt["val_dice"])
