@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite,
             device=device,
         )
-        console = Console(highlight=False)
+        console = Console(highlight=False, soft_wrap=True)
         try:
             summary = run_extract(config)
         except ExtractFailed as e:
@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.store.inspect import verify_store
         from maskgen.store.reader import FeatureStore
 
-        console = Console(highlight=False)
+        console = Console(highlight=False, soft_wrap=True)
         total = len(FeatureStore(path).cases())
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("verify", total=total)
