@@ -217,6 +217,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prob", type=float, default=0.33, help="augmentation probability for the expected costs")
     ap.add_argument("--devices", default="cpu,cuda", help="devices for the batched path and the train step")
+    ap.add_argument("--step-devices", default=None, help="devices for the train step [default: --devices]")
     ap.add_argument("--unet-channels", type=int, default=20)
     ap.add_argument("--unet-depth", type=int, default=5)
     ap.add_argument("--no-train-step", action="store_true", help="skip the UNet step timing")
@@ -227,7 +228,12 @@ def main() -> None:
 
     import torch
 
-    devices = [d for d in args.devices.split(",") if d and (d != "cuda" or torch.cuda.is_available())]
+    def usable(text: str) -> list[str]:
+        return [d for d in text.split(",") if d and (d != "cuda" or torch.cuda.is_available())]
+
+    devices = usable(args.devices)
+    step_devices = usable(args.step_devices if args.step_devices is not None else args.devices)
+    torch.backends.cudnn.benchmark = True  # fixed crop size, as in training
     common = {
         "benchmark": "augment_placement",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -243,7 +249,7 @@ def main() -> None:
         lines += bench_cpu_monai(args.crop, args.channels, args.repeats, args.prob)
     for dev in devices:
         lines.append(bench_batched(args.crop, args.channels, args.batch, args.repeats, dev))
-        if not args.no_train_step:
+        if not args.no_train_step and dev in step_devices:
             threads = torch.get_num_threads()
             if dev == "cpu":
                 torch.set_num_threads(os.cpu_count() or 1)

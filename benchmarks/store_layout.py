@@ -169,18 +169,22 @@ def write_config(name: str, kwargs: dict, data: dict, workdir: Path) -> dict:
     }
 
 
-def readers(path: Path) -> dict:
-    """The reads that are timed: a full training sample (float32 / float16 output) and the feature array alone."""
+def readers(path: Path, backends: list[str]) -> dict:
+    """The reads that are timed: a full training sample (float32 / float16 output) and the feature array alone,
+    with zarr-python (keys without prefix) and optionally tensorstore (keys prefixed `ts_`)."""
     from maskgen.store.layout import FEATURES
     from maskgen.store.reader import FeatureStore
 
-    store = FeatureStore(path)
-    feat = store.array("case", FEATURES)
-    return {
-        "sample_f32_per_s": lambda st, k: store.read_crop("case", st, (k, k, k)),
-        "sample_f16_per_s": lambda st, k: store.read_crop("case", st, (k, k, k), dtype=np.float16),
-        "features_only_per_s": lambda st, k: feat[:, st[0]:st[0] + k, st[1]:st[1] + k, st[2]:st[2] + k],
-    }
+    out = {}
+    for backend in backends:
+        store = FeatureStore(path, backend=backend)
+        pre = "" if backend == "zarr" else "ts_"
+        out[pre + "sample_f32_per_s"] = lambda st, k, s=store: s.read_crop("case", st, (k, k, k))
+        out[pre + "sample_f16_per_s"] = lambda st, k, s=store: s.read_crop("case", st, (k, k, k), dtype=np.float16)
+        if backend == "zarr":
+            feat = store.array("case", FEATURES)
+            out["features_only_per_s"] = lambda st, k: feat[:, st[0]:st[0] + k, st[1]:st[1] + k, st[2]:st[2] + k]
+    return out
 
 
 def baseline_readers(data: dict, workdir: Path) -> dict:
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default=None, help="where to write the temporary stores (default: a temp dir)")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--backends", default="zarr", help="comma-separated: zarr, tensorstore (optional package)")
     args = ap.parse_args(argv)
 
     import zarr
@@ -242,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         "source": desc,
         "volume_czyx": list(data["features"].shape),
         "zarr_threads": args.zarr_threads,
+        "backends": args.backends,
         "crops_per_repeat": args.n,
         "repeats": args.repeats,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         written = {name: write_config(name, CONFIGS[name], data, workdir) for name in names}
-        all_readers = {name: readers(w["path"]) for name, w in written.items()}
+        backends = [b for b in args.backends.split(",") if b]
+        all_readers = {name: readers(w["path"], backends) for name, w in written.items()}
         if not args.no_baselines:
             all_readers["baseline"] = baseline_readers(data, workdir)
         reads = measure(all_readers, data["features"].shape[1:], crops, args.n, args.repeats, seed=0)
@@ -265,7 +272,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:22s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
                   f"  ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:5.2f}s  "
                   + "  ".join(f"{k}^3: {v['sample_f32_per_s']:.1f}/{v['sample_f16_per_s']:.1f}/"
-                              f"{v['features_only_per_s']:.1f}" for k, v in res["reads"].items()), flush=True)
+                              f"{v['features_only_per_s']:.1f}"
+                              + (f" ts {v['ts_sample_f32_per_s']:.1f}/{v['ts_sample_f16_per_s']:.1f}"
+                                 if "ts_sample_f32_per_s" in v else "")
+                              for k, v in res["reads"].items()), flush=True)
         with open(args.results, "a") as f:
             for line in lines:
                 f.write(json.dumps(line, sort_keys=True) + "\n")

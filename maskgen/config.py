@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import os
 import tempfile
 import typing
@@ -50,7 +51,7 @@ def _coerce(hint: Any, value: Any) -> Any:
     if value is None or hint is None:
         return value
     origin = typing.get_origin(hint)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         for arg in typing.get_args(hint):
             if arg is type(None):
                 continue

@@ -296,3 +296,9 @@ def test_sweep_channel_dropout_needs_training_support(store, tmp_path):
                   "--dropout-rate", "0.25", *TINY])
     assert res.exit_code == 1 and "channel-dropout needs the training stage" in res.stderr
     assert not (tmp_path / "cd").exists() or not any((tmp_path / "cd").iterdir())
+
+
+def test_sweep_checks_splits_before_training(store, tmp_path):
+    res = invoke(["sweep", "--features", store, "--out", tmp_path / "x", "--splits", "val,holdout", *TINY])
+    assert res.exit_code == 1 and "--splits 'holdout'" in res.stderr
+    assert not (tmp_path / "x").exists()

@@ -14,7 +14,7 @@ from maskgen.data.pipeline import Pipeline
 from maskgen.errors import MaskgenError
 from maskgen.store import writer
 from maskgen.store.layout import StoreLayout
-from maskgen.store.reader import FeatureStore
+from maskgen.store.reader import FeatureStore, tensorstore_available
 
 PIPE = Pipeline(name="toy", layout="nnunet", spacing=(1.0, 1.0, 2.0), crop_size=(16, 16, 8), normalization="minmax",
                 classes=("a", "b"))
@@ -41,6 +41,13 @@ def _make(path, layout=StoreLayout(), cases=("c0", "c1", "c2"), consolidate=True
     if consolidate:
         writer.consolidate(path)
     return data
+
+
+@pytest.fixture(params=["zarr", "tensorstore"])
+def backend(request):
+    if request.param == "tensorstore" and not tensorstore_available():
+        pytest.skip("tensorstore is not installed (optional)")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +77,9 @@ def test_cases_metadata_and_root(store16):
         s.case("nope")
 
 
-def test_read_case_matches_written(store16):
+def test_read_case_matches_written(store16, backend):
     path, data = store16
-    s = FeatureStore(path)
+    s = FeatureStore(path, backend=backend)
     image, feats, label = data["c2"]
     got = s.read_case("c2")
     assert got["features"].dtype == np.float32 and got["image"].dtype == np.float32 and got["label"].dtype == np.uint8
@@ -86,9 +93,9 @@ def test_read_case_matches_written(store16):
     [((0, 0, 0), (10, 13, 17)), ((2, 3, 5), (4, 8, 8)), ((-3, 5, 10), (8, 8, 12)), ((7, -4, -2), (6, 20, 21)),
      ((20, 0, 0), (4, 4, 4)), ((-5, -5, -5), (3, 3, 3))],
 )
-def test_read_crop_zero_pads_outside(store16, start, size):
+def test_read_crop_zero_pads_outside(store16, start, size, backend):
     path, data = store16
-    s = FeatureStore(path)
+    s = FeatureStore(path, backend=backend)
     image, feats, label = data["c0"]
     pad = 25
     ref_f = np.pad(feats.astype(np.float16).astype(np.float32), ((0, 0),) + ((pad, pad),) * 3)
@@ -107,7 +114,7 @@ def test_read_crop_reads_only_the_chunks_it_touches(store16, monkeypatch):
     import zarr.storage
 
     path, _ = store16
-    s = FeatureStore(path)
+    s = FeatureStore(path, backend="zarr")
     s.read_case("c0")  # metadata opened
     chunks = s.array("c0", "features").chunks
     assert chunks == (3, 4, 7, 6)  # (4, 8, 8) balanced over (10, 13, 17)
@@ -129,10 +136,10 @@ def test_read_crop_reads_only_the_chunks_it_touches(store16, monkeypatch):
     assert keys == []
 
 
-def test_int8_store_dequantises(tmp_path):
+def test_int8_store_dequantises(tmp_path, backend):
     path = tmp_path / "i8.zarr"
     data = _make(path, StoreLayout(dtype="int8"), cases=("c0",))
-    s = FeatureStore(path)
+    s = FeatureStore(path, backend=backend)
     info = s.case("c0")
     assert info.feature_scale is not None and len(info.feature_scale) == 3
     assert str(s.array("c0", "features").dtype) == "int8"
@@ -207,6 +214,16 @@ def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
     assert [c.case_id for c in FeatureStore(path).cases()] == ["c0"]
 
 
+def test_backend_choice(tmp_path, monkeypatch):
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0",))
+    assert FeatureStore(path, backend="zarr").backend == "zarr"
+    monkeypatch.setenv("MASKGEN_STORE_BACKEND", "zarr")
+    assert FeatureStore(path).backend == "zarr"
+    with pytest.raises(MaskgenError, match="'hdf5'"):
+        FeatureStore(path, backend="hdf5")
+
+
 def test_case_ids_must_be_group_names(tmp_path):
     for bad in ("a/b", ".hidden", "__x", ""):
         with pytest.raises(MaskgenError, match="case id"):
@@ -240,13 +257,42 @@ def test_prepare_store_refuses_other_settings_and_foreign_folders(tmp_path):
         FeatureStore(tmp_path / "missing.zarr")
 
 
-def test_pickled_store_reads_in_another_process(store16):
+def test_pickled_store_reads_in_another_process(store16, backend):
     path, data = store16
-    s = FeatureStore(path)
+    s = FeatureStore(path, backend=backend)
     s.read_case("c0")  # open handles before pickling
     clone = pickle.loads(pickle.dumps(s))
-    assert clone._root is None and clone._arrays == {}
+    assert clone._root is None and clone._arrays == {} and clone._ts_arrays == {} and clone.backend == backend
     np.testing.assert_array_equal(clone.read_crop("c1", (0, 0, 0), (4, 4, 4))["label"], data["c1"][2][:4, :4, :4])
+
+
+_FORKED = {}
+
+
+def _forked_read(queue):
+    s = _FORKED["store"]
+    queue.put(s.read_crop("c1", (1, 2, 3), (4, 4, 4))["features"].tolist())
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_store_used_before_fork_reads_in_the_child(store16, backend):
+    """DataLoader workers started with fork inherit the store object, handles included: it must reopen them."""
+    path, data = store16
+    s = FeatureStore(path, backend=backend)
+    expect = s.read_crop("c1", (1, 2, 3), (4, 4, 4))["features"]
+    _FORKED["store"] = s
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_forked_read, args=(queue,))
+    proc.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+    _FORKED.clear()
+    np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expect)
 
 
 def _fg_worker(args):

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract`."),
         out: Optional[str] = typer.Option(
-            None, "--out", help="Run folder [default: runs/<store>-<inputs>-mr<rate>-s<seed>]."
+            None, "--out", help="Run folder (default: runs/STORE-INPUTS-mrRATE-sSEED)."
         ),
         inputs: str = typer.Option("both", "--inputs", help="both (image + features) | image (ERM) | features."),
         mask_rate: float = typer.Option(0.5, "--mask-rate", help="View masking rate in [0, 1); 0 disables."),
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         channels: int = typer.Option(20, "--channels", help="UNet base width n_c (paper Table 15)."),
         depth: int = typer.Option(5, "--depth", help="UNet max-pool levels (crop sides must divide by 2**depth)."),
         crop_size: Optional[str] = typer.Option(
-            None, "--crop-size", help="Training crop x,y,z in voxels [default: the store pipeline's]."
+            None, "--crop-size", help="Training crop x,y,z in voxels (default: the store pipeline's)."
         ),
         fg_fraction: float = typer.Option(1 / 3, "--fg-fraction", help="Fraction of crops centred on foreground."),
         aug_prob: float = typer.Option(0.33, "--aug-prob", help="Probability of each augmentation (paper C.2)."),
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         feature_norm: str = typer.Option("crop", "--feature-norm", help="crop (instance norm) | volume (stored stats)."),
         n_train: Optional[int] = typer.Option(None, "--n-train", help="Few-shot: train on K random train cases."),
         val_every: int = typer.Option(1000, "--val-every", help="Validate and save last.pt every N steps (0: at end)."),
-        num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes [default: auto]."),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes (default: automatic)."),
         seed: int = typer.Option(0, "--seed", help="Run seed (model init, crops, augmentation, masking)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         online_features: bool = typer.Option(

@@ -190,7 +190,9 @@ def stability_analysis(
         if progress is not None:
             progress(i + 1, len(pairs))
     names = [IMAGE_ROW] + [f"feature {c}" for c in range(store.num_features)] + [ALL_FEATURES_ROW]
-    domain_pairs = list(dict.fromkeys(p.domains for p in pairs))
+    order = {d: i for i, d in enumerate(dict.fromkeys(c.domain for c in cases))}
+    domain_pairs = [p.domains for p in sorted({(p.domain_a, p.domain_b): p for p in pairs}.values(),
+                                               key=lambda p: (order[p.domain_a], order[p.domain_b]))]
     return StabilityResult(rows=rows, channel_names=names, domain_pairs=domain_pairs, notes=notes)
 
 

@@ -187,6 +187,23 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
         )
 
 
+def _check_splits(store: Path, splits: Sequence[str], checkpoint: str) -> None:
+    """Before any training: every split to evaluate exists in the store with labelled cases."""
+    from maskgen.evaluate.evaluate import SPLITS
+    from maskgen.store.reader import FeatureStore
+
+    if checkpoint not in ("best", "last"):
+        raise MaskgenError(f"--checkpoint {checkpoint!r} must be best or last.")
+    if not splits:
+        raise MaskgenError("--splits is empty: give at least one of val, test.")
+    fs = FeatureStore(store)
+    for split in splits:
+        if split not in SPLITS:
+            raise MaskgenError(f"--splits {split!r} is not one of {', '.join(SPLITS)}.")
+        if not any(c.has_label for c in fs.cases(split=split)):
+            raise MaskgenError(f"{store} has no labelled case in split {split!r}; drop it from --splits.")
+
+
 def _as_tuples(v: Any) -> Any:
     return tuple(_as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
@@ -219,6 +236,7 @@ def run_sweep(
             "intermediate layers (a `dropout` option of `maskgen train`), which this version does not have yet; "
             "run the sweep with --method maskgen."
         )
+    _check_splits(store, splits, checkpoint)
     reserved = {"features", "out", "inputs", "mask_rate", "seed", "dropout"} & set(train_options)
     if reserved:
         raise MaskgenError(f"train options {sorted(reserved)} are set by the sweep itself.")

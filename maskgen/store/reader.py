@@ -31,6 +31,28 @@ from maskgen.store.writer import fg_cache_path, quiet, read_case_attrs, read_roo
 # float16 crops; parallelism comes from DataLoader worker processes instead.
 READ_THREADS_ENV = "MASKGEN_ZARR_THREADS"
 DEFAULT_READ_THREADS = 1
+#: "zarr" (zarr-python, always available) or "tensorstore" (optional, reads the same Zarr v3 arrays in C++);
+#: "auto" picks tensorstore when it is installed. Override with $MASKGEN_STORE_BACKEND.
+BACKENDS = ("auto", "zarr", "tensorstore")
+BACKEND_ENV = "MASKGEN_STORE_BACKEND"
+
+
+def tensorstore_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorstore") is not None
+
+
+def resolve_backend(backend: str | None) -> str:
+    """'zarr' or 'tensorstore' for a requested backend (None: $MASKGEN_STORE_BACKEND or 'auto')."""
+    backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+    if backend not in BACKENDS:
+        raise MaskgenError(f"store backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "tensorstore" if tensorstore_available() else "zarr"
+    if backend == "tensorstore" and not tensorstore_available():
+        raise MaskgenError("store backend 'tensorstore' needs the tensorstore package: pip install tensorstore")
+    return backend
 
 
 def configure_zarr_threads(threads: int | None = None) -> None:
@@ -82,7 +104,8 @@ class CaseInfo:
 class FeatureStore:
     """A maskgen Zarr v3 feature store (see docs/ARCHITECTURE.md for the layout)."""
 
-    def __init__(self, path: str | os.PathLike, read_threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, read_threads: int | None = None, backend: str | None = None):
+        """`read_threads`: decode threads per process (default $MASKGEN_ZARR_THREADS or 1); `backend`: see BACKENDS."""
         self.path = Path(path)
         attrs = read_root_attrs(self.path)
         if attrs is None:
@@ -94,18 +117,33 @@ class FeatureStore:
             )
         self.attrs: dict[str, Any] = attrs
         self.read_threads = read_threads
+        self.backend = resolve_backend(backend)
         self.layout = StoreLayout.from_attrs(attrs.get("layout") or {})
         self._root: Any = None
         self._cases: dict[str, CaseInfo] | None = None
         self._arrays: dict[tuple[str, str], Any] = {}
+        self._ts_arrays: dict[tuple[str, str], Any] = {}
+        self._ts_context: Any = None
+        self._pid = os.getpid()
         self._used_consolidated = False
 
-    # -- pickling: no zarr handles across processes ----------------------------------------------------
+    # -- pickling: no zarr/tensorstore handles across processes ----------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_root"] = None
         state["_arrays"] = {}
+        state["_ts_arrays"] = {}
+        state["_ts_context"] = None
         return state
+
+    def _check_pid(self) -> None:
+        """After a fork (DataLoader workers), reopen: tensorstore's thread pools do not survive it."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._root = None
+            self._arrays = {}
+            self._ts_arrays = {}
+            self._ts_context = None
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r})"
@@ -238,6 +276,7 @@ class FeatureStore:
 
     def array(self, case_id: str, name: str) -> Any:
         """The zarr array `name` ("image" | "features" | "label") of a case, opened once and cached."""
+        self._check_pid()
         key = (case_id, name)
         arr = self._arrays.get(key)
         if arr is None:
@@ -247,14 +286,42 @@ class FeatureStore:
             self._arrays[key] = arr
         return arr
 
+    def _ts_array(self, case_id: str, name: str) -> Any:
+        key = (case_id, name)
+        arr = self._ts_arrays.get(key)
+        if arr is None:
+            import tensorstore as ts
+
+            if self._ts_context is None:
+                threads = self.read_threads or int(os.environ.get(READ_THREADS_ENV, DEFAULT_READ_THREADS))
+                self._ts_context = ts.Context({
+                    "cache_pool": {"total_bytes_limit": 0},
+                    "data_copy_concurrency": {"limit": max(1, threads)},
+                    "file_io_concurrency": {"limit": max(2, threads)},
+                })
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.path / CASES_GROUP / case_id / name)}}
+            arr = ts.open(spec, read=True, open=True, context=self._ts_context).result()
+            self._ts_arrays[key] = arr
+        return arr
+
+    def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]]) -> list[np.ndarray]:
+        """Read several (array name, selection) pairs of a case; tensorstore issues them concurrently."""
+        self._check_pid()
+        if self.backend == "tensorstore":
+            futures = [self._ts_array(case_id, name)[sel].read() for name, sel in requests]
+            return [np.asarray(f.result()) for f in futures]
+        return [self.array(case_id, name)[sel] for name, sel in requests]
+
     # -- reading ---------------------------------------------------------------------------------------
     def read_case(self, case_id: str, dtype: Any = np.float32) -> dict[str, np.ndarray | None]:
         """The whole case: image (1,Z,Y,X), features (C,Z,Y,X) dequantised, both `dtype`; label (Z,Y,X) uint8
         (None for a case stored without label)."""
         info = self.case(case_id)
-        image = self.array(case_id, IMAGE)[...].astype(dtype, copy=False)
-        feats = dequantize(self.array(case_id, FEATURES)[...], _scale(info), dtype)
-        label = self.array(case_id, LABEL)[...] if info.has_label else None
+        names = [IMAGE, FEATURES] + ([LABEL] if info.has_label else [])
+        got = self._fetch(case_id, [(n, (Ellipsis,)) for n in names])
+        image = got[0].astype(dtype, copy=False)
+        feats = dequantize(got[1], _scale(info), dtype)
+        label = got[2] if info.has_label else None
         return {"image": image, "features": feats, "label": label}
 
     def read_crop(
@@ -282,21 +349,27 @@ class FeatureStore:
         dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
         empty = bool((hi <= lo).any())
         size_t = tuple(int(s) for s in size)
-
-        def get(name: str, lead: int, out_dtype: Any, convert: Any) -> np.ndarray:
-            arr = self.array(case_id, name)
-            if inside:
-                return convert(arr[(slice(None),) * lead + src])
-            out = np.zeros(tuple(arr.shape[:lead]) + size_t, dtype=out_dtype)
-            if not empty:
-                out[(slice(None),) * lead + dst] = convert(arr[(slice(None),) * lead + src])
-            return out
-
+        c = len(info.feature_mean)
+        names = [IMAGE, FEATURES] + ([LABEL] if info.has_label else [])
+        leads = {IMAGE: (1,), FEATURES: (c,), LABEL: ()}
+        got = [] if empty else self._fetch(case_id, [(n, (slice(None),) * len(leads[n]) + src) for n in names])
         scale = _scale(info)
-        image = get(IMAGE, 1, dtype, lambda a: a.astype(dtype, copy=False))
-        feats = get(FEATURES, 1, dtype, lambda a: dequantize(a, scale, dtype))
-        label = get(LABEL, 0, np.uint8, lambda a: a) if info.has_label else None
-        return {"image": image, "features": feats, "label": label}
+        convert = {
+            IMAGE: (dtype, lambda a: a.astype(dtype, copy=False)),
+            FEATURES: (dtype, lambda a: dequantize(a, scale, dtype)),
+            LABEL: (np.uint8, lambda a: a),
+        }
+        out: dict[str, np.ndarray | None] = {LABEL: None}
+        for i, name in enumerate(names):
+            out_dtype, conv = convert[name]
+            if inside:
+                out[name] = conv(got[i])
+                continue
+            arr = np.zeros(leads[name] + size_t, dtype=out_dtype)
+            if not empty:
+                arr[(slice(None),) * len(leads[name]) + dst] = conv(got[i])
+            out[name] = arr
+        return {"image": out[IMAGE], "features": out[FEATURES], "label": out[LABEL]}
 
     # -- foreground locations --------------------------------------------------------------------------
     def foreground_locations(self, case_id: str, max_per_class: int = 10000, seed: int = 0) -> dict[int, np.ndarray]:
@@ -316,7 +389,7 @@ class FeatureStore:
         cached = _load_fg(path, max_per_class, seed, num_classes)
         if cached is not None:
             return cached
-        label = self.array(case_id, LABEL)[...]
+        (label,) = self._fetch(case_id, [(LABEL, (Ellipsis,))])
         rng = np.random.default_rng(seed)
         locs: dict[int, np.ndarray] = {}
         for k in range(1, num_classes):

@@ -75,6 +75,8 @@ class TrainConfig:
             raise MaskgenError(f"--val-every {self.val_every} must be >= 0 (0 = validate at the end only).")
         if self.n_train is not None and self.n_train < 1:
             raise MaskgenError(f"--n-train {self.n_train} must be >= 1.")
+        if self.seed < 0:
+            raise MaskgenError(f"--seed {self.seed} must be >= 0.")
         if self.num_workers is not None and self.num_workers < 0:
             raise MaskgenError(f"--num-workers {self.num_workers} must be >= 0.")
         if self.crop_zyx is not None:

@@ -83,6 +83,18 @@ def assemble_inputs(image: Any, features: Any, cfg: Any, stats: Any = None) -> t
     return z[0] if unbatched else z
 
 
+def assemble(image: Any, features: Any, inputs_mode: str, feature_norm: str, stats: Any = None) -> torch.Tensor:
+    """`assemble_inputs` with the mode and normalisation passed directly (the ARCHITECTURE.md contract form)."""
+    return assemble_inputs(image, features, _Modes(inputs_mode, feature_norm), stats)
+
+
+class _Modes:
+    def __init__(self, inputs: str, feature_norm: str):
+        if inputs not in ("both", "image", "features"):
+            raise MaskgenError(f"inputs mode {inputs!r} is not one of both, image, features.")
+        self.inputs, self.feature_norm = inputs, feature_norm
+
+
 def split_window(window: torch.Tensor, inputs: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Inverse of `raw_stack`: a (B, 1+C | 1 | C, ...) raw window -> (image or None, features or None)."""
     if inputs == "both":

@@ -228,6 +228,8 @@ def train(
     write_json_atomic(run_dir / "config.json", to_dict(cfg))
 
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one crop size for the whole run: let cuDNN pick its kernels
     aug_device = resolve_aug_device(cfg.aug_device, device)
     num_workers = resolve_num_workers(cfg.num_workers, device)
     pipeline = store.pipeline
@@ -249,6 +251,8 @@ def train(
         set_rng_state(ckpt["rng"])
         log.truncate_after(state.step)
         if state.step >= end_step:
+            if progress:
+                _console().print(f"{run_dir} is already at step {state.step} of {cfg.steps}: nothing to do.")
             return run_dir
     extractor = build_online_extractor(store, cfg, device) if cfg.online_features else None
     if extractor is not None and extractor.out_channels != num_features:
@@ -266,7 +270,7 @@ def train(
         read_features=uses_features(cfg.inputs) and not cfg.online_features,
         volume_stats=cfg.feature_norm == "volume",
     )
-    _warm_foreground(store, cfg.train_cases, progress)
+    _warm_foreground(store, cfg.train_cases)
     loader = make_loader(store, spec, state.step, end_step, num_workers, pin_memory=device.type == "cuda")
     validator = Validator(store, cfg, device, num_classes)
     store_info = {"path": cfg.features, "extractor": store.extractor, "num_features": num_features,
@@ -392,7 +396,7 @@ def _train_step(
     return value
 
 
-def _warm_foreground(store: Any, case_ids: tuple[str, ...], progress: bool) -> None:
+def _warm_foreground(store: Any, case_ids: tuple[str, ...]) -> None:
     """Compute (or load) every train case's cached foreground locations once, before the workers start."""
     from maskgen.train.sampling import FG_MAX_PER_CLASS, FG_SEED
 

@@ -1,0 +1,355 @@
+"""Shared pieces of the benchmarks: recording results, the demo data and stores they run on, timing, profiles.
+
+Every result is one JSON object, printed on stdout as one line and appended to `benchmarks/results.jsonl` with the
+exact command, the git revision, the machine (CPU model, cores, GPU), the library versions, the load average at the
+start (the CPUs here are shared: read absolute times with it) and a timestamp. The keys match the other writers of
+that file (`store_layout.py`, `augment_placement.py`): `benchmark`, `command`, `git_rev`, `machine`, `versions`,
+`time`.
+
+Timing rules: synchronise the device before reading the clock (`sync`), interleave the variants being compared
+(`interleaved`: ABCABC..., the order rotated every round) so that drift of a shared machine cancels, report medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results.jsonl"
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "maskgen-bench"
+DEFAULT_DEMO = Path(tempfile.gettempdir()) / "bench-demo"
+#: `--extractor` choices. `anatomix-random` is the default anatomix architecture with random weights: the same
+#: cost as the pretrained network (timing only; its features carry no anatomy, so Dice figures are meaningless).
+EXTRACTORS = ("mind", "anatomix", "auto", "anatomix-random")
+
+_COMMAND: str | None = None  # set by `python -m benchmarks` so records show the command the user typed
+
+
+# -- provenance ---------------------------------------------------------------------------------------------------
+def set_command(argv: Sequence[str]) -> None:
+    global _COMMAND
+    _COMMAND = " ".join(shlex.quote(a) for a in argv)
+
+
+def command_line() -> str:
+    if _COMMAND is not None:
+        return _COMMAND
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return " ".join(shlex.quote(a) for a in ["python", "-m", spec.name, *sys.argv[1:]])
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+
+
+def git_rev() -> str:
+    """Short revision of the working tree, `+dirty` when it has uncommitted changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = None
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count()
+    return {"node": platform.node(), "cpu": cpu, "cpus": cpus, "gpu": gpu, "python": platform.python_version()}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("torch", "zarr", "monai", "numcodecs", "numpy", "dask"):
+        with contextlib.suppress(Exception):
+            out[name] = __import__(name).__version__
+    return out
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+_LOAD_AT_START = load_average()
+
+
+def record(benchmark: str, result: dict[str, Any], results: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Print `result` as one JSON line and append it, with provenance, to `results` (default results.jsonl)."""
+    line = {
+        "benchmark": benchmark,
+        "command": command_line(),
+        "git_rev": git_rev(),
+        "machine": machine(),
+        "versions": versions(),
+        "load_average_start": _LOAD_AT_START,
+        "load_average_end": load_average(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **result,
+    }
+    text = json.dumps(line, sort_keys=True, default=_json_default)
+    print(text, flush=True)
+    path = Path(results) if results else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return line
+
+
+def _json_default(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, (set, tuple)):
+        return list(v)
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def say(message: str) -> None:
+    """Progress notes go to stderr so that stdout holds only the JSON lines."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- arguments ----------------------------------------------------------------------------------------------------
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device for the networks")
+    ap.add_argument("--extractor", default="mind", choices=EXTRACTORS,
+                    help="feature extractor of the store (anatomix-random: anatomix architecture, random weights)")
+    ap.add_argument("--weights", default=None, help="anatomix weights file (for --extractor anatomix)")
+    ap.add_argument("--demo", default=str(DEFAULT_DEMO), help="demo dataset folder (built if missing)")
+    ap.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where stores and scratch runs are kept")
+    ap.add_argument("--store", default=None, help="an existing feature store to use instead of the demo store")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads of the main process [default: torch's own (all cores)]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="add a profile of the slowest variant to the record")
+    ap.add_argument("--results", default=str(RESULTS), help="JSON-lines file the record is appended to")
+    return ap
+
+
+def setup(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no CUDA device here")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+
+
+def settings(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options that shape a measurement, for the record."""
+    import torch
+
+    base = {"device": args.device, "extractor": args.extractor, "torch_threads": torch.get_num_threads()}
+    return {**base, **{n: getattr(args, n) for n in names}}
+
+
+# -- data and stores ------------------------------------------------------------------------------------------------
+def ensure_demo(path: str | os.PathLike, subjects: int = 12, seed: int = 0) -> Path:
+    """The demo dataset (`maskgen demo-data`), generated once; a complete folder with the same config is reused."""
+    from maskgen.data.demo import DemoConfig, generate_demo_dataset
+
+    summary = generate_demo_dataset(path, DemoConfig(subjects=subjects, seed=seed))
+    if not getattr(summary, "reused", False):
+        say(f"built the demo dataset in {path}")
+    return Path(path)
+
+
+def extractor_choice(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(`--extractor` for maskgen, weights path) for the benchmark's `--extractor`/`--weights`."""
+    if args.extractor != "anatomix-random":
+        return args.extractor, args.weights
+    from maskgen.extract.anatomix import AnatomixUNet
+    from maskgen.extract.weights import save_anatomix_checkpoint
+
+    path = Path(args.workdir) / "anatomix-random-seed0.pt"
+    if not path.is_file():
+        import torch
+
+        with fork_rng(0):
+            net = AnatomixUNet()
+        save_anatomix_checkpoint(net, path)
+    return "anatomix", str(path)
+
+
+@contextlib.contextmanager
+def fork_rng(seed: int) -> Iterator[None]:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def store_path(args: argparse.Namespace, dtype: str = "float16", codec: str = "none", tag: str = "") -> Path:
+    return Path(args.workdir) / f"demo-{args.extractor}-{dtype}-{codec}{tag}.zarr"
+
+
+def ensure_store(
+    args: argparse.Namespace, dtype: str = "float16", codec: str = "none", out: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> Path:
+    """The demo data extracted with `--extractor` into `out` (default: in the workdir), or `--store` if given.
+
+    `maskgen extract` skips complete cases, so this is instant once the store exists.
+    """
+    if args.store and out is None and dtype == "float16" and codec == "none":
+        return Path(args.store)
+    from maskgen.extract.run import ExtractConfig, run_extract
+
+    demo = ensure_demo(args.demo)
+    path = Path(out) if out is not None else store_path(args, dtype, codec)
+    name, weights = extractor_choice(args)
+    cfg = ExtractConfig(dataset="demo", data_root=str(demo), out=str(path), extractor=name, weights=weights,
+                        dtype=dtype, codec=codec, device=args.device, workers=workers, allow_download=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run_extract(cfg, progress=False)
+    if summary.cases_written:
+        say(f"extracted {summary.cases_written} case(s) into {path} in {summary.seconds:.1f} s")
+    return path
+
+
+# -- timing -------------------------------------------------------------------------------------------------------
+def sync(device: Any) -> None:
+    """Wait for queued device work, so that the clock measures it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: Any = "cpu") -> tuple[float, Any]:
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def interleaved(
+    fns: dict[str, Callable[[int], Any]], repeats: int, warmup: int = 1, device: Any = "cpu", rotate: bool = True
+) -> dict[str, list[float]]:
+    """Seconds of each call of each function, rounds interleaved (A B C, B C A, ... when `rotate`).
+
+    Each function receives the round index (so it can pick that round's input). The first `warmup` rounds are run
+    but not kept.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            dt, _ = timed(lambda: fns[name](r), device)
+            if r >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def stats(times: Sequence[float]) -> dict[str, Any]:
+    """Median, quartiles, min and count of a list of seconds."""
+    xs = sorted(times)
+    if not xs:
+        return {"n": 0}
+    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+    return {"median_s": statistics.median(xs), "q1_s": q[0], "q3_s": q[2], "min_s": xs[0], "n": len(xs)}
+
+
+def ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """median(a) / median(b)."""
+    return statistics.median(a) / statistics.median(b)
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median of the per-round ratios a[i] / b[i]: robust to slow drift of a shared machine."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def target(name: str, value: float, limit: float, lower_is_better: bool = True, note: str = "") -> dict[str, Any]:
+    met = value <= limit if lower_is_better else value >= limit
+    out = {"name": name, "value": value, "limit": limit, "met": bool(met)}
+    if note:
+        out["note"] = note
+    return out
+
+
+# -- profiles -----------------------------------------------------------------------------------------------------
+def torch_profile(fn: Callable[[], Any], device: Any = "cpu", top: int = 15) -> list[dict[str, Any]]:
+    """Operators taking the most self time over one call of `fn` (torch.profiler; CPU and CUDA)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        activities.append(ProfilerActivity.CUDA)
+    sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    total = sum(getattr(e, key, 0.0) for e in prof.key_averages()) or 1.0
+    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key, 0.0) / 1000, 3),
+             "self_pct": round(100 * getattr(e, key, 0.0) / total, 1)} for e in rows]
+
+
+def python_profile(fn: Callable[[], Any], top: int = 15) -> list[dict[str, Any]]:
+    """Python functions with the most cumulative time over one call of `fn` (cProfile), for I/O-bound paths."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        fn()
+    finally:
+        prof.disable()
+    st = pstats.Stats(prof)
+    rows = []
+    total = max((v[3] for v in st.stats.values()), default=1.0) or 1.0  # type: ignore[attr-defined]
+    for (filename, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        rows.append({"function": f"{_short_path(filename)}:{line}({func})", "calls": nc,
+                     "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4), "cum_pct": round(100 * ct / total, 1)})
+    rows.sort(key=lambda r: r["tottime_s"], reverse=True)
+    return rows[:top]
+
+
+def _short_path(filename: str) -> str:
+    for marker in ("site-packages/", "/work/main/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
