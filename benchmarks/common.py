@@ -86,10 +86,12 @@ def machine() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    from importlib import metadata
+
     out = {}
-    for name in ("torch", "zarr", "monai", "numcodecs", "numpy", "dask"):
-        with contextlib.suppress(Exception):
-            out[name] = __import__(name).__version__
+    for name in ("torch", "zarr", "monai", "numcodecs", "numpy", "dask", "tensorstore"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
     return out
 
 
@@ -152,7 +154,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where stores and scratch runs are kept")
     ap.add_argument("--store", default=None, help="an existing feature store to use instead of the demo store")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads of the main process [default: torch's own (all cores)]")
+                    help="torch intra-op threads of the main process [default: 1 on --device cpu (the cores are "
+                         "shared: oversubscribed threads made steps 4x slower and noisy), torch's own on cuda]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="add a profile of the slowest variant to the record")
     ap.add_argument("--results", default=str(RESULTS), help="JSON-lines file the record is appended to")
@@ -162,8 +165,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 def setup(args: argparse.Namespace) -> None:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(int(threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: PyTorch sees no CUDA device here")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)

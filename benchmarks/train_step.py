@@ -147,14 +147,40 @@ def base_config(args: Any, store_path: Path) -> Any:
 def add_model_args(ap: Any) -> None:
     ap.add_argument("--crop", type=int, default=None, help="crop side (voxels) [default: the pipeline's crop]")
     ap.add_argument("--batch", type=int, default=2, help="crops per step")
-    ap.add_argument("--channels", type=int, default=16, help="UNet base width (paper: 20)")
+    ap.add_argument("--channels", type=int, default=8, help="UNet base width (paper: 20)")
     ap.add_argument("--depth", type=int, default=4, help="UNet max-pool levels (paper: 5)")
     ap.add_argument("--mask-rate", type=float, default=0.5)
     ap.add_argument("--aug-device", default="auto", choices=("auto", "cpu", "device"))
 
 
-def measure_compute(trainers: dict[str, Any], repeats: int, warmup: int, n_batches: int) -> dict[str, list[float]]:
-    """Seconds per `_train_step` on prebuilt batches, interleaved across variants."""
+def reference_step(t: Trainer, batch: dict[str, Any]) -> Any:
+    """A bare UNet step (forward, Dice+CE, backward, AdamW) on a fixed input already on the device, with the
+    variant's number of input channels: what the network costs with no data path at all. `cached - erm` minus
+    `unet_both - unet_image` is the overhead of maskgen's cached data path itself (feature transfer, per-crop
+    normalisation, view masking); `unet_both / unet_image` is intrinsic to a wider input."""
+    import torch
+
+    from maskgen.train.inference import autocast
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand((batch["image"].shape[0], t.model.in_channels, *batch["image"].shape[2:]), generator=g)
+    z, label = z.to(t.device), batch["label"].to(t.device).long()
+
+    def step(_r: int) -> None:
+        with autocast(t.device):
+            logits = t.model(z)
+        loss = t.loss_fn(logits.float(), label)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.optimizer.step()
+
+    return step
+
+
+def measure_compute(
+    trainers: dict[str, Any], repeats: int, warmup: int, n_batches: int, references: bool
+) -> dict[str, list[float]]:
+    """Seconds per `_train_step` on prebuilt batches, interleaved across variants (and the bare-UNet references)."""
     batches = {n: t.batches(0, n_batches) for n, t in trainers.items()}
     device = next(iter(trainers.values())).device
 
@@ -162,7 +188,12 @@ def measure_compute(trainers: dict[str, Any], repeats: int, warmup: int, n_batch
         t = trainers[name]
         return lambda r: t.step(batches[name][r % n_batches], r)
 
-    return common.interleaved({n: runner(n) for n in trainers}, repeats, warmup, device)
+    fns = {n: runner(n) for n in trainers}
+    if references:
+        for ref, n in (("unet_image", "erm"), ("unet_both", "cached")):
+            if n in trainers:
+                fns[ref] = reference_step(trainers[n], batches[n][0])
+    return common.interleaved(fns, repeats, warmup, device)
 
 
 def measure_end_to_end(trainers: dict[str, Any], rounds: int, steps: int, num_workers: int) -> dict[str, Any]:
@@ -200,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batches", type=int, default=6, help="distinct prebuilt batches cycled through")
     ap.add_argument("--e2e-rounds", type=int, default=2, help="rounds of the end-to-end measurement (0: skip)")
     ap.add_argument("--e2e-steps", type=int, default=5, help="timed steps per variant and round")
+    ap.add_argument("--no-references", action="store_true",
+                    help="skip the bare-UNet reference steps (1 vs 1+C input channels, no data path)")
     ap.add_argument("--num-workers", type=int, default=None, help="loader workers [default: maskgen's automatic]")
     args = ap.parse_args(argv)
     common.setup(args)
@@ -217,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.say(f"train_step: variants {names}, crop {first.cfg.crop_zyx}, batch {args.batch}, "
                f"UNet {args.channels}/{args.depth}, {args.device}, spatial aug on {first.aug_device}")
 
-    compute = measure_compute(trainers, args.repeats, args.warmup, args.batches)
+    compute = measure_compute(trainers, args.repeats, args.warmup, args.batches, not args.no_references)
     result: dict[str, Any] = {
         "settings": {**common.settings(args, "batch", "channels", "depth", "mask_rate", "repeats", "warmup"),
                      "crop_zyx": list(first.cfg.crop_zyx), "aug_device": first.aug_device,
@@ -232,6 +265,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             pct = 100 * (common.paired_ratio(compute[n], compute["erm"]) - 1)
             result["compute"][n]["overhead_vs_erm_pct"] = round(pct, 2)
+        if "unet_image" in compute and "unet_both" in compute:
+            intrinsic = 100 * (common.paired_ratio(compute["unet_both"], compute["unet_image"]) - 1)
+            result["compute"]["unet_both"]["overhead_vs_unet_image_pct"] = round(intrinsic, 2)
+            result["overhead_split_pct"] = {
+                "wider_input_intrinsic": round(intrinsic, 2),
+                "cached_data_path": round(result["compute"]["cached"]["overhead_vs_erm_pct"] - intrinsic, 2),
+            }
         if "cached" in compute:
             targets.append(common.target("train step: cached over ERM (%)",
                                          result["compute"]["cached"]["overhead_vs_erm_pct"],

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskgen.pretrain.contrastive import VoxelContrastiveLoss, cross_view_supcon_loss, sample_voxels, supcon_loss
+from maskgen.pretrain.contrastive import (
+    MODES,
+    VoxelContrastiveLoss,
+    cross_view_supcon_loss,
+    sample_voxels,
+    supcon_loss,
+    voxel_infonce_loss,
+)
 
 
 def _labels(shape=(2, 12, 12, 12)) -> torch.Tensor:
@@ -41,10 +48,10 @@ def test_sample_voxels_distinct_and_label_balanced():
         sample_voxels(labels, labels.numel() + 1, torch.Generator())
 
 
-@pytest.mark.parametrize("cross_view_only", [True, False])
-def test_loss_lower_for_matching_features_than_shuffled(cross_view_only):
+@pytest.mark.parametrize("mode", MODES)
+def test_loss_lower_for_matching_features_than_shuffled(mode):
     labels = _labels()
-    loss_fn = VoxelContrastiveLoss(temperature=0.1, voxels_per_volume=128, cross_view_only=cross_view_only)
+    loss_fn = VoxelContrastiveLoss(temperature=0.1, voxels_per_volume=128, mode=mode)
     f1 = _label_features(labels, seed=1)
     f2 = _label_features(labels, seed=2)                       # other view: same codes, other noise
     matched, stats = loss_fn(f1, f2, labels, torch.Generator().manual_seed(0))
@@ -83,11 +90,26 @@ def test_supcon_reaches_its_bound_for_perfect_clusters_and_has_gradients():
     assert abs(float(cross_good) - torch.log(torch.tensor(2.0)).item()) < 0.01
 
 
+def test_voxel_infonce_ignores_other_voxels_of_the_same_label():
+    keys = torch.tensor([0, 0, 1, 1])
+    z = F.one_hot(keys, 2).float()                 # same-label voxels share one code: indistinguishable
+    # with same-label voxels left out, each anchor only competes with the other label: loss -> 0
+    assert voxel_infonce_loss(z, z, keys, temperature=0.05).item() < 1e-3
+    # were they negatives, the loss could not go below log(2)
+    assert supcon_loss(torch.cat([z, z]), torch.cat([keys, keys]), 0.05).item() > 1.0
+    swapped = z[[1, 0, 3, 2]]                      # a voxel's partner in the other view is its label-mate
+    assert voxel_infonce_loss(z, swapped, keys, 0.05).item() < 1e-3
+    far = F.one_hot(1 - keys, 2).float()           # the other view puts each voxel on the other label's code
+    assert voxel_infonce_loss(z, far, keys, 0.05).item() > 5.0
+
+
 def test_loss_checks_its_arguments():
     with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
         VoxelContrastiveLoss(temperature=0.0)
     with pytest.raises(ValueError, match="voxels_per_volume must be >= 2, got 1"):
         VoxelContrastiveLoss(voxels_per_volume=1)
+    with pytest.raises(ValueError, match="mode must be one of .* got 'pixel'"):
+        VoxelContrastiveLoss(mode="pixel")
     loss_fn = VoxelContrastiveLoss(voxels_per_volume=8)
     f = torch.zeros(1, 4, 4, 4, 4)
     with pytest.raises(ValueError, match="labels"):

@@ -63,3 +63,12 @@ def test_raw_stack_round_trip(mode):
         assert torch.equal(i, img)
     if mode != "image":
         assert torch.equal(f, feats)
+
+
+def test_contract_form_matches_config_form():
+    from maskgen.train.inputs import assemble
+
+    img, feats = torch.rand(2, 1, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    torch.testing.assert_close(assemble(img, feats, "both", "crop"), assemble_inputs(img, feats, _cfg("both")))
+    with pytest.raises(MaskgenError, match="'pixels'"):
+        assemble(img, feats, "pixels", "crop")

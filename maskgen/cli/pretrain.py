@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
         warmup_steps: int = typer.Option(100, "--warmup-steps", min=0, help="Linear warm-up steps."),
         temperature: float = typer.Option(0.1, "--temperature", help="Temperature of the contrastive loss."),
         voxels: int = typer.Option(256, "--voxels", min=2, help="Voxels sampled per volume and step for the loss."),
-        loss: str = typer.Option("cross_view", "--loss", help="'cross_view' (anchors of one view against the "
-                                 "other) or 'supcon' (both views pooled, within-view pairs too)."),
+        loss: str = typer.Option("voxel", "--loss", help="Contrastive mode: 'voxel' (positive: the same voxel in "
+                                 "the other view; negatives: other labels), 'cross_view' (positives: every voxel "
+                                 "of the label in the other view) or 'supcon' (both views pooled)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, the data and the voxel samples."),
         label_dir: Optional[Path] = typer.Option(None, "--label-dir", help="Folder of NIfTI label maps to mix in "
                                                  "with the synthetic ensembles (optional)."),

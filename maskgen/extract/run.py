@@ -239,6 +239,8 @@ def process_case(task: CaseTask) -> CaseResult:
             return failed(f"disk full ({os.strerror(e.errno)}) while writing {task.store}; free space and re-run the "
                           "same command to resume")
         return failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
+    except Exception as e:  # zarr/numcodecs errors: report the case, keep the run going
+        return failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
     voxels = int(np.prod(pre.image.shape[1:]))
     return CaseResult(cid, bytes_written=nbytes, voxels=voxels, seconds=time.perf_counter() - t0)
 

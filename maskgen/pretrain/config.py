@@ -36,13 +36,13 @@ class SynthConfig:
     scale: tuple[float, float] = (0.75, 1.33)
     elastic_strength: tuple[float, float] = (0.0, 0.08)  # max displacement in normalised [-1, 1] units
     # appearance
-    within_label_std: tuple[float, float] = (0.0, 0.08)
-    texture_amplitude: tuple[float, float] = (0.0, 0.25)
+    within_label_std: tuple[float, float] = (0.0, 0.05)
+    texture_amplitude: tuple[float, float] = (0.0, 0.12)
     blur_sigma: tuple[float, float] = (0.0, 1.2)       # voxels, drawn per axis
     p_resolution_loss: float = 0.3
     resolution_factor: tuple[float, float] = (1.0, 3.0)
-    bias_strength: tuple[float, float] = (0.0, 0.6)
-    noise_std: tuple[float, float] = (0.0, 0.06)
+    bias_strength: tuple[float, float] = (0.0, 0.3)
+    noise_std: tuple[float, float] = (0.0, 0.05)
     log_gamma: tuple[float, float] = (-0.6, 0.6)
     p_invert: float = 0.3
     p_zero_background: float = 0.25
@@ -74,7 +74,7 @@ class SynthConfig:
             raise ValueError(f"rotation_deg must be >= 0, got {self.rotation_deg}")
 
 
-LOSSES = ("cross_view", "supcon")
+LOSSES = ("voxel", "cross_view", "supcon")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class PretrainConfig:
     weight_decay: float = 1e-5
     temperature: float = 0.1
     voxels_per_volume: int = 256
-    loss: str = "cross_view"        # "cross_view": anchors of one view vs the other | "supcon": both views pooled
+    loss: str = "voxel"             # contrastive mode, see maskgen.pretrain.contrastive: voxel | cross_view | supcon
     seed: int = 0
     label_dir: Path | None = None
     checkpoint_every: int = 50

@@ -1,17 +1,20 @@
-"""Voxel-wise supervised contrastive losses (InfoNCE with label positives) between two aligned renderings.
+"""Voxel-wise contrastive losses (InfoNCE with label-aware negatives) between two aligned renderings.
 
 Features are first standardised per volume and channel (instance norm, as downstream training does), then for
 each volume a bounded set of voxels is drawn, balanced across labels (each label present is equally
 likely, then a uniform voxel within it), and the same voxels are read from both views' features (L2-normalised
-embeddings z, temperature t). Two variants:
+embeddings z, temperature t). Each view has its own random contrast, so intensity cannot match voxels across
+views: every variant rewards features that are stable across appearance. Modes:
 
-- `cross_view` (default): anchors of one view against the candidates of the other; the positives of an anchor
-  are the other view's voxels with its label (its own counterpart included), negatives those with other labels:
-  loss_i = -mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a in other view} exp(z_i.z_a / t) ), symmetrised.
-  Intensity cannot separate labels across views (each view has its own random contrast), so this targets
-  exactly the cross-domain stability the extractor is for.
-- `supcon`: both views pooled, every voxel an anchor against all others (SupCon, Khosla et al., 2020), so
-  within-view pairs count too.
+- `voxel` (default): anchors of one view against the voxels of the other; the positive is the same voxel,
+  the negatives are the voxels with other labels; other voxels of the same label are left out (neither pulled
+  nor pushed). loss_i = -log( exp(z_i.w_i / t) / (exp(z_i.w_i / t) + sum_{j: label_j != label_i} exp(z_i.w_j / t)) ),
+  symmetrised over the two views. Learns quickly on a CPU budget (pure label positives below stall there).
+- `cross_view`: the positives of an anchor are all voxels of the other view with its label (its own counterpart
+  included): same-label voxels are pulled together across views, which asks the network to give every region
+  one code from its shape alone; the objective of anatomix, but slow to start.
+- `supcon`: both views pooled, every voxel an anchor against all others with label positives (SupCon, Khosla et
+  al., 2020), so within-view pairs count too.
 
 The loss is averaged over anchors and over the volumes of a batch (negatives never cross volumes).
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+MODES = ("voxel", "cross_view", "supcon")
 
 
 def sample_voxels(labels: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
@@ -63,10 +68,23 @@ def cross_view_supcon_loss(
     return 0.5 * (loss_12 + loss_21)
 
 
+def voxel_infonce_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric cross-view InfoNCE: positive = the same voxel, negatives = the other view's voxels of other labels.
+
+    z1, z2: (M, C) L2-normalised embeddings of the same M distinct voxels in the two views; keys: (M,) labels.
+    """
+    m = z1.shape[0]
+    same_label = keys[:, None] == keys[None, :]
+    ignore = same_label & ~torch.eye(m, dtype=torch.bool, device=z1.device)
+    logits = (z1 @ z2.t() / temperature).masked_fill(ignore, float("-inf"))
+    target = torch.arange(m, device=z1.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
 class VoxelContrastiveLoss(torch.nn.Module):
     """Contrast features of two aligned renderings, (B, C, Z, Y, X) each, with labels (B, Z, Y, X)."""
 
-    def __init__(self, temperature: float = 0.1, voxels_per_volume: int = 256, cross_view_only: bool = True) -> None:
+    def __init__(self, temperature: float = 0.1, voxels_per_volume: int = 256, mode: str = "voxel") -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -74,7 +92,9 @@ class VoxelContrastiveLoss(torch.nn.Module):
             raise ValueError(f"voxels_per_volume must be >= 2, got {voxels_per_volume}")
         self.temperature = float(temperature)
         self.voxels_per_volume = int(voxels_per_volume)
-        self.cross_view_only = bool(cross_view_only)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
 
     def forward(
         self, f1: torch.Tensor, f2: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
@@ -94,7 +114,9 @@ class VoxelContrastiveLoss(torch.nn.Module):
             z1 = F.normalize(f1[b].flatten(1)[:, idx].t(), dim=1)        # (M, C)
             z2 = F.normalize(f2[b].flatten(1)[:, idx].t(), dim=1)
             keys = labels[b].reshape(-1)[idx.to(labels.device)].to(f1.device)
-            if self.cross_view_only:
+            if self.mode == "voxel":
+                losses.append(voxel_infonce_loss(z1, z2, keys, self.temperature))
+            elif self.mode == "cross_view":
                 losses.append(cross_view_supcon_loss(z1, z2, keys, self.temperature))
             else:
                 losses.append(supcon_loss(torch.cat([z1, z2]), torch.cat([keys, keys]), self.temperature))

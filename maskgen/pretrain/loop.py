@@ -160,7 +160,7 @@ def pretrain(
     )
     net = build_network(cfg)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
-    loss_fn = VoxelContrastiveLoss(cfg.temperature, cfg.voxels_per_volume, cross_view_only=cfg.loss == "cross_view")
+    loss_fn = VoxelContrastiveLoss(cfg.temperature, cfg.voxels_per_volume, mode=cfg.loss)
 
     step = 0
     window: list[list[float]] = []

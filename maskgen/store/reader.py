@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ DEFAULT_READ_THREADS = 1
 #: "auto" picks tensorstore when it is installed. Override with $MASKGEN_STORE_BACKEND.
 BACKENDS = ("auto", "zarr", "tensorstore")
 BACKEND_ENV = "MASKGEN_STORE_BACKEND"
+
+
+# pid of the process that first used tensorstore. Its thread pools do not survive fork(): a forked child of that
+# process (a DataLoader worker started with "fork") must not touch tensorstore, even through a fresh context.
+_TS_USED_BY_PID: int | None = None
 
 
 def tensorstore_available() -> bool:
@@ -125,6 +131,7 @@ class FeatureStore:
         self._ts_arrays: dict[tuple[str, str], Any] = {}
         self._ts_context: Any = None
         self._pid = os.getpid()
+        self._warned_fork = False
         self._used_consolidated = False
 
     # -- pickling: no zarr/tensorstore handles across processes ----------------------------------------
@@ -304,10 +311,28 @@ class FeatureStore:
             self._ts_arrays[key] = arr
         return arr
 
+    def _use_tensorstore(self) -> bool:
+        global _TS_USED_BY_PID
+        if self.backend != "tensorstore":
+            return False
+        if _TS_USED_BY_PID is None:
+            _TS_USED_BY_PID = os.getpid()
+        elif _TS_USED_BY_PID != os.getpid():  # forked after tensorstore was used: zarr-python is fork-safe
+            if not self._warned_fork:
+                self._warned_fork = True
+                warnings.warn(
+                    f"{self.path}: this process was forked after tensorstore was used, so it reads with zarr-python "
+                    "(slower); start DataLoader workers with multiprocessing_context='spawn' or 'forkserver'",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return False
+        return True
+
     def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]]) -> list[np.ndarray]:
         """Read several (array name, selection) pairs of a case; tensorstore issues them concurrently."""
         self._check_pid()
-        if self.backend == "tensorstore":
+        if self._use_tensorstore():
             futures = [self._ts_array(case_id, name)[sel].read() for name, sel in requests]
             return [np.asarray(f.result()) for f in futures]
         return [self.array(case_id, name)[sel] for name, sel in requests]

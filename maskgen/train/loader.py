@@ -2,7 +2,8 @@
 
 Batch `step` is a pure function of (run seed, step): worker w of W builds steps start+w, start+w+W, ... and the
 DataLoader hands them out round-robin, so batches arrive in step order and are identical for any number of workers,
-on a fresh run or after `--resume`.
+on a fresh run or after `--resume`. Workers are started with "spawn" (the tensorstore backend of the store forbids
+fork), so scripts that call `maskgen.train.loop.train` with workers need the usual `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
@@ -94,10 +95,7 @@ class TrainBatches(IterableDataset):
 
 
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001
-    torch.set_num_threads(1)
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset.store, "refresh"):
-        info.dataset.store.refresh()  # zarr handles inherited through fork are reopened in the worker
+    torch.set_num_threads(1)  # parallelism comes from the worker processes
 
 
 def make_loader(
@@ -111,6 +109,8 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=_worker_init if num_workers > 0 else None,
+        # spawn, not fork: the store's tensorstore backend aborts a process forked after it started its threads
+        multiprocessing_context="spawn" if num_workers > 0 else None,
         prefetch_factor=2 if num_workers > 0 else None,
         persistent_workers=False,
         # a private generator: creating the iterator must not draw from the global torch RNG, whose state is
