@@ -287,15 +287,21 @@ def test_predict_refuses_an_extractor_with_other_weights(sweep_dir):
         run_extractor(run)
 
 
-def test_sweep_channel_dropout_needs_training_support(store, tmp_path):
-    from maskgen.evaluate.sweep import supports_channel_dropout
-
-    if supports_channel_dropout():
-        pytest.skip("the training stage supports channel dropout; covered by a sweep run")
+def test_sweep_channel_dropout_baseline_trains_with_dropout_on_every_block(store, tmp_path):
     res = invoke(["sweep", "--features", store, "--out", tmp_path / "cd", "--method", "channel-dropout",
-                  "--dropout-rate", "0.25", *TINY])
-    assert res.exit_code == 1 and "channel-dropout needs the training stage" in res.stderr
-    assert not (tmp_path / "cd").exists() or not any((tmp_path / "cd").iterdir())
+                  "--dropout-rate", "0.25", "--splits", "test", *TINY])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "cd" / "chdrop-p25-s0"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["inputs"] == "image" and cfg["dropout"] == 0.25 and cfg["mask_rate"] == 0.0
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["dropout"] == 0.25
+    from maskgen.train.unet import UNet
+
+    net = UNet(1, 3, channels=4, depth=2, dropout=0.25)
+    blocks = [m for m in net.modules() if isinstance(m, torch.nn.Sequential) and isinstance(m[0], torch.nn.Conv3d)]
+    assert blocks and all(isinstance(b[-1], torch.nn.Dropout3d) and b[-1].p == 0.25 for b in blocks)
+    assert "Channel dropout (p=0.25)" in (tmp_path / "cd" / "results.md").read_text()
 
 
 def test_sweep_checks_splits_before_training(store, tmp_path):

@@ -12,7 +12,7 @@ from maskgen.cli._common import handle_errors
 _FIELDS = (
     "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights",
+    "online_features", "extractor_weights", "dropout",
 )
 
 
@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         ),
         extractor_weights: Optional[str] = typer.Option(
             None, "--extractor-weights", help="Extractor weights for --online-features (anatomix.pth)."
+        ),
+        dropout: float = typer.Option(
+            0.0, "--dropout", help="Channel dropout after every UNet block (paper Table 5 baseline; use with --inputs image)."
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),

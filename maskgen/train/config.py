@@ -46,6 +46,7 @@ class TrainConfig:
     device: str = "auto"                           # auto | cpu | cuda
     online_features: bool = False                  # recompute features from the augmented crop every step
     extractor_weights: str | None = None           # weights for --online-features (else the registry's lookup)
+    dropout: float = 0.0                           # channel dropout after every UNet block (paper Table 5 baseline)
 
     def __post_init__(self) -> None:
         _choice("--inputs", self.inputs, INPUT_MODES)
@@ -67,6 +68,8 @@ class TrainConfig:
             raise MaskgenError(f"--weight-decay {self.weight_decay} must be >= 0.")
         if not (0.0 <= self.fg_fraction <= 1.0):
             raise MaskgenError(f"--fg-fraction {self.fg_fraction} must be in [0, 1].")
+        if not (0.0 <= self.dropout < 1.0):
+            raise MaskgenError(f"--dropout {self.dropout} must be in [0, 1) (0 disables channel dropout).")
         if not (0.0 <= self.aug_prob <= 1.0):
             raise MaskgenError(f"--aug-prob {self.aug_prob} must be in [0, 1].")
         if not (0.0 <= self.val_overlap < 1.0):

@@ -239,7 +239,7 @@ def train(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth).to(device)
+    model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth, cfg.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
     state = _State()

@@ -20,14 +20,20 @@ def decoder_widths(channels: int, depth: int) -> list[int]:
 
 
 class ConvBNReLU(nn.Sequential):
-    """3x3x3 convolution (no bias: BatchNorm follows) -> BatchNorm3d -> ReLU."""
+    """3x3x3 convolution (no bias: BatchNorm follows) -> BatchNorm3d -> ReLU [-> Dropout3d(p) when p > 0].
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
+    The optional channel dropout (no parameters, so state_dict keys are the same with or without it) is the
+    generic-masking baseline of paper Table 5: whole feature maps dropped on every intermediate layer."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = [
             nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
-        )
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout3d(dropout))
+        super().__init__(*layers)
 
 
 class UNet(nn.Module):
@@ -37,7 +43,8 @@ class UNet(nn.Module):
     with MaxPool(2). Each decoder level upsamples x2 (nearest), concatenates the encoder skip of the same resolution
     and applies 2 Conv-BN-ReLU blocks (widths from `decoder_widths`). The head is a 3x3x3 convolution to
     `out_channels` logits, without the BatchNorm and ReLU that Table 15's block 33 lists: a ReLU would forbid negative
-    logits. `dropout` (default 0, as the paper) adds Dropout3d after the bottleneck.
+    logits. `dropout` (default 0) adds channel dropout (Dropout3d) after every Conv-BN-ReLU block: the paper's
+    Table 5 channel-dropout baseline.
     Inputs must have every spatial side divisible by 2**depth.
     """
 
@@ -57,15 +64,17 @@ class UNet(nn.Module):
         for level in range(depth + 1):
             width = channels * 2**level
             blocks = [nn.MaxPool3d(2)] if level > 0 else []
-            blocks += [ConvBNReLU(width_in, width), ConvBNReLU(width, width), ConvBNReLU(width, width)]
+            blocks += [ConvBNReLU(width_in, width, dropout), ConvBNReLU(width, width, dropout),
+                       ConvBNReLU(width, width, dropout)]
             self.encoder.append(nn.Sequential(*blocks))
             enc_widths.append(width)
             width_in = width
-        self.bottleneck_dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = float(dropout)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.decoder = nn.ModuleList()
         for level, width in zip(range(depth - 1, -1, -1), decoder_widths(channels, depth)):
-            self.decoder.append(nn.Sequential(ConvBNReLU(width_in + enc_widths[level], width), ConvBNReLU(width, width)))
+            self.decoder.append(nn.Sequential(ConvBNReLU(width_in + enc_widths[level], width, dropout),
+                                              ConvBNReLU(width, width, dropout)))
             width_in = width
         self.head = nn.Conv3d(width_in, out_channels, kernel_size=3, padding=1)
 
@@ -78,7 +87,6 @@ class UNet(nn.Module):
             x = block(x)
             if level < self.depth:
                 skips.append(x)
-        x = self.bottleneck_dropout(x)
         for block in self.decoder:
             x = block(torch.cat([self.upsample(x), skips.pop()], dim=1))
         return self.head(x)
@@ -90,7 +98,7 @@ class UNet(nn.Module):
             "out_channels": self.out_channels,
             "channels": self.channels,
             "depth": self.depth,
-            "dropout": float(self.bottleneck_dropout.p) if isinstance(self.bottleneck_dropout, nn.Dropout3d) else 0.0,
+            "dropout": self.dropout,
         }
 
 
