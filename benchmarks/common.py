@@ -219,7 +219,12 @@ def fork_rng(seed: int) -> Iterator[None]:
 
 
 def store_path(args: argparse.Namespace, dtype: str = "float16", codec: str = "none", tag: str = "") -> Path:
-    return Path(args.workdir) / f"demo-{args.extractor}-{dtype}-{codec}{tag}.zarr"
+    """Where the demo store of this extractor and layout lives (maskgen's default chunks, named in the path so that
+    a change of the default makes a new store instead of a refusal)."""
+    from maskgen.store.layout import DEFAULT_LAYOUT
+
+    chunks = "x".join(str(c) for c in DEFAULT_LAYOUT.chunks_zyx)
+    return Path(args.workdir) / f"demo-{args.extractor}-{dtype}-{codec}-c{chunks}{tag}.zarr"
 
 
 def ensure_store(
@@ -280,6 +285,66 @@ def interleaved(
             dt, _ = timed(lambda: fns[name](r), device)
             if r >= warmup:
                 times[name].append(dt)
+    return times
+
+
+def lockstep(
+    calls: dict[str, Callable[[Callable[[int, int, str], None]], Any]], device: Any = "cpu"
+) -> dict[str, dict[str, float]]:
+    """Seconds per item of functions that report `progress(i, n, item)` after each item, run in lockstep.
+
+    Each function runs in its own thread, but only one thread works at a time: after its item k, a function waits
+    until every other one has done its item k. So item k of every function is timed within seconds of the others,
+    and the per-item ratios cancel the drift of a shared machine even when whole calls take minutes. The first
+    item of each function includes its set-up (loading a run, opening the store).
+    """
+    import threading
+
+    names = list(calls)
+    cond = threading.Condition()
+    state: dict[str, Any] = {"turn": 0, "t": time.perf_counter()}
+    done: set[int] = set()
+    times: dict[str, dict[str, float]] = {n: {} for n in names}
+    errors: dict[str, BaseException] = {}
+
+    def advance(k: int) -> None:  # under cond
+        for j in list(range(k + 1, len(names))) + list(range(0, k + 1)):
+            if j not in done:
+                state["turn"] = j
+                break
+        else:
+            state["turn"] = -1
+        cond.notify_all()
+
+    def worker(k: int, name: str) -> None:
+        def progress(_i: int, _n: int, item: str) -> None:
+            sync(device)
+            with cond:
+                times[name][item] = time.perf_counter() - state["t"]
+                advance(k)
+                cond.wait_for(lambda: state["turn"] == k)
+                state["t"] = time.perf_counter()
+
+        with cond:
+            cond.wait_for(lambda: state["turn"] == k)
+            state["t"] = time.perf_counter()
+        try:
+            calls[name](progress)
+        except BaseException as e:  # re-raised in the caller
+            errors[name] = e
+        finally:
+            with cond:
+                done.add(k)
+                advance(k)
+
+    threads = [threading.Thread(target=worker, args=(k, n), daemon=True) for k, n in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        name, err = next(iter(errors.items()))
+        raise RuntimeError(f"{name} failed in lockstep timing: {err}") from err
     return times
 
 

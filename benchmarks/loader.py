@@ -36,19 +36,26 @@ from benchmarks import common
 from benchmarks import train_step as ts
 
 
-def loader_rate(trainer: Any, start: int, batches: int, num_workers: int) -> dict[str, Any]:
-    """Crops/s through make_loader over `batches` batches after the first one."""
+def loader_rate(trainer: Any, start: int, batches: int, num_workers: int, prefetch: int = 2) -> dict[str, Any]:
+    """Steady-state crops/s through make_loader over `batches` batches.
+
+    Not timed: the first batch (reported: worker start-up), then enough batches for every worker to have started and
+    for the prefetched backlog (`prefetch` batches per worker) to be used up, so the rate is the workers' production
+    rate rather than a burst from their queues."""
+    skip = 1 + (prefetch + 1) * num_workers
     t0 = time.perf_counter()
-    it = iter(trainer.loader(start, start + batches + 1, num_workers))
+    it = iter(trainer.loader(start - skip, start + batches, num_workers))  # timed: the steps start..start+batches
     next(it)
     first = time.perf_counter() - t0
+    for _ in range(skip - 1):
+        next(it)
     t1 = time.perf_counter()
     for _ in range(batches):
         next(it)
     dt = time.perf_counter() - t1
     del it
     return {"num_workers": num_workers, "crops_per_s": batches * trainer.spec.batch_size / dt,
-            "first_batch_s": first, "batches": batches}
+            "first_batch_s": first, "batches": batches, "untimed_batches": skip}
 
 
 def in_ram(trainer: Any, start: int, batches: int, augment: bool) -> dict[str, Any]:
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = common.parser(__doc__.split("\n\n")[0])
     ts.add_model_args(ap)
     ap.add_argument("--workers", default="0,1,2,auto", help="worker counts to measure (auto: maskgen's default)")
-    ap.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
+    ap.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
     ap.add_argument("--step-repeats", type=int, default=4, help="timed training steps for the step rate")
     ap.add_argument("--loop-steps", type=int, default=6, help="steps of the real training loop (0: skip)")
     args = ap.parse_args(argv)

@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +30,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results.jsonl"
+if str(HERE.parent) not in sys.path:  # `python benchmarks/store_layout.py` as well as `python -m benchmarks ...`
+    sys.path.insert(0, str(HERE.parent))
+
+from benchmarks import common  # noqa: E402  (provenance of every record: command, git rev, machine, versions, load)
+
+RESULTS = common.RESULTS
 
 # name -> StoreLayout kwargs
 CONFIGS: dict[str, dict] = {
@@ -62,36 +64,6 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def _git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"node": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()}
-
-
-def _versions() -> dict:
-    import numcodecs
-    import torch
-    import zarr
-
-    return {"torch": torch.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
-            "numpy": np.__version__}
-
-
 def load_source(demo: str | None, extractor_name: str) -> tuple[dict, str]:
     """image (1,Z,Y,X), features (C,Z,Y,X), label (Z,Y,X) of one real volume, and a description."""
     import torch
@@ -105,8 +77,7 @@ def load_source(demo: str | None, extractor_name: str) -> tuple[dict, str]:
         from maskgen.data.pipeline import load_pipeline
         from maskgen.data.preprocess import preprocess_case
 
-        toml = Path(demo) / "pipeline.toml"
-        pipe = load_pipeline(str(toml))
+        pipe = load_pipeline("demo")
         case = discover_cases(pipe, Path(demo))[0]
         pre = preprocess_case(case, pipe)
         image, label, what = pre.image, pre.label, f"demo case {case.case_id} ({demo})"
@@ -238,12 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
     crops = [int(c) for c in args.crops.split(",")]
     data, desc = load_source(args.demo, args.extractor)
-    common = {
-        "benchmark": "store_layout",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "git_rev": _git_rev(),
-        "machine": _machine(),
-        "versions": _versions(),
+    shared = {
         "source": desc,
         "volume_czyx": list(data["features"].shape),
         "zarr_threads": args.zarr_threads,
@@ -263,22 +229,21 @@ def main(argv: list[str] | None = None) -> None:
         reads = measure(all_readers, data["features"].shape[1:], crops, args.n, args.repeats, seed=0)
         lines = []
         if not args.no_baselines:
-            lines.append({**common, "config": "baseline", "reads": reads["baseline"]})
-            print("baseline", json.dumps(reads["baseline"]), flush=True)
+            lines.append({**shared, "config": "baseline", "reads": reads["baseline"]})
+            common.say("baseline " + json.dumps(reads["baseline"]))
         for name, res in written.items():
             res = {k: v for k, v in res.items() if k != "path"}
             res["reads"] = reads[name]
-            lines.append({**common, **res})
-            print(f"{name:22s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
+            lines.append({**shared, **res})
+            common.say(f"{name:22s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
                   f"  ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:5.2f}s  "
                   + "  ".join(f"{k}^3: {v['sample_f32_per_s']:.1f}/{v['sample_f16_per_s']:.1f}/"
                               f"{v['features_only_per_s']:.1f}"
                               + (f" ts {v['ts_sample_f32_per_s']:.1f}/{v['ts_sample_f16_per_s']:.1f}"
                                  if "ts_sample_f32_per_s" in v else "")
-                              for k, v in res["reads"].items()), flush=True)
-        with open(args.results, "a") as f:
-            for line in lines:
-                f.write(json.dumps(line, sort_keys=True) + "\n")
+                              for k, v in res["reads"].items()))
+        for line in lines:
+            common.record("store_layout", line, args.results)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         weights: Optional[Path] = typer.Option(None, "--weights", help="anatomix weights file (default: $MASKGEN_ANATOMIX_WEIGHTS or the Hugging Face hub)."),
         layer: str = typer.Option("final", "--layer", help="anatomix feature layer: final (official code) | penultimate (paper text)."),
         dtype: str = typer.Option("float16", "--dtype", help="Stored feature dtype: float16 | int8 (per-channel scale, half the bytes)."),
-        chunks: str = typer.Option("32", "--chunks", help="Largest spatial chunk edge(s), z,y,x (default chosen by benchmarks/store_layout.py)."),
+        chunks: str = typer.Option("64", "--chunks", help="Largest spatial chunk edge(s), z,y,x (default chosen by benchmarks/store_layout.py)."),
         codec: str = typer.Option("none", "--codec", help="Chunk codec: none (fastest crops) | blosc-lz4 | blosc-zstd | zstd."),
         workers: int = typer.Option(1, "--workers", "-j", min=1, help="Cases processed in parallel on the local dask scheduler."),
         parallel: str = typer.Option("processes", "--parallel", help="Local workers are processes | threads."),

@@ -1,0 +1,3 @@
+from maskgen.cli import main
+
+main()
