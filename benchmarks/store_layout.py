@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -185,6 +184,18 @@ def measure(all_readers: dict[str, dict], shape, crops: list[int], n: int, repea
                    for crop, d in per.items()} for name, per in rates.items()}
 
 
+def _summary(name: str, res: dict) -> str:
+    """One human-readable line: sizes, write time, samples/s as f32/f16/features-only (zarr) and ts f32/f16."""
+    reads = []
+    for crop, v in res["reads"].items():
+        text = f"{crop}^3: {v['sample_f32_per_s']:.1f}/{v['sample_f16_per_s']:.1f}/{v['features_only_per_s']:.1f}"
+        if "ts_sample_f32_per_s" in v:
+            text += f" ts {v['ts_sample_f32_per_s']:.1f}/{v['ts_sample_f16_per_s']:.1f}"
+        reads.append(text)
+    return (f"{name:22s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}  "
+            f"ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:5.2f}s  " + "  ".join(reads))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names: " + ", ".join(CONFIGS))
@@ -235,13 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             res = {k: v for k, v in res.items() if k != "path"}
             res["reads"] = reads[name]
             lines.append({**shared, **res})
-            common.say(f"{name:22s} B/voxel {res['bytes_per_voxel']:7.3f}  feat B/value {res['feature_bytes_per_value']:.3f}"
-                  f"  ratio {res['feature_compression_ratio']:.2f}  write {res['write_s']:5.2f}s  "
-                  + "  ".join(f"{k}^3: {v['sample_f32_per_s']:.1f}/{v['sample_f16_per_s']:.1f}/"
-                              f"{v['features_only_per_s']:.1f}"
-                              + (f" ts {v['ts_sample_f32_per_s']:.1f}/{v['ts_sample_f16_per_s']:.1f}"
-                                 if "ts_sample_f32_per_s" in v else "")
-                              for k, v in res["reads"].items()))
+            common.say(_summary(name, res))
         for line in lines:
             common.record("store_layout", line, args.results)
     finally:

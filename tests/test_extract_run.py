@@ -56,6 +56,7 @@ def test_store_contents(reference, dataset):
     assert a["normalization"] == "minmax"
     assert a["extractor"]["name"] == "mind" and a["extractor"]["out_channels"] == 12
     assert a["layout"]["dtype"] == "float16" and a["layout"]["codec"] == "none"
+    assert a["layout"]["chunks_zyx"] == [32, 32, 32]  # chunks_for_crop of the synthetic 16^3 crop
     assert a["extract_config"]["dataset"] == str(dataset) and a["extract_config"]["extractor"] == "mind"
     assert {c.split for c in s.cases()} == {"train", "val", "test"}
     assert {c.domain for c in s.cases()} == {"a", "b"}
@@ -87,7 +88,8 @@ def test_rerun_skips_complete_cases_and_overwrite_redoes_all(reference, dataset,
     # an incomplete case (never marked) is redone
     victim = writer.case_dir(out, FeatureStore(out).cases()[1].case_id)
     shutil.rmtree(victim / "label")
-    (victim / "zarr.json").write_text((victim / "zarr.json").read_text().replace('"complete": true', '"complete": false'))
+    meta = victim / "zarr.json"
+    meta.write_text(meta.read_text().replace('"complete": true', '"complete": false'))
     summary = R.run_extract(cfg, progress=False)
     assert (summary.cases_written, summary.cases_skipped) == (1, 3)
     assert_same_store(ref, out)
@@ -106,6 +108,16 @@ def test_threads_scheduler_builds_the_extractor_once(reference, dataset, tmp_pat
     assert R.BUILD_COUNT["n"] - before == 1  # in the calling process only; 4 cases
     assert_same_store(ref, out)
     assert not R._EXTRACTORS  # released after the run
+
+
+def test_local_processes_equal_serial(reference, dataset, tmp_path):
+    """Spawned worker processes (each builds its own extractor and checks its fingerprint) give the same store."""
+    ref, _ = reference
+    out = tmp_path / "p.zarr"
+    summary = R.run_extract(R.ExtractConfig(dataset=str(dataset), out=str(out), extractor="mind", workers=2,
+                                            parallel="processes"), progress=False)
+    assert summary.ok and summary.cases_written == 4
+    assert_same_store(ref, out)
 
 
 def test_distributed_local_cluster_equals_serial(reference, dataset, tmp_path):
@@ -210,6 +222,11 @@ def test_refuses_a_store_made_with_other_settings(reference, dataset, tmp_path):
     result = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", "mind",
                                  "--dtype", "int8"])
     assert result.exit_code == 1 and "feature dtype: store has 'float16', this run has 'int8'" in result.stderr
+    result = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", "mind",
+                                 "--chunks", "16", "--codec", "blosc-lz4"])
+    assert result.exit_code == 1
+    assert "chunk shape: store has [32, 32, 32], this run has [16, 16, 16]" in result.stderr
+    assert "codec: store has 'none', this run has 'blosc-lz4'" in result.stderr
     assert_same_store(ref, out)
     assert FeatureStore(out).used_consolidated  # a refused run does not touch the store
 
@@ -244,6 +261,8 @@ def test_cli_default_out_int8_then_cache_info_and_verify(dataset, tmp_path, monk
         assert needle in info.stdout, info.stdout
     ok = runner.invoke(app, ["cache", "verify", str(out)])
     assert ok.exit_code == 0 and "OK: 4 complete case(s)" in ok.stdout
+    again = runner.invoke(app, ["extract", "--dataset", str(dataset), "--extractor", "mind", "--dtype", "int8"])
+    assert again.exit_code == 0 and "0 case(s) written, 4 skipped" in again.stdout  # resumes with the store's chunks
     bad = runner.invoke(app, ["extract", "--dataset", str(dataset), "--extractor", "mind", "--workers", "0"])
     assert bad.exit_code != 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskgen.store.layout import StoreLayout, dequantize, int8_scale, quantize_int8
+from maskgen.store.layout import StoreLayout, chunks_for_crop, dequantize, int8_scale, quantize_int8
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,11 @@ def test_int8_round_trip_error_is_half_a_step():
     assert np.all(err <= scale / 2 + 1e-6)
     with pytest.raises(ValueError, match="scale"):
         dequantize(q, None)
+
+
+def test_chunks_follow_the_crop_size():
+    assert chunks_for_crop((64, 64, 64)) == (48, 48, 48)
+    assert chunks_for_crop((128, 192, 192)) == (64, 64, 64)
+    assert chunks_for_crop((16, 32, 96)) == (32, 32, 64)
+    with pytest.raises(ValueError, match=r"\(0, 64, 64\)"):
+        chunks_for_crop((0, 64, 64))

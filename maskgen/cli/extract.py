@@ -49,19 +49,45 @@ def register(app: typer.Typer) -> None:
     @app.command("extract")
     @handle_errors
     def extract(
-        dataset: str = typer.Option(..., "--dataset", "-d", help="Shipped pipeline name (e.g. demo, amos) or path/to/pipeline.toml."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: $MASKGEN_DATA_ROOT or the pipeline's default)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store to create or complete (default: cache/<pipeline name>.zarr)."),
-        extractor: str = typer.Option("auto", "--extractor", help="auto (anatomix if its weights are found, else a fallback) | anatomix | mind."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="anatomix weights file (default: $MASKGEN_ANATOMIX_WEIGHTS or the Hugging Face hub)."),
-        layer: str = typer.Option("final", "--layer", help="anatomix feature layer: final (official code) | penultimate (paper text)."),
-        dtype: str = typer.Option("float16", "--dtype", help="Stored feature dtype: float16 | int8 (per-channel scale, half the bytes)."),
-        chunks: str = typer.Option("64", "--chunks", help="Largest spatial chunk edge(s), z,y,x (default chosen by benchmarks/store_layout.py)."),
-        codec: str = typer.Option("none", "--codec", help="Chunk codec: none (fastest crops) | blosc-lz4 | blosc-zstd | zstd."),
-        workers: int = typer.Option(1, "--workers", "-j", min=1, help="Cases processed in parallel on the local dask scheduler."),
-        parallel: str = typer.Option("processes", "--parallel", help="Local workers are processes | threads."),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler (e.g. tcp://host:8786) instead of the local one."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Delete the store and redo every case (default: skip complete cases)."),
+        dataset: str = typer.Option(
+            ..., "--dataset", "-d", help="Shipped pipeline name (e.g. demo, amos) or path/to/pipeline.toml."
+        ),
+        data_root: Optional[Path] = typer.Option(
+            None, "--data-root", help="Dataset folder (default: $MASKGEN_DATA_ROOT or the pipeline's default)."
+        ),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="Store to create or complete (default: cache/<pipeline name>.zarr)."
+        ),
+        extractor: str = typer.Option(
+            "auto", "--extractor", help="auto (anatomix if its weights are found, else a fallback) | anatomix | mind."
+        ),
+        weights: Optional[Path] = typer.Option(
+            None, "--weights", help="anatomix weights (default: $MASKGEN_ANATOMIX_WEIGHTS or the Hugging Face hub)."
+        ),
+        layer: str = typer.Option(
+            "final", "--layer", help="anatomix feature layer: final (official code) | penultimate (paper text)."
+        ),
+        dtype: str = typer.Option(
+            "float16", "--dtype", help="Stored feature dtype: float16 | int8 (per-channel scale, half the bytes)."
+        ),
+        chunks: Optional[str] = typer.Option(
+            None, "--chunks", help="Largest spatial chunk edge(s) z,y,x [default: an existing store's, else 3/4 of the "
+            "pipeline's crop within 32..64, as measured by benchmarks/store_layout.py]."
+        ),
+        codec: Optional[str] = typer.Option(
+            None, "--codec", help="Chunk codec: none (fastest crops) | blosc-lz4 | blosc-zstd | zstd "
+            "[default: an existing store's, else none]."
+        ),
+        workers: int = typer.Option(1, "--workers", "-j", min=1, help="Cases processed in parallel (local dask)."),
+        parallel: str = typer.Option(
+            "threads", "--parallel", help="Local workers are threads (measured faster here) | processes."
+        ),
+        scheduler: Optional[str] = typer.Option(
+            None, "--scheduler", help="Address of a running dask.distributed scheduler (e.g. tcp://host:8786)."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Delete the store and redo every case (default: skip complete cases)."
+        ),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
@@ -77,7 +103,7 @@ def register(app: typer.Typer) -> None:
             weights=None if weights is None else str(weights),
             layer=layer,
             dtype=dtype,
-            chunks=_parse_chunks(chunks),
+            chunks=None if chunks is None else _parse_chunks(chunks),
             codec=codec,
             workers=workers,
             parallel=parallel,
@@ -103,11 +129,15 @@ def register(app: typer.Typer) -> None:
         from maskgen.store.inspect import store_info
 
         s = store_info(path)
-        console = Console(highlight=False)
+        console = Console(highlight=False, soft_wrap=True)
         ex = s.extractor
         weights = ex.get("weights_sha256")
-        console.print(f"[bold]{s.path}[/]  (format {s.format_version}, maskgen {s.maskgen_version}, created {s.created})")
-        console.print(f"pipeline      {s.pipeline}   spacing (z,y,x) {tuple(s.spacing_zyx)} mm   normalisation {s.normalization}")
+        console.print(
+            f"[bold]{s.path}[/]  (format {s.format_version}, maskgen {s.maskgen_version}, created {s.created})"
+        )
+        console.print(
+            f"pipeline      {s.pipeline}   spacing (z,y,x) {tuple(s.spacing_zyx)} mm   normalisation {s.normalization}"
+        )
         console.print(
             f"extractor     {ex.get('name')}  layer {ex.get('layer')}  {s.num_features} channels  "
             f"weights sha256 {weights[:16] + '...' if weights else '-'}"
@@ -129,7 +159,8 @@ def register(app: typer.Typer) -> None:
         for d in domains:
             table.add_column(d or "-", justify="right")
         table.add_column("total", justify="right", style="bold")
-        for split in sorted(s.by_split, key=lambda x: ("train", "val", "test").index(x) if x in ("train", "val", "test") else 9):
+        order = {"train": 0, "val": 1, "test": 2}
+        for split in sorted(s.by_split, key=lambda x: (order.get(x, 9), x)):
             row = [str(s.by_split_domain.get((split, d), 0)) for d in domains]
             table.add_row(split, *row, str(s.by_split[split]))
         table.add_row("total", *[str(s.by_domain[d]) for d in domains], str(s.cases), style="bold")
@@ -144,7 +175,7 @@ def register(app: typer.Typer) -> None:
     @cache_app.command("verify")
     @handle_errors
     def verify(path: Path = typer.Argument(..., help="Feature store (.zarr folder).")) -> None:
-        """Read every complete case of a store and check shapes, chunk files and finite values; exit 1 if any is broken."""
+        """Read every complete case of a store: shapes, chunk files, finite values; exit 1 naming broken cases."""
         from rich.console import Console
         from rich.progress import Progress
 
@@ -159,7 +190,8 @@ def register(app: typer.Typer) -> None:
             report = verify_store(path, on_case=lambda cid, problems: bar.advance(task))
         if report.incomplete:
             console.print(
-                f"[yellow]{len(report.incomplete)} incomplete case(s) ignored[/] (re-run `maskgen extract` to finish): "
+                f"[yellow]{len(report.incomplete)} incomplete case(s) ignored[/] "
+                "(re-run `maskgen extract` to finish): "
                 + ", ".join(report.incomplete[:10])
                 + (" ..." if len(report.incomplete) > 10 else "")
             )
@@ -180,7 +212,8 @@ def _print_summary(console, summary) -> None:  # noqa: ANN001 - rich Console, Ex
     failed = len(summary.failed)
     style = "red" if failed else "green"
     console.print(
-        f"[bold {style}]{summary.cases_written} case(s) written[/], {summary.cases_skipped} skipped (already complete), "
+        f"[bold {style}]{summary.cases_written} case(s) written[/], "
+        f"{summary.cases_skipped} skipped (already complete), "
         f"{failed} failed, of {summary.cases_total} in {summary.seconds:.1f} s; "
         f"{summary.gb_written:.3f} GB written"
         + (f", {summary.bytes_per_voxel:.2f} bytes/voxel" if summary.voxels_written else "")

@@ -1,12 +1,12 @@
 """How a feature store lays out its arrays on disk: names, dtype, chunk shape, codec, int8 quantisation.
 
-The default layout was chosen by measurement (`benchmarks/store_layout.py`, results in
-`benchmarks/results.jsonl`, MIND features of a 1 mm MNI152 volume): random training crops are limited by per-chunk
-overhead, decoding and the dtype cast, not by the disk. So features are float16, uncompressed (Blosc-lz4 is 3.1x
-smaller on this data but reads 1.4-2.2x slower), in chunks holding all channels of a spatial block of at most 64^3,
-balanced so the chunks tile the volume (64^3 chunks read 1.3-1.4x (64^3 crops) and 1.3-1.8x (128^3 crops) more
-samples/s than 32^3; balancing removes the +46% disk of full-size uncompressed edge chunks). Image and label share
-the spatial chunks.
+The default layout was chosen by measurement (`benchmarks/store_layout.py`, results in `benchmarks/results.jsonl`,
+MIND features of the demo data and of a 1 mm MNI152 volume): random training crops are limited by per-chunk overhead,
+decoding and the dtype cast, not by the disk. So features are float16 and uncompressed (Blosc-lz4 is 1.2x (demo) to
+3.1x (1 mm volume with air) smaller but reads 1.4-3x slower), in chunks holding all channels of a spatial block sized
+for the training crop (`chunks_for_crop`: 48^3 for 64^3 crops, 64^3 for 128^3 crops), balanced so the chunks tile the
+volume: full-size uncompressed edge chunks cost +25% (32^3) to +100% (64^3) disk otherwise. Image and label share the
+spatial chunks.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class StoreLayout:
     chunks_zyx: largest spatial chunk shape, shared by image, features and label.
     balance: shrink each chunk edge to ceil(n / ceil(n / chunk)) so the chunks tile the volume with less than one
         voxel of padding per chunk (uncompressed edge chunks are stored full size: unbalanced 64^3 chunks cost up to
-        +46% disk on real volumes); otherwise chunks are only clipped to small volumes.
+        +47% (1 mm MNI volume) to +100% (demo case) disk); otherwise chunks are only clipped to small volumes.
     channel_chunk: feature channels per chunk; 0 keeps all channels in one chunk (one read per block).
     codec: "none", "blosc-lz4", "blosc-zstd" (byte shuffle) or "zstd".
     clevel: compression level for the codecs that take one.
@@ -127,6 +127,19 @@ class StoreLayout:
 
 
 DEFAULT_LAYOUT = StoreLayout()
+
+
+def chunks_for_crop(crop_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Largest chunk edges for training crops of `crop_zyx`: 3/4 of each crop edge rounded to a multiple of 16,
+    within [32, 64] (64^3 crops -> 48^3, 128^3 and larger -> 64^3).
+
+    Measured (benchmarks/store_layout.py, float16, uncompressed): for 64^3 crops, 48^3 chunks read 10-25% more
+    samples/s than 64^3 chunks with zarr-python (up to 60% with tensorstore) and 25-40% more than 32^3; for 128^3
+    crops, 64^3 chunks read 13-27% more than 48^3 and 30-80% more than 32^3.
+    """
+    if len(crop_zyx) != 3 or min(int(c) for c in crop_zyx) < 1:
+        raise ValueError(f"crop_zyx must be three positive ints, got {crop_zyx!r}")
+    return tuple(int(min(64, max(32, 16 * round(0.75 * int(c) / 16)))) for c in crop_zyx)  # type: ignore[return-value]
 
 
 # -- int8 quantisation ----------------------------------------------------------------------------------

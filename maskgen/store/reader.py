@@ -25,7 +25,7 @@ from maskgen.store.layout import (
     StoreLayout,
     dequantize,
 )
-from maskgen.store.writer import fg_cache_path, quiet, read_case_attrs, read_root_attrs
+from maskgen.store.writer import fg_cache_path, read_case_attrs, read_root_attrs, read_root_doc
 
 # zarr-python decodes chunks in a thread pool created on the first read. Measured on 2 cores
 # (benchmarks/store_layout.py), one decode thread per process is as fast as more for uncompressed
@@ -34,7 +34,7 @@ READ_THREADS_ENV = "MASKGEN_ZARR_THREADS"
 DEFAULT_READ_THREADS = 1
 #: "zarr" (zarr-python; default, fork-safe) or "tensorstore" (optional package, reads the same Zarr v3 arrays in
 #: C++); "auto" picks tensorstore when it is installed. Default: $MASKGEN_STORE_BACKEND, else "zarr".
-#: Measured (benchmarks/results.jsonl, 2 shared cores): tensorstore reads 64^3 training samples 1.4-2x faster, and
+#: Measured (benchmarks/results.jsonl, 2 shared cores): tensorstore reads 64^3 training samples 1.4-2.2x faster, and
 #: 128^3 samples no faster (0.8-1.0x), so zarr-python stays the default.
 BACKENDS = ("auto", "zarr", "tensorstore")
 BACKEND_ENV = "MASKGEN_STORE_BACKEND"
@@ -185,12 +185,12 @@ class FeatureStore:
 
     # -- opening ---------------------------------------------------------------------------------------
     def _open_root(self) -> Any:
+        """A read-only zarr LocalStore of the store folder (arrays are opened from it one by one)."""
         if self._root is None:
-            import zarr
+            from zarr.storage import LocalStore
 
             configure_zarr_threads(self.read_threads)
-            with quiet():
-                self._root = zarr.open_group(str(self.path), mode="r", use_consolidated=None)
+            self._root = LocalStore(str(self.path), read_only=True)
         return self._root
 
     def case_folders(self) -> set[str]:
@@ -201,30 +201,23 @@ class FeatureStore:
         return {e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith(".")}
 
     def _load_cases(self) -> dict[str, CaseInfo]:
-        """Complete cases from consolidated metadata when it is present and matches the folders on disk,
-        else by reading each case group's metadata."""
+        """Complete cases from the consolidated metadata in the root `zarr.json` (one file read) when it is present
+        and lists exactly the case folders on disk; else (missing or stale) from each case group's `zarr.json`."""
         on_disk = self.case_folders()
-        root = self._open_root()
-        cons = root.metadata.consolidated_metadata
+        doc = read_root_doc(self.path) or {}
+        cons = (doc.get("consolidated_metadata") or {}).get("metadata")
         found: dict[str, dict[str, Any]] | None = None
-        if cons is not None:
-            meta = cons.flattened_metadata
+        if isinstance(cons, dict):
             prefix = CASES_GROUP + "/"
             groups = {
                 k[len(prefix) :]: m
-                for k, m in meta.items()
-                if k.startswith(prefix) and "/" not in k[len(prefix) :] and getattr(m, "node_type", "") == "group"
+                for k, m in cons.items()
+                if k.startswith(prefix) and "/" not in k[len(prefix) :] and (m or {}).get("node_type") == "group"
             }
             if set(groups) == on_disk:
-                found = {cid: dict(m.attributes) for cid, m in groups.items()}
-                self._used_consolidated = True
-        if found is None:  # missing or stale consolidated metadata: list the folders
-            self._used_consolidated = False
-            if cons is not None:  # do not resolve array metadata from a stale copy
-                import zarr
-
-                with quiet():
-                    self._root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+                found = {cid: dict(m.get("attributes") or {}) for cid, m in groups.items()}
+        self._used_consolidated = found is not None
+        if found is None:
             found = {}
             for cid in on_disk:
                 attrs = read_case_attrs(self.path, cid)
@@ -289,9 +282,9 @@ class FeatureStore:
         key = (case_id, name)
         arr = self._arrays.get(key)
         if arr is None:
-            root = self._open_root()
-            with quiet():
-                arr = root[f"{CASES_GROUP}/{case_id}/{name}"]
+            import zarr
+
+            arr = zarr.open_array(self._open_root(), path=f"{CASES_GROUP}/{case_id}/{name}", mode="r")
             self._arrays[key] = arr
         return arr
 
@@ -308,7 +301,8 @@ class FeatureStore:
                     "data_copy_concurrency": {"limit": max(1, threads)},
                     "file_io_concurrency": {"limit": max(2, threads)},
                 })
-            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.path / CASES_GROUP / case_id / name)}}
+            path = str(self.path / CASES_GROUP / case_id / name)
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
             arr = ts.open(spec, read=True, open=True, context=self._ts_context).result()
             self._ts_arrays[key] = arr
         return arr

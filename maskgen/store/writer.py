@@ -66,14 +66,19 @@ def fg_cache_path(store_path: str | os.PathLike, case_id: str) -> Path:
     return Path(store_path) / SIDECAR_DIR / "fg" / f"{case_id}.npz"
 
 
+def read_root_doc(store_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The root `zarr.json` of a store (attributes and, when consolidated, every node's metadata), or None."""
+    try:
+        doc = json.loads((Path(store_path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def read_root_attrs(store_path: str | os.PathLike) -> dict[str, Any] | None:
     """Root attributes of a maskgen store, or None if `store_path` holds no zarr group with maskgen attributes."""
-    meta = Path(store_path) / "zarr.json"
-    if not meta.is_file():
-        return None
-    try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
+    doc = read_root_doc(store_path)
+    if doc is None:
         return None
     attrs = doc.get("attributes") or {}
     if doc.get("node_type") != "group" or "format_version" not in attrs:

@@ -2,8 +2,8 @@
 
 Batch `step` is a pure function of (run seed, step): worker w of W builds steps start+w, start+w+W, ... and the
 DataLoader hands them out round-robin, so batches arrive in step order and are identical for any number of workers,
-on a fresh run or after `--resume`. Workers are started with "spawn" (the tensorstore backend of the store forbids
-fork), so scripts that call `maskgen.train.loop.train` with workers need the usual `if __name__ == "__main__":` guard.
+on a fresh run or after `--resume`. Workers are forked (fast start) with the default zarr reader and spawned with the
+tensorstore reader (which forbids fork); spawned workers need the usual `if __name__ == "__main__":` guard in scripts.
 """
 
 from __future__ import annotations
@@ -98,6 +98,16 @@ def _worker_init(worker_id: int) -> None:  # noqa: ARG001
     torch.set_num_threads(1)  # parallelism comes from the worker processes
 
 
+def _worker_start_method(store: Any) -> str:
+    """fork where it is safe (fast start: no re-import of torch/monai per worker); spawn for the tensorstore backend,
+    whose thread pools abort a process forked after they started, and where fork does not exist."""
+    import multiprocessing
+
+    if getattr(store, "backend", "zarr") == "tensorstore" or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
 def make_loader(
     store: Any, spec: LoaderSpec, start_step: int, end_step: int, num_workers: int, pin_memory: bool
 ) -> DataLoader:
@@ -109,8 +119,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=_worker_init if num_workers > 0 else None,
-        # spawn, not fork: the store's tensorstore backend aborts a process forked after it started its threads
-        multiprocessing_context="spawn" if num_workers > 0 else None,
+        multiprocessing_context=_worker_start_method(store) if num_workers > 0 else None,
         prefetch_factor=2 if num_workers > 0 else None,
         persistent_workers=False,
         # a private generator: creating the iterator must not draw from the global torch RNG, whose state is
