@@ -82,10 +82,6 @@ class UNet(nn.Module):
         m = 2**self.depth
         if any(s % m for s in x.shape[2:]):
             raise ValueError(f"UNet input spatial shape {tuple(x.shape[2:])} must be divisible by 2**depth={m}")
-        if x.device.type == "cpu":
-            # oneDNN's channels-last 3D kernels: on the CPU the contiguous-format conv3d backward is 4-20x slower
-            # (measured with torch 2.13; benchmarks/README.md). Results are the same up to float rounding.
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
