@@ -201,8 +201,6 @@ def extractor_choice(args: argparse.Namespace) -> tuple[str, str | None]:
 
     path = Path(args.workdir) / "anatomix-random-seed0.pt"
     if not path.is_file():
-        import torch
-
         with fork_rng(0):
             net = AnatomixUNet()
         save_anatomix_checkpoint(net, path)

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = common.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=6, help="timed cases of the per-case measurement")
     ap.add_argument("--workers", default="1,2,2:threads",
-                    help="throughput runs: worker counts, each optionally :processes (default) or :threads ('' to skip)")
+                    help="throughput runs: worker counts, each optionally :processes (default) or :threads "
+                         "('' to skip)")
     args = ap.parse_args(argv)
     common.setup(args)
 

@@ -137,7 +137,8 @@ def breakdown(trainer: Any, start: int, crops: int) -> dict[str, Any]:
     for i in range(0, len(samples) - 1, 2):
         _ = {k: torch.stack([samples[i][k], samples[i + 1][k]]) for k in ("image", "features", "label")}
     collate = (time.perf_counter() - t0) / max(1, len(samples) // 2) / 2
-    out = {k: {"median_ms": 1000 * statistics.median(v), "mean_ms": 1000 * statistics.mean(v)} for k, v in parts.items()}
+    out = {k: {"median_ms": 1000 * statistics.median(v), "mean_ms": 1000 * statistics.mean(v)}
+           for k, v in parts.items()}
     out["collate"] = {"median_ms": 1000 * collate, "mean_ms": 1000 * collate}
     out["crops"] = crops
     return out
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              note="the loader measured alone; the workers share the CPU with the step in training")]
     if args.loop_steps > 0:
         result["train_loop"] = train_loop(args, store.path, args.loop_steps)
-        targets.append(common.target("train loop: share of step time waiting for data", 
+        targets.append(common.target("train loop: share of step time waiting for data",
                                      result["train_loop"]["data_wait_fraction"], 0.05))
     result["targets"] = targets
     if args.profile:

@@ -94,7 +94,8 @@ def layouts(args: Any) -> list[dict[str, Any]]:
             rows.append({"dtype": dtype, "codec": codec, "chunks_zyx": list(layout.chunks_zyx),
                          "bytes_per_voxel": total / voxels, "feature_bytes_per_voxel": feat_bytes / voxels,
                          "feature_bytes_per_value": feat_bytes / voxels / channels,
-                         "write_s": write_s, "default": dtype == DEFAULT_LAYOUT.dtype and codec == DEFAULT_LAYOUT.codec})
+                         "write_s": write_s,
+                         "default": dtype == DEFAULT_LAYOUT.dtype and codec == DEFAULT_LAYOUT.codec})
             stores[(dtype, codec)] = FeatureStore(path)
     # random crops of the pipeline's crop size, rounds interleaved across layouts
     rng = np.random.default_rng(args.seed)

@@ -11,6 +11,12 @@ Two measurements, both with maskgen's own training pieces (`maskgen.train.loop._
   step. This is the cost the GPU sees when the loader keeps up.
 - `end_to_end`: steps through the real DataLoader (default number of workers) and `_train_step`, in blocks of
   steps interleaved across variants; includes waiting for data, so it shows whether the loader keeps up.
+- references (interleaved with `compute`): a bare UNet step on a fixed input already on the device, with 1 and
+  1+C input channels, in the layout PyTorch picks and in channels_last_3d. They split the cached overhead into the
+  data path (feature transfer, per-crop normalisation, view masking: `cached` vs `unet_both`), the wider first
+  convolution (`unet_both` vs `unet_image`), and a CPU artefact: for a 1-channel input PyTorch keeps the network in
+  the contiguous layout, whose oneDNN conv3d is much slower than channels_last_3d, which a multi-channel input
+  gets; `cached_vs_erm_matched_layout` removes that artefact from the ERM side.
 
     python -m benchmarks train_step                                 # CPU, crop = the demo pipeline's (64^3)
     python -m benchmarks train_step --device cuda --channels 20 --depth 5 --crop 128 --batch 4

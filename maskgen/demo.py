@@ -25,9 +25,10 @@ class DemoSettings:
     subjects: int = 12
     spacing: int = 2
     extractor: str = "auto"
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 2
-    channels: int = 12
+    lr: float = 1e-3                       # short CPU schedule: a higher peak lr than the paper's 2e-4 (250k steps)
+    channels: int = 8
     depth: int = 3
     crop_xyz: tuple[int, int, int] = (48, 48, 48)
     val_every: int = 200
@@ -47,7 +48,7 @@ class DemoSettings:
     @classmethod
     def quick(cls, **changes: Any) -> "DemoSettings":
         base = dict(data_dir="cache/demo-data-quick", store="cache/demo-quick.zarr", out="runs/demo-quick",
-                    subjects=6, spacing=4, steps=60, channels=8, depth=2, crop_xyz=(32, 32, 32), val_every=30)
+                    subjects=6, spacing=4, steps=60, channels=8, depth=2, crop_xyz=(32, 32, 32), val_every=60)
         base.update(changes)
         return cls(**base)
 
@@ -71,7 +72,7 @@ def run_demo(settings: DemoSettings, overwrite: bool = False, log: Callable[[str
     variants = [Variant("maskgen", "image", 0.0, 0.0, s) for s in settings.seeds]
     variants += [Variant("maskgen", "both", settings.mask_rate, 0.0, s) for s in settings.seeds]
     crop_zyx = tuple(settings.crop_xyz[::-1])
-    train_options = dict(steps=settings.steps, batch_size=settings.batch_size, channels=settings.channels,
+    train_options = dict(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, channels=settings.channels,
                          depth=settings.depth, crop_zyx=crop_zyx, val_every=settings.val_every,
                          device=settings.device, num_workers=settings.num_workers)
     say(f"[3/3] train and evaluate ERM and MaskGen (mask rate {settings.mask_rate}) -> {settings.out}")
