@@ -374,8 +374,11 @@ def target(name: str, value: float, limit: float, lower_is_better: bool = True, 
 
 
 # -- profiles -----------------------------------------------------------------------------------------------------
-def torch_profile(fn: Callable[[], Any], device: Any = "cpu", top: int = 15) -> list[dict[str, Any]]:
-    """Operators taking the most self time over one call of `fn` (torch.profiler; CPU and CUDA)."""
+def torch_profile(
+    fn: Callable[[], Any], device: Any = "cpu", top: int = 15, by_shape: bool = False
+) -> list[dict[str, Any]]:
+    """Operators taking the most self time over one call of `fn` (torch.profiler; CPU and CUDA); `by_shape`: one
+    row per operator and input shapes (tells the first convolution of a network from the others)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -384,14 +387,21 @@ def torch_profile(fn: Callable[[], Any], device: Any = "cpu", top: int = 15) -> 
     if cuda:
         activities.append(ProfilerActivity.CUDA)
     sync(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=by_shape) as prof:
         fn()
         sync(device)
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
-    total = sum(getattr(e, key, 0.0) for e in prof.key_averages()) or 1.0
-    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key, 0.0) / 1000, 3),
-             "self_pct": round(100 * getattr(e, key, 0.0) / total, 1)} for e in rows]
+    events = prof.key_averages(group_by_input_shape=by_shape)
+    rows = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    total = sum(getattr(e, key, 0.0) for e in events) or 1.0
+    out = []
+    for e in rows:
+        row = {"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key, 0.0) / 1000, 3),
+               "self_pct": round(100 * getattr(e, key, 0.0) / total, 1)}
+        if by_shape:
+            row["input_shapes"] = str(e.input_shapes)[:120]
+        out.append(row)
+    return out
 
 
 def python_profile(fn: Callable[[], Any], top: int = 15) -> list[dict[str, Any]]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import os
-import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from maskgen.atomic import write_text_atomic
 
 T = TypeVar("T")
 
@@ -73,25 +74,5 @@ def _coerce(hint: Any, value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _chmod_like_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _chmod_like_new_file(path: str | os.PathLike) -> None:
-    """mkstemp creates files 0600; give them the mode a plain open() would (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    """Write JSON (indented, sorted keys, final newline) atomically: see `maskgen.atomic.atomic_path`."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -25,12 +25,12 @@ class DemoSettings:
     subjects: int = 12
     spacing: int = 2
     extractor: str = "auto"
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 2
     lr: float = 1e-3                       # short CPU schedule: a higher peak lr than the paper's 2e-4 (250k steps)
     channels: int = 8
     depth: int = 3
-    crop_xyz: tuple[int, int, int] = (48, 48, 48)
+    crop_xyz: tuple[int, int, int] = (32, 32, 32)
     val_every: int = 200
     mask_rate: float = 0.5
     seeds: tuple[int, ...] = (0,)
@@ -104,6 +104,6 @@ def _demo_pipeline_file(data_dir: Path, settings: DemoSettings) -> Path:
         elif key == "default_data_root":
             line = f'default_data_root = "{data_dir.resolve()}"'
         lines.append(line)
-    path = data_dir / "pipeline.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from maskgen.atomic import write_text_atomic
+
+    return write_text_atomic(data_dir / "pipeline.toml", "\n".join(lines) + "\n")

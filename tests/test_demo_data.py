@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
@@ -10,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _helpers import domains_rows, load_nifti
 from maskgen.data.demo import DemoConfig, generate_demo_dataset, plan_splits
 from maskgen.errors import MaskgenError
 
@@ -22,16 +22,6 @@ def demo_root(tmp_path_factory):
     summary = generate_demo_dataset(root, SMALL)
     assert not summary.reused and summary.out_dir == root
     return root
-
-
-def _rows(root):
-    with open(root / "domains.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _load(path):
-    img = nib.load(path)
-    return np.asarray(img.dataobj), img
 
 
 def test_plan_splits():
@@ -49,7 +39,7 @@ def test_plan_splits():
 
 
 def test_layout_and_splits(demo_root):
-    rows = _rows(demo_root)
+    rows = domains_rows(demo_root)
     assert [(r["case"], r["domain"], r["split"], r["subject"]) for r in rows] == [
         ("sub-000_t1", "t1", "train", "sub-000"),
         ("sub-001_t1", "t1", "train", "sub-001"),
@@ -75,9 +65,9 @@ def test_layout_and_splits(demo_root):
 
 def test_images_and_labels(demo_root):
     labels = {}
-    for r in _rows(demo_root):
-        image, img = _load(demo_root / "imagesTr" / f"{r['case']}_0000.nii.gz")
-        label, lab = _load(demo_root / "labelsTr" / f"{r['case']}.nii.gz")
+    for r in domains_rows(demo_root):
+        image, img = load_nifti(demo_root / "imagesTr" / f"{r['case']}_0000.nii.gz")
+        label, lab = load_nifti(demo_root / "labelsTr" / f"{r['case']}.nii.gz")
         assert image.dtype == np.float32 and label.dtype == np.uint8
         assert image.shape == label.shape and np.isfinite(image).all() and image.min() >= 0
         np.testing.assert_array_equal(img.affine, lab.affine)
@@ -99,10 +89,10 @@ def test_images_and_labels(demo_root):
 
 
 def test_contrasts_have_their_own_tissue_ordering(demo_root):
-    label = _load(demo_root / "labelsTr/sub-003_t1.nii.gz")[0]
+    label = load_nifti(demo_root / "labelsTr/sub-003_t1.nii.gz")[0]
     means = {}
     for contrast in ("t1", "t2", "flair"):
-        image = _load(demo_root / f"imagesTr/sub-003_{contrast}_0000.nii.gz")[0]
+        image = load_nifti(demo_root / f"imagesTr/sub-003_{contrast}_0000.nii.gz")[0]
         image = (image - image.min()) / (image.max() - image.min())
         means[contrast] = {k: float(image[label == v].mean()) for k, v in (("bg", 0), ("csf", 1), ("gm", 2), ("wm", 3))}
     t1, t2, flair = means["t1"], means["t2"], means["flair"]
@@ -145,11 +135,11 @@ def test_reuse_replace_and_refuse(demo_root, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]
 
     generate_demo_dataset(foreign, SMALL, overwrite=True)
-    assert not (foreign / "notes.txt").exists() and len(_rows(foreign)) == 7
+    assert not (foreign / "notes.txt").exists() and len(domains_rows(foreign)) == 7
     monkeypatch.chdir(foreign)  # never the working folder, even with --overwrite
     with pytest.raises(MaskgenError, match="refusing"):
         generate_demo_dataset(".", SMALL, overwrite=True)
-    assert len(_rows(foreign)) == 7
+    assert len(domains_rows(foreign)) == 7
 
 
 def test_demo_pipeline_finds_the_cases(demo_root):
@@ -160,4 +150,4 @@ def test_demo_pipeline_finds_the_cases(demo_root):
     assert pipeline.classes == ("csf", "grey_matter", "white_matter")
     cases = discover_cases(pipeline, demo_root)
     got = sorted((c.split, c.domain, c.case_id, c.subject) for c in cases)
-    assert got == sorted((r["split"], r["domain"], r["case"], r["subject"]) for r in _rows(demo_root))
+    assert got == sorted((r["split"], r["domain"], r["case"], r["subject"]) for r in domains_rows(demo_root))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 import tomllib
@@ -11,24 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _helpers import domains_rows, load_nifti
 from maskgen.data.synthetic import make_synthetic_dataset, synthetic_labels, synthetic_volume
 from maskgen.errors import MaskgenError
-
-
-def _rows(root):
-    with open(root / "domains.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _load(path):
-    img = nib.load(path)
-    return np.asarray(img.dataobj), img
 
 
 def test_layout_splits_and_pipeline(tmp_path):
     root = make_synthetic_dataset(tmp_path / "syn")
     assert root == (tmp_path / "syn").absolute()
-    rows = _rows(root)
+    rows = domains_rows(root)
     assert [r["case"] for r in rows] == [
         "sub-000_a", "sub-001_a", "sub-002_a", "sub-003_b", "sub-004_a", "sub-004_b", "sub-005_a", "sub-005_b",
     ]
@@ -39,8 +29,8 @@ def test_layout_splits_and_pipeline(tmp_path):
         subjects.setdefault(r["subject"], set()).add(r["split"])
     assert all(len(s) == 1 for s in subjects.values()), "a subject straddles splits"
     for r in rows:
-        image, img = _load(root / "imagesTr" / f"{r['case']}_0000.nii.gz")
-        label, lab = _load(root / "labelsTr" / f"{r['case']}.nii.gz")
+        image, img = load_nifti(root / "imagesTr" / f"{r['case']}_0000.nii.gz")
+        label, lab = load_nifti(root / "labelsTr" / f"{r['case']}.nii.gz")
         assert image.dtype == np.float32 and label.dtype == np.uint8
         assert image.shape == label.shape == (32, 32, 32)
         np.testing.assert_allclose(img.affine[:3, :3], np.eye(3))
@@ -87,15 +77,15 @@ def test_deterministic_from_seed(tmp_path):
     c = make_synthetic_dataset(tmp_path / "c", seed=4)
     for name in ("imagesTr/sub-004_b_0000.nii.gz", "labelsTr/sub-000_a.nii.gz"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
-        assert not np.array_equal(_load(a / name)[0], _load(c / name)[0])
+        assert not np.array_equal(load_nifti(a / name)[0], load_nifti(c / name)[0])
 
 
 def test_contrasts_differ_per_label(tmp_path):
     root = make_synthetic_dataset(tmp_path / "syn", n_classes=3)
-    label = _load(root / "labelsTr/sub-004_a.nii.gz")[0]
+    label = load_nifti(root / "labelsTr/sub-004_a.nii.gz")[0]
     means = {}
     for contrast in ("a", "b"):
-        image = _load(root / f"imagesTr/sub-004_{contrast}_0000.nii.gz")[0]
+        image = load_nifti(root / f"imagesTr/sub-004_{contrast}_0000.nii.gz")[0]
         means[contrast] = [float(image[label == k].mean()) for k in range(4)]
     assert np.all(np.diff(means["a"]) > 0.1)  # contrast a: brighter with the label value
     assert np.all(np.diff(means["b"]) < -0.1)  # contrast b: reversed
@@ -108,8 +98,8 @@ def test_volume_helper_matches_files(tmp_path):
     assert image.min() == 0.0 and image.max() == 1.0
     assert set(np.unique(label)) == {0, 1, 2}
     root = make_synthetic_dataset(tmp_path / "syn", seed=5)
-    file_label = _load(root / "labelsTr/sub-000_a.nii.gz")[0]
-    file_image = _load(root / "imagesTr/sub-000_a_0000.nii.gz")[0]
+    file_label = load_nifti(root / "labelsTr/sub-000_a.nii.gz")[0]
+    file_image = load_nifti(root / "imagesTr/sub-000_a_0000.nii.gz")[0]
     np.testing.assert_array_equal(label, file_label.transpose(2, 1, 0))  # store order (z, y, x)
     scaled = (file_image - file_image.min()) / (file_image.max() - file_image.min())
     np.testing.assert_allclose(image[0], scaled.transpose(2, 1, 0), atol=1e-6)
@@ -134,7 +124,7 @@ def test_fast(tmp_path):
 def test_rewrite_and_refusals(tmp_path):
     root = make_synthetic_dataset(tmp_path / "syn", n_cases=8)
     make_synthetic_dataset(root, n_cases=3)  # an earlier synthetic dataset is replaced, no stale cases left
-    assert len(list((root / "imagesTr").iterdir())) == len(_rows(root)) == 4
+    assert len(list((root / "imagesTr").iterdir())) == len(domains_rows(root)) == 4
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

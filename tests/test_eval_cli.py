@@ -12,10 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from _helpers import synthetic_store
 from maskgen.cli import app
-from maskgen.data.synthetic import make_synthetic_dataset, synthetic_labels
+from maskgen.data.synthetic import synthetic_labels
 from maskgen.errors import MaskgenError
-from maskgen.extract import run as R
 
 runner = CliRunner()
 
@@ -32,12 +32,7 @@ def invoke(args):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """5 subjects of 24^3 (train 2 x contrast a, val 1 x b, test 2 x a+b), MIND features (12 channels)."""
-    root = tmp_path_factory.mktemp("evaldata")
-    data = make_synthetic_dataset(root / "syn", n_cases=5, size=24)
-    out = root / "syn.zarr"
-    R.run_extract(R.ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(out), extractor="mind"),
-                  progress=False)
-    return out
+    return synthetic_store(tmp_path_factory.mktemp("evaldata"), n_cases=5, size=24)
 
 
 @pytest.fixture(scope="module")

@@ -140,3 +140,32 @@ def test_markdown_table_layout():
     assert lines[0] == "| method | t2 |"
     assert lines[1] == "|:---|---:|"
     assert lines[3] == "| a\\|b | 1 |"
+
+
+# -- case selection shared by evaluate, sensitivity and robustness ----------------------------------------------
+def test_labelled_cases_keeps_labelled_cases_and_names_the_splits_present():
+    from types import SimpleNamespace
+
+    from maskgen.evaluate.runs import labelled_cases
+
+    infos = [SimpleNamespace(case_id="a", split="val", has_label=True),
+             SimpleNamespace(case_id="b", split="val", has_label=False),
+             SimpleNamespace(case_id="c", split="train", has_label=True)]
+
+    class Store:
+        path = "s.zarr"
+
+        def cases(self, split=None):
+            return [c for c in infos if split is None or c.split == split]
+
+    assert [c.case_id for c in labelled_cases(Store(), "val")] == ["a"]
+    with pytest.raises(MaskgenError, match=r"s\.zarr has no labelled complete case in split 'test' "
+                                           r"\(splits present: train, val\); choose another --split"):
+        labelled_cases(Store(), "test")
+
+
+def test_robustness_rejects_max_cases_below_one():
+    from maskgen.evaluate.robustness import robustness_analysis
+
+    with pytest.raises(MaskgenError, match="--max-cases 0 must be >= 1"):
+        robustness_analysis(["no-such-run"], max_cases=0)

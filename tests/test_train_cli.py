@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from _helpers import synthetic_store
 from maskgen.cli import app
 
 runner = CliRunner()
@@ -17,15 +18,7 @@ TINY = ["--steps", "2", "--batch-size", "2", "--channels", "4", "--depth", "2", 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from maskgen.data.synthetic import make_synthetic_dataset
-    from maskgen.extract.run import ExtractConfig, run_extract
-
-    base = tmp_path_factory.getbasetemp() / "train-tiny-store"
-    path = base / "store.zarr"
-    if not (path / "zarr.json").exists():
-        data = make_synthetic_dataset(base / "data", n_cases=4, size=32)
-        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind"), progress=False)
-    return path
+    return synthetic_store(tmp_path_factory.getbasetemp() / "train-tiny-store")  # shared with test_train_*.py
 
 
 def test_bad_store_path(tmp_path):

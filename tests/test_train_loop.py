@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import synthetic_store
 from maskgen.errors import MaskgenError
 from maskgen.train.config import TrainConfig
 from maskgen.train.loop import load_run, train
@@ -19,15 +20,7 @@ TINY = dict(steps=4, batch_size=2, channels=4, depth=2, val_every=2, num_workers
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from maskgen.data.synthetic import make_synthetic_dataset
-    from maskgen.extract.run import ExtractConfig, run_extract
-
-    base = tmp_path_factory.getbasetemp() / "train-tiny-store"
-    path = base / "store.zarr"
-    if not (path / "zarr.json").exists():
-        data = make_synthetic_dataset(base / "data", n_cases=4, size=32)
-        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind"), progress=False)
-    return path
+    return synthetic_store(tmp_path_factory.getbasetemp() / "train-tiny-store")  # shared with test_train_*.py
 
 
 def _cfg(store, out, **kw) -> TrainConfig:

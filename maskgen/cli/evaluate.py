@@ -70,19 +70,44 @@ def _analysis_dir(run: Path, out: Optional[Path]) -> Path:
     return Path(out) if out is not None else Path(run) / "analysis"
 
 
+# Options shared by several commands (one definition each, so their defaults and help cannot drift apart).
+def _run_argument() -> Any:
+    return typer.Argument(..., help="Run folder made by `maskgen train`.")
+
+
+def _checkpoint_option() -> Any:
+    return typer.Option("best", "--checkpoint", help="best (best validation Dice) | last.")
+
+
+def _overlap_option() -> Any:
+    return typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1) (Gaussian blending).")
+
+
+def _device_option() -> Any:
+    return typer.Option("auto", "--device", help="auto | cpu | cuda.")
+
+
+def _quiet_option() -> Any:
+    return typer.Option(False, "--quiet", help="No progress bar.")
+
+
+def _out_option(help: str) -> Any:
+    return typer.Option(None, "--out", "-o", help=help)
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
 
     @app.command("evaluate")
     @handle_errors
     def evaluate(
-        run: Path = typer.Argument(..., help="Run folder made by `maskgen train`."),
+        run: Path = _run_argument(),
         split: str = typer.Option("test", "--split", help="Store split to evaluate: train | val | test."),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="best (best validation Dice) | last."),
-        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1) (Gaussian blending)."),
+        checkpoint: str = _checkpoint_option(),
+        overlap: float = _overlap_option(),
         features: Optional[Path] = typer.Option(None, "--features", help="The run's store, if it moved (default: the path recorded in the run)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        device: str = _device_option(),
+        quiet: bool = _quiet_option(),
     ) -> None:
         """Dice of a trained run on every case of a split: per case and class, mean (s.e.) per domain."""
         from maskgen.evaluate.evaluate import eval_paths, evaluate_run, summary_table
@@ -101,15 +126,15 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     @handle_errors
     def predict(
-        run: Path = typer.Argument(..., help="Run folder made by `maskgen train`."),
+        run: Path = _run_argument(),
         input: Path = typer.Option(..., "--input", "-i", help="A NIfTI file or a folder of them (any domain)."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the label maps (<name>.nii.gz, on each input's grid)."),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="best | last."),
-        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
+        checkpoint: str = _checkpoint_option(),
+        overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights file, if not where the store was made from (its sha256 must match)."),
         channel: Optional[int] = typer.Option(None, "--channel", help="Volume of a 4D input to segment (e.g. BraTS FLAIR = 0)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        device: str = _device_option(),
+        quiet: bool = _quiet_option(),
     ) -> None:
         """Segment new NIfTI volumes with a trained run; label maps on each input's original grid and affine."""
         from maskgen.errors import MaskgenError
@@ -140,8 +165,8 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("maskgen", "--method", help="maskgen and/or channel-dropout (paper Table 5 baseline)."),
         dropout_rate: Optional[str] = typer.Option(None, "--dropout-rate", help="Channel-dropout rates (default: the non-zero --mask-rate values)."),
         splits: str = typer.Option("val,test", "--splits", help="Splits each variant is evaluated on."),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint evaluated: best | last."),
-        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap for evaluation."),
+        checkpoint: str = _checkpoint_option(),
+        overlap: float = _overlap_option(),
         steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per variant (default: maskgen train's)."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step."),
         channels: Optional[int] = typer.Option(None, "--channels", help="UNet base width."),
@@ -155,7 +180,7 @@ def register(app: typer.Typer) -> None:
         n_train: Optional[int] = typer.Option(None, "--n-train", help="Few-shot: K train cases."),
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        quiet: bool = _quiet_option(),
     ) -> None:
         """Train and evaluate a grid of variants (mask rates, inputs, seeds, baselines) from one store; resumable."""
         from maskgen.evaluate.report import rich_table
@@ -185,13 +210,13 @@ def register(app: typer.Typer) -> None:
     @analyze_app.command("sensitivity")
     @handle_errors
     def sensitivity(
-        run: Path = typer.Argument(..., help="Run folder made by `maskgen train`."),
+        run: Path = _run_argument(),
         split: str = typer.Option("val", "--split", help="Split to measure on (the paper: validation)."),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="best | last."),
-        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/analysis)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        checkpoint: str = _checkpoint_option(),
+        overlap: float = _overlap_option(),
+        out: Optional[Path] = _out_option("Output folder (default: RUN/analysis)."),
+        device: str = _device_option(),
+        quiet: bool = _quiet_option(),
     ) -> None:
         """One-channel removal: Dice change when each input channel alone is zeroed (paper Figure 4, bottom)."""
         from maskgen.evaluate.report import rich_table
@@ -211,17 +236,17 @@ def register(app: typer.Typer) -> None:
     def robustness(
         runs: list[Path] = typer.Argument(..., help="One or more run folders (e.g. ERM and MaskGen), compared side by side."),
         split: str = typer.Option("test", "--split", help="Split to corrupt."),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="best | last."),
+        checkpoint: str = _checkpoint_option(),
         bias_levels: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5", "--bias-levels", help="Bias-field coefficient ranges (0 = none); empty to skip."),
         gamma_levels: str = typer.Option("0.25,0.5,0.75,1,1.5,2,3", "--gamma-levels", help="Gamma values (1 = none); empty to skip."),
         draws: int = typer.Option(3, "--draws", help="Random bias fields per level (the paper: 3)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random bias fields."),
         max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Use only the first N cases of the split."),
-        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap."),
+        overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights, if not where the store was made from."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: FIRST_RUN/analysis)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        out: Optional[Path] = _out_option("Output folder (default: FIRST_RUN/analysis)."),
+        device: str = _device_option(),
+        quiet: bool = _quiet_option(),
     ) -> None:
         """Dice under simulated bias-field and gamma shifts of increasing strength (paper Appendix B.7)."""
         from maskgen.evaluate.report import rich_table
@@ -246,8 +271,8 @@ def register(app: typer.Typer) -> None:
         store: Path = typer.Argument(..., help="Feature store made by `maskgen extract`."),
         region: str = typer.Option("foreground", "--region", help="Voxels compared: foreground (labelled anatomy of either case) | all."),
         max_voxels: int = typer.Option(200_000, "--max-voxels", help="Voxels sampled per pair (fixed seed)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <store>-stability next to the store)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        out: Optional[Path] = _out_option("Output folder (default: <store>-stability next to the store)."),
+        quiet: bool = _quiet_option(),
     ) -> None:
         """Per-channel linear CKA and cosine similarity between domains of the same subjects (paper Appendix B.1)."""
         from maskgen.evaluate.report import rich_table

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from maskgen.atomic import atomic_path
 from maskgen.errors import MaskgenError
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError)
@@ -120,14 +119,7 @@ def voxel_sizes(affine: np.ndarray) -> np.ndarray:
 def save_nifti_atomic(img: nib.Nifti1Image, path: str | Path) -> Path:
     """Write to a temporary file in the same folder, then rename over `path` (no half-written outputs)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".tmp{suffix}") as tmp:  # nibabel picks the format from the ending
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -62,19 +62,13 @@ def evaluate_run(
 ) -> EvalResult:
     """Predict every labelled case of `split` from the run's store and score it; writes the eval files."""
     from maskgen.config import write_json_atomic
-    from maskgen.evaluate.runs import _check_overlap, open_run
+    from maskgen.evaluate.runs import _check_overlap, labelled_cases, open_run
 
     if split not in SPLITS:
         raise MaskgenError(f"--split {split!r} is not one of {', '.join(SPLITS)}.")
     _check_overlap(overlap)
     run = open_run(run_dir, checkpoint, device, features)
-    infos = [c for c in run.store.cases(split=split) if c.has_label]
-    if not infos:
-        have = sorted({c.split for c in run.store.cases()})
-        raise MaskgenError(
-            f"{run.store.path} has no labelled complete case in split {split!r} (splits present: "
-            f"{', '.join(have) or 'none'}); choose another --split."
-        )
+    infos = labelled_cases(run.store, split)
     t0 = time.perf_counter()
     cases = []
     for i, info in enumerate(infos):

@@ -8,8 +8,6 @@ grid with its original affine. Output: `<out>/<name>.nii.gz`, where an nnU-Net c
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,20 +48,6 @@ def output_name(path: Path) -> str:
     return f"{stem}.nii.gz"
 
 
-def save_nifti_atomic(img: object, path: Path) -> None:
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def predict_files(
     run_dir: str | Path,
     input_path: str | Path,
@@ -76,6 +60,7 @@ def predict_files(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Prediction]:
     """Predict every input file; failures of single files are returned (with the reason), not raised."""
+    from maskgen.data.nifti import save_nifti_atomic
     from maskgen.data.preprocess import label_to_original, preprocess_image_file
     from maskgen.evaluate.runs import _check_overlap, features_for, open_run, run_extractor
 

@@ -96,9 +96,13 @@ def robustness_analysis(
     max_cases: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> RobustnessResult:
-    from maskgen.evaluate.runs import FEATURE_IDENTITY, _check_overlap, features_for, open_run, run_extractor
+    from maskgen.evaluate.runs import (
+        FEATURE_IDENTITY, _check_overlap, features_for, labelled_cases, open_run, run_extractor,
+    )
 
     _check_overlap(overlap)
+    if max_cases is not None and max_cases < 1:
+        raise MaskgenError(f"--max-cases {max_cases} must be >= 1 (or left out for every case).")
     _check_levels(bias_levels, gamma_levels, draws)
     if not run_dirs:
         raise MaskgenError("give at least one run folder.")
@@ -109,11 +113,7 @@ def robustness_analysis(
     for r, name in zip(runs[1:], names[1:]):
         if r.store.pipeline.classes != store.pipeline.classes:
             raise MaskgenError(f"run {name} segments other classes than {names[0]}; compare runs of one dataset.")
-    infos = [c for c in store.cases(split=split) if c.has_label]
-    if max_cases is not None:
-        infos = infos[:max_cases]
-    if not infos:
-        raise MaskgenError(f"{store.path} has no labelled case in split {split!r}; choose another --split.")
+    infos = labelled_cases(store, split)[:max_cases]
     for r, name in zip(runs, names):
         missing = [c.case_id for c in infos if c.case_id not in r.store]
         if missing:
@@ -199,8 +199,9 @@ def _level_str(shift: str, sh: Any) -> str:
 
 def write_robustness(result: RobustnessResult, out_dir: Path) -> dict[str, Path]:
     """`robustness-<split>.{json,csv,md,png}` in `out_dir`."""
+    from maskgen.atomic import write_text_atomic
     from maskgen.config import write_json_atomic
-    from maskgen.evaluate.report import line_plot, markdown_table, write_csv, write_text_atomic
+    from maskgen.evaluate.report import line_plot, markdown_table, write_csv
 
     split = result.settings.get("split", "test")
     stem = out_dir / f"robustness-{split}"

@@ -87,6 +87,19 @@ def _check_overlap(overlap: float) -> None:
         raise MaskgenError(f"--overlap {overlap} must be in [0, 1) (the paper's validation uses 0.5).")
 
 
+def labelled_cases(store: Any, split: str) -> list[Any]:
+    """The complete labelled cases (`CaseInfo`) of `split` in a FeatureStore; a MaskgenError naming the splits
+    present when there is none."""
+    infos = [c for c in store.cases(split=split) if c.has_label]
+    if not infos:
+        have = sorted({c.split for c in store.cases()})
+        raise MaskgenError(
+            f"{store.path} has no labelled complete case in split {split!r} (splits present: "
+            f"{', '.join(have) or 'none'}); choose another --split."
+        )
+    return infos
+
+
 def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
              features: str | Path | None = None) -> LoadedRun:
     """Load `run_dir/<checkpoint>.pt` and the run's feature store (`features` overrides the recorded path)."""

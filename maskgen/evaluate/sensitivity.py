@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from maskgen.errors import MaskgenError
 from maskgen.evaluate.metrics import Stat, case_mean, dice_per_class, mean_se
 
 
@@ -67,13 +66,11 @@ def channel_sensitivity(
     features: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> SensitivityResult:
-    from maskgen.evaluate.runs import _check_overlap, open_run
+    from maskgen.evaluate.runs import _check_overlap, labelled_cases, open_run
 
     _check_overlap(overlap)
     run = open_run(run_dir, checkpoint, device, features)
-    infos = [c for c in run.store.cases(split=split) if c.has_label]
-    if not infos:
-        raise MaskgenError(f"{run.store.path} has no labelled case in split {split!r}; choose another --split.")
+    infos = labelled_cases(run.store, split)
     names = run.input_names
     variants: list[tuple[str, tuple[int, ...]]] = [(n, (i,)) for i, n in enumerate(names)]
     groups: list[tuple[str, tuple[int, ...]]] = []
@@ -110,8 +107,9 @@ def channel_sensitivity(
 
 def write_sensitivity(result: SensitivityResult, out_dir: Path, title: str = "") -> dict[str, Path]:
     """`sensitivity-<split>.{json,csv,md,png}` in `out_dir`; returns the paths."""
+    from maskgen.atomic import write_text_atomic
     from maskgen.config import write_json_atomic
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv, write_text_atomic
+    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
 
     stem = out_dir / f"sensitivity-{result.split}"
     paths = {ext: stem.with_suffix(f".{ext}") for ext in ("json", "csv", "md", "png")}

@@ -207,8 +207,9 @@ def stability_table(result: StabilityResult, metric: str) -> tuple[list[str], li
 
 def write_stability(result: StabilityResult, out_dir: Path, title: str = "") -> dict[str, Path]:
     """`stability.{json,csv,md,png}` in `out_dir` (the plot shows CKA per channel and domain pair)."""
+    from maskgen.atomic import write_text_atomic
     from maskgen.config import write_json_atomic
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv, write_text_atomic
+    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
 
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"stability.{ext}" for ext in ("json", "csv", "md", "png")}

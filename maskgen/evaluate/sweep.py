@@ -330,7 +330,8 @@ def collect_results(out_dir: Path, variants: Sequence[Variant], splits: Sequence
 
 def write_results(out_dir: str | Path, variants: Sequence[Variant], splits: Sequence[str]) -> dict[str, Path] | None:
     """results.csv, results.md, results.png from the eval files present; None when there is none yet."""
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv, write_text_atomic
+    from maskgen.atomic import write_text_atomic
+    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
 
     out_dir = Path(out_dir)
     table = collect_results(out_dir, variants, splits)

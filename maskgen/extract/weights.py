@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from maskgen.atomic import atomic_path
 from maskgen.errors import MaskgenError
 from maskgen.extract.anatomix import NORMS, AnatomixUNet
 
@@ -255,19 +255,12 @@ def save_anatomix_checkpoint(net: AnatomixUNet, path: str | os.PathLike, extra: 
     `extra` must hold only weights_only-loadable values (tensors, numbers, strings, lists, dicts).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = dict(extra or {})
     state = net.state_dict()
     payload.update(
         state_dict={k.removeprefix("_orig_mod."): v.detach().cpu() for k, v in state.items()},
         arch=dict(getattr(net, "_orig_mod", net).arch()),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

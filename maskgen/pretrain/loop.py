@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from maskgen import __version__
+from maskgen.atomic import atomic_path, write_text_atomic
 from maskgen.config import from_dict, to_dict, write_json_atomic
 from maskgen.errors import MaskgenError
 from maskgen.pretrain.config import PretrainConfig
@@ -60,23 +60,6 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
-def _readable(path: str | os.PathLike) -> None:
-    """Give a file made by `mkstemp` (mode 0600) the usual permissions of a shared output (0644)."""
-    os.chmod(path, 0o644)
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -90,12 +73,7 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    _readable(tmp)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in records))
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -179,14 +157,14 @@ def pretrain(
     else:
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(state_dir / "config.json", current)
-        _readable(state_dir / "config.json")
     records = _read_metrics(metrics_path, step)
     _write_metrics(metrics_path, records)          # drop records logged after the checkpoint we resume from
 
     def save_state() -> None:
-        _save_atomic({"format": STATE_FORMAT, "step": step, "model": net.state_dict(),
-                      "optimizer": optimizer.state_dict(), "config": current, "arch": dict(cfg.arch),
-                      "window": window, "elapsed_s": elapsed, "maskgen_version": __version__}, last_path)
+        with atomic_path(last_path) as tmp:
+            torch.save({"format": STATE_FORMAT, "step": step, "model": net.state_dict(),
+                        "optimizer": optimizer.state_dict(), "config": current, "arch": dict(cfg.arch),
+                        "window": window, "elapsed_s": elapsed, "maskgen_version": __version__}, tmp)
         plot_progress(records, state_dir / "progress.png", title=f"{out.name}: step {step}/{cfg.steps}")
 
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -244,7 +222,6 @@ def pretrain(
         "format": WEIGHTS_FORMAT, "kind": "maskgen-pretrain", "config": current, "step": step,
         "seed": cfg.seed, "final_loss": last_loss, "maskgen_version": __version__, "torch_version": str(torch.__version__),
     })
-    _readable(out)
     return out
 
 

@@ -7,14 +7,15 @@ processes: each process opens the store (and configures zarr's decode thread poo
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maskgen.atomic import atomic_path
 from maskgen.errors import MaskgenError
 from maskgen.store.layout import (
     CASES_GROUP,
@@ -445,21 +446,16 @@ def _load_fg(path: Path, max_per_class: int, seed: int, num_classes: int) -> dic
 
 
 def _save_fg(path: Path, locs: dict[int, np.ndarray], max_per_class: int, seed: int, num_classes: int) -> None:
+    stack = ExitStack()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
+        tmp = stack.enter_context(atomic_path(path, suffix=".npz.tmp"))
     except OSError:
         return  # read-only store: the locations are still returned, just not cached
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                max_per_class=max_per_class,
-                seed=seed,
-                num_classes=num_classes,
-                **{f"class_{k}": v for k, v in locs.items()},
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with stack, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez(
+            f,
+            max_per_class=max_per_class,
+            seed=seed,
+            num_classes=num_classes,
+            **{f"class_{k}": v for k, v in locs.items()},
+        )

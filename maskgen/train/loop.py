@@ -95,6 +95,23 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderSpec:
+    """The training loader's settings for a resolved `cfg` (train_cases and crop_zyx set; `resolve_config`);
+    `aug_device` is the resolved placement of the spatial augmentation ("cpu" or "device")."""
+    return LoaderSpec(
+        case_ids=cfg.train_cases,
+        crop_zyx=cfg.crop_zyx,  # type: ignore[arg-type]
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        fg_fraction=cfg.fg_fraction,
+        aug_prob=cfg.aug_prob,
+        allow_flips=allow_flips,
+        spatial_on_cpu=aug_device == "cpu",
+        read_features=uses_features(cfg.inputs) and not cfg.online_features,
+        volume_stats=cfg.feature_norm == "volume",
+    )
+
+
 # -- the extractor, only for --online-features ------------------------------------------------------------------
 def build_online_extractor(store: Any, cfg: TrainConfig, device: torch.device) -> Any:
     """The store's extractor (same name, layer, weights), frozen on `device`; an error if it cannot be rebuilt."""
@@ -258,18 +275,7 @@ def train(
     if extractor is not None and extractor.out_channels != num_features:
         raise MaskgenError(f"extractor gives {extractor.out_channels} channels, the store {num_features}.")
 
-    spec = LoaderSpec(
-        case_ids=cfg.train_cases,
-        crop_zyx=cfg.crop_zyx,  # type: ignore[arg-type]
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        fg_fraction=cfg.fg_fraction,
-        aug_prob=cfg.aug_prob,
-        allow_flips=bool(pipeline.allow_flips),
-        spatial_on_cpu=aug_device == "cpu",
-        read_features=uses_features(cfg.inputs) and not cfg.online_features,
-        volume_stats=cfg.feature_norm == "volume",
-    )
+    spec = loader_spec(cfg, bool(pipeline.allow_flips), aug_device)
     _warm_foreground(store, cfg.train_cases)
     loader = make_loader(store, spec, state.step, end_step, num_workers, pin_memory=device.type == "cuda")
     validator = Validator(store, cfg, device, num_classes)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from maskgen.atomic import write_text_atomic
+
 
 class MetricsLog:
     def __init__(self, path: str | os.PathLike):
@@ -25,11 +27,7 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = [r for r in self.read() if int(r.get("step", 0)) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            for r in kept:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

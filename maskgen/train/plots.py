@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
+
+from maskgen.atomic import atomic_path
 
 
 def plot_progress(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
@@ -35,13 +35,5 @@ def plot_progress(records: Sequence[dict[str, Any]], path: str | os.PathLike, ti
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

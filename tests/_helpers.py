@@ -1,0 +1,36 @@
+"""Helpers shared by several test files (fixtures stay in the test files; conftest.py is kept minimal)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def synthetic_store(folder: Path, n_cases: int = 4, size: int = 32) -> Path:
+    """`folder/store.zarr`: MIND features of `make_synthetic_dataset(folder / "data", n_cases, size)`, made by
+    `run_extract`. A complete store already there is reused, so test files asking for the same folder share it."""
+    from maskgen.data.synthetic import make_synthetic_dataset
+    from maskgen.extract.run import ExtractConfig, run_extract
+
+    path = folder / "store.zarr"
+    if not (path / "zarr.json").exists():
+        data = make_synthetic_dataset(folder / "data", n_cases=n_cases, size=size)
+        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind"), progress=False)
+    return path
+
+
+def domains_rows(root: Path) -> list[dict[str, str]]:
+    """The rows of a generated dataset's `domains.csv`."""
+    with open(root / "domains.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_nifti(path: Path) -> tuple[np.ndarray, Any]:
+    """(data as stored on disk, the nibabel image)."""
+    import nibabel as nib
+
+    img = nib.load(path)
+    return np.asarray(img.dataobj), img
