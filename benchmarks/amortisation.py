@@ -51,7 +51,7 @@ def extract_fresh(args: Any) -> tuple[Path, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = common.parser(__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__.split("\n\n")[0], "amortisation")
     ap.add_argument("--steps", type=int, default=10, help="training steps per variant")
     ap.add_argument("--crop", type=int, default=None, help="crop side (voxels) [default: the pipeline's crop]")
     ap.add_argument("--batch", type=int, default=2)

@@ -143,9 +143,10 @@ def say(message: str) -> None:
 
 
 # -- arguments ----------------------------------------------------------------------------------------------------
-def parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark shares."""
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parser(description: str, name: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares (`name`: the benchmark, for the usage line)."""
+    ap = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device for the networks")
     ap.add_argument("--extractor", default="mind", choices=EXTRACTORS,
                     help="feature extractor of the store (anatomix-random: anatomix architecture, random weights)")

@@ -135,7 +135,7 @@ def throughput(args: Any, workers: int, parallel: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = common.parser(__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__.split("\n\n")[0], "extraction")
     ap.add_argument("--cases", type=int, default=6, help="timed cases of the per-case measurement")
     ap.add_argument("--workers", default="1,2,2:threads",
                     help="throughput runs: worker counts, each optionally :processes (default) or :threads "

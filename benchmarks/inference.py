@@ -82,7 +82,7 @@ def measure(kind: str, runs: dict[str, Path], args: Any, inputs: Path | None) ->
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = common.parser(__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__.split("\n\n")[0], "inference")
     ts.add_model_args(ap)
     ap.add_argument("--split", default="test", help="split evaluated (demo: val 4 cases, test 12)")
     ap.add_argument("--predict-files", type=int, default=6, help="NIfTI files for the predict measurement (0: skip)")

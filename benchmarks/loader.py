@@ -167,7 +167,7 @@ def train_loop(args: Any, store_path: Path, steps: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = common.parser(__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__.split("\n\n")[0], "loader")
     ts.add_model_args(ap)
     ap.add_argument("--workers", default="0,1,2,auto", help="worker counts to measure (auto: maskgen's default)")
     ap.add_argument("--batches", type=int, default=10, help="timed batches per measurement")

@@ -188,7 +188,7 @@ def dice(args: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = common.parser(__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__.split("\n\n")[0], "storage")
     ts.add_model_args(ap)
     ap.add_argument("--cases", type=int, default=6, help="demo cases written per layout")
     ap.add_argument("--crops", type=int, default=20, help="random crops read per round and layout")

@@ -243,7 +243,7 @@ def measure_end_to_end(trainers: dict[str, Any], rounds: int, steps: int, num_wo
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = common.parser(__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__.split("\n\n")[0], "train_step")
     add_model_args(ap)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=10, help="timed rounds of the compute measurement")

@@ -25,13 +25,13 @@ class DemoSettings:
     subjects: int = 12
     spacing: int = 2
     extractor: str = "auto"
-    steps: int = 400
+    steps: int = 500
     batch_size: int = 2
     lr: float = 1e-3                       # short CPU schedule: a higher peak lr than the paper's 2e-4 (250k steps)
     channels: int = 8
     depth: int = 3
-    crop_xyz: tuple[int, int, int] = (32, 32, 32)
-    val_every: int = 200
+    crop_xyz: tuple[int, int, int] = (48, 48, 48)
+    val_every: int = 250
     mask_rate: float = 0.5
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"

@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
                                    "steps (about 2 minutes on 2 CPU cores)."),
         out: Path = typer.Option(None, "--out", "-o", help="Folder of the two runs and the comparison "
                                  "(default runs/demo, or runs/demo-quick with --quick)."),
-        steps: int = typer.Option(None, "--steps", min=1, help="Training steps per model (default 400; 60 with "
+        steps: int = typer.Option(None, "--steps", min=1, help="Training steps per model (default 500; 60 with "
                                   "--quick)."),
         seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds; each trains both models."),
         mask_rate: float = typer.Option(0.5, "--mask-rate", help="MaskGen view-masking rate (paper: 0.5 untuned)."),

@@ -236,6 +236,8 @@ def run_sweep(
             "intermediate layers (a `dropout` option of `maskgen train`), which this version does not have yet; "
             "run the sweep with --method maskgen."
         )
+    if not splits:
+        raise MaskgenError("--splits is empty: give at least one split to evaluate (e.g. test).")
     _check_splits(store, splits, checkpoint)
     reserved = {"features", "out", "inputs", "mask_rate", "seed", "dropout"} & set(train_options)
     if reserved:

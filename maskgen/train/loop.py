@@ -256,7 +256,7 @@ def train(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth, cfg.dropout).to(device)
+    model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth, cfg.dropout).place(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
     state = _State()
@@ -450,5 +450,5 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     mc = dict(ckpt["model_config"])
     model = UNet(mc["in_channels"], mc["out_channels"], mc["channels"], mc["depth"], mc.get("dropout", 0.0))
     model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
+    model.place(device).eval()
     return model, cfg, ckpt

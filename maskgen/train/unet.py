@@ -82,6 +82,8 @@ class UNet(nn.Module):
         m = 2**self.depth
         if any(s % m for s in x.shape[2:]):
             raise ValueError(f"UNet input spatial shape {tuple(x.shape[2:])} must be divisible by 2**depth={m}")
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -90,6 +92,16 @@ class UNet(nn.Module):
         for block in self.decoder:
             x = block(torch.cat([self.upsample(x), skips.pop()], dim=1))
         return self.head(x)
+
+    _channels_last = False
+
+    def place(self, device: torch.device | str) -> "UNet":
+        """Move to `device`; on the CPU also switch weights and inputs to the channels-last 3D layout, whose oneDNN
+        kernels made a CPU training step ~40% faster here (benchmarks/README.md). Values are unchanged."""
+        device = torch.device(device)
+        self._channels_last = device.type == "cpu"
+        fmt = torch.channels_last_3d if self._channels_last else torch.contiguous_format
+        return self.to(device=device, memory_format=fmt)
 
     def config(self) -> dict:
         """The constructor kwargs, saved in checkpoints as `model_config`."""
