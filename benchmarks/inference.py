@@ -107,10 +107,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(inputs, ignore_errors=True)
         inputs.mkdir(parents=True)
         for c in store.cases(split=args.split)[: args.predict_files]:
-            src = Path(args.demo) / "imagesTr" / f"{c.case_id}_0000.nii.gz"
-            (inputs / src.name).symlink_to(src)
-        common.say("inference: predict_files")
-        result["predict"] = measure("predict", runs, args, inputs)
+            src = (Path(args.demo) / "imagesTr" / f"{c.case_id}_0000.nii.gz").resolve()
+            if src.is_file():
+                (inputs / src.name).symlink_to(src)
+        if any(inputs.iterdir()):
+            common.say("inference: predict_files")
+            result["predict"] = measure("predict", runs, args, inputs)
+        else:
+            common.say(f"inference: predict_files skipped: the store's NIfTI inputs are not under --demo {args.demo}")
         shutil.rmtree(inputs, ignore_errors=True)
     result["targets"] = [common.target("evaluate: MaskGen over ERM per case (%) [paper: +8.0]",
                                        result["evaluate"]["maskgen_overhead_pct"], PAPER_OVERHEAD_PCT)]
