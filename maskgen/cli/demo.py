@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def demo(
         quick: bool = typer.Option(False, "--quick", help="Smoke run: coarse 4 mm data, 6 subjects, a few dozen "
-                                   "steps (about 2 minutes on 2 CPU cores)."),
+                                   "steps (under a minute on 2 CPU cores)."),
         out: Path = typer.Option(None, "--out", "-o", help="Folder of the two runs and the comparison "
                                  "(default runs/demo, or runs/demo-quick with --quick)."),
         steps: int = typer.Option(None, "--steps", min=1, help="Training steps per model (default 500; 60 with "
