@@ -29,7 +29,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except MaskgenError as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt:
-            print("Interrupted; re-run the same command to resume.", file=sys.stderr)
+            print("Interrupted. Finished work is kept: re-run the same command to continue "
+                  "(`maskgen train` and `maskgen pretrain`: add --resume).", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper
