@@ -106,9 +106,8 @@ def build_trainer(name: str, cfg: Any, store: Any) -> Trainer:
     import torch
     from monai.losses import DiceCELoss
 
-    from maskgen.train.inputs import input_channels, uses_features
-    from maskgen.train.loader import LoaderSpec
-    from maskgen.train.loop import build_online_extractor, resolve_config
+    from maskgen.train.inputs import input_channels
+    from maskgen.train.loop import build_online_extractor, loader_spec, resolve_config
     from maskgen.train.placement import resolve_aug_device, resolve_device
     from maskgen.train.unet import UNet
 
@@ -118,23 +117,12 @@ def build_trainer(name: str, cfg: Any, store: Any) -> Trainer:
     pipeline = store.pipeline
     with common.fork_rng(cfg.seed):  # the same initial weights for every variant's shared layers' shapes
         model = UNet(input_channels(cfg.inputs, int(store.num_features)), int(pipeline.num_classes), cfg.channels,
-                     cfg.depth).to(device)
+                     cfg.depth).place(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
     extractor = build_online_extractor(store, cfg, device) if cfg.online_features else None
-    spec = LoaderSpec(
-        case_ids=cfg.train_cases,
-        crop_zyx=cfg.crop_zyx,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        fg_fraction=cfg.fg_fraction,
-        aug_prob=cfg.aug_prob,
-        allow_flips=bool(pipeline.allow_flips),
-        spatial_on_cpu=aug_device == "cpu",
-        read_features=uses_features(cfg.inputs) and not cfg.online_features,
-        volume_stats=cfg.feature_norm == "volume",
-    )
+    spec = loader_spec(cfg, bool(pipeline.allow_flips), aug_device)
     return Trainer(name, cfg, store, device, aug_device, model, optimizer, loss_fn, extractor, spec)
 
 
