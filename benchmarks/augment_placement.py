@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,36 +37,7 @@ RESULTS = HERE / "results.jsonl"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def _machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"node": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
-
-
-def _versions() -> dict:
-    import monai
-    import torch
-
-    return {"torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__}
+from benchmarks import common as provenance  # noqa: E402  (command, git rev, machine, versions: shared format)
 
 
 def _timeit(fn, repeats: int, sync=None) -> dict:
@@ -237,9 +206,9 @@ def main() -> None:
     common = {
         "benchmark": "augment_placement",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "git": _git_rev(),
-        "machine": _machine(),
-        "versions": _versions(),
+        "git_rev": provenance.git_rev(),
+        "machine": provenance.machine(),
+        "versions": provenance.versions(),
         "crop": args.crop,
         "channels": args.channels,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -25,9 +25,7 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,15 +36,10 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.jsonl"
+if str(HERE.parent) not in sys.path:  # `python benchmarks/extractor_quality.py` as well as `python -m benchmarks ...`
+    sys.path.insert(0, str(HERE.parent))
 
-
-def _git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout
-        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
+from benchmarks import common as provenance  # noqa: E402  (command, git rev, machine, versions: shared format)
 
 
 def _sha256(path: Path) -> str:
@@ -202,10 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     common = {
         "benchmark": "extractor_quality",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "git_rev": _git_rev(),
-        "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
-        "torch": torch.__version__,
+        "git_rev": provenance.git_rev(),
+        "machine": {**provenance.machine(), "threads": torch.get_num_threads()},
+        "versions": provenance.versions(),
         "dataset": {"path": str(args.demo), "dataset_json_sha256": _sha256(args.demo / "dataset.json"),
                     "cases": len(cases)},
         "probe": {"seeds": args.seeds, "steps": args.steps, "crop": args.crop},
