@@ -22,7 +22,6 @@ LONG_FUNCTIONS_TODO: set[str] = {
     "maskgen/data/synthetic.py:make_synthetic_dataset",
     "maskgen/data/verify.py:_case_problems",
     "maskgen/evaluate/robustness.py:robustness_analysis",
-    "maskgen/extract/run.py:run_extract",
     "maskgen/pretrain/loop.py:pretrain",
     "maskgen/store/writer.py:write_case",
     "maskgen/train/loop.py:train",
