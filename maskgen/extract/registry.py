@@ -132,11 +132,35 @@ def _anatomix_candidates(fp: dict, recorded: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _build_torchscript(req: Request) -> Any:
+    from maskgen.extract.exported import TorchScriptExtractor
+
+    return TorchScriptExtractor(str(req.path), req.pad_multiple)
+
+
+def _build_onnx(req: Request) -> Any:
+    from maskgen.extract.exported import OnnxExtractor
+
+    return OnnxExtractor(str(req.path), req.pad_multiple, device=req.device)
+
+
+def _exported_candidates(fp: dict, recorded: dict) -> list[tuple[str, str]]:
+    """The model file named in the store's `extract_config` (`--extractor KIND:PATH`)."""
+    _, sep, path = str(recorded.get("extractor") or "").partition(":")
+    return [(path, "the file the store was made from")] if sep and path else []
+
+
 BUILTIN: tuple[ExtractorKind, ...] = (
     ExtractorKind("mind", _build_mind, "MIND-SSC, 12 channels, no weights", arch_types=("MIND-SSC",)),
     ExtractorKind("anatomix", _build_anatomix, "the anatomix 3D UNet (--weights, $MASKGEN_ANATOMIX_WEIGHTS or the hub)",
                   options=frozenset({"weights", "layer"}), arch_types=("AnatomixUNet",), file_sha=True,
                   candidates=_anatomix_candidates, download=_anatomix_download),
+    ExtractorKind("torchscript", _build_torchscript, "an exported TorchScript model (1,1,Z,Y,X) -> (1,C,Z,Y,X)",
+                  options=frozenset({"path", "pad_multiple"}), arch_types=("torchscript",), file_sha=True,
+                  candidates=_exported_candidates),
+    ExtractorKind("onnx", _build_onnx, "an ONNX model run by onnxruntime (optional extra maskgen[onnx])",
+                  options=frozenset({"path", "pad_multiple"}), arch_types=("onnx",), file_sha=True,
+                  candidates=_exported_candidates),
 )
 
 
@@ -327,8 +351,7 @@ def identity_problems(recorded: dict[str, Any], found: dict[str, Any], recorded_
     if not diffs:
         return []
     lines = [f"extractor: {recorded_as} {describe(recorded)}, {found_as} {describe(found)}"]
-    lines += [f"{FIELD_NAMES[k]}: {recorded_as} {recorded.get(k)!r}, {found_as} {found.get(k)!r}"
-              for k in diffs if k != "weights_sha256"]
+    lines += [f"{FIELD_NAMES[k]}: {recorded_as} {recorded.get(k)!r}, {found_as} {found.get(k)!r}" for k in diffs]
     return lines
 
 
