@@ -15,7 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.errors import MaskgenError
 from maskgen.extract.registry import build_extractor, rebuild_extractor
 from maskgen.extract.weights import sha256_file
@@ -117,7 +117,7 @@ def test_exported_model_errors_name_the_file(tmp_path):
         build_extractor("torchscript")
     with pytest.raises(MaskgenError, match=r"missing\.pt does not exist"):
         build_extractor(f"torchscript:{tmp_path / 'missing.pt'}")
-    with pytest.raises(MaskgenError, match="--pad-multiple 8 is not used by the 'mind' extractor"):
+    with pytest.raises(MaskgenError, match="pad_multiple 8 is not used by the 'mind' extractor"):
         build_extractor("mind", pad_multiple=8)
 
 
@@ -203,8 +203,8 @@ def test_a_plugin_registered_by_entry_point(dataset, plugin_dir, tmp_path):
     # the factory takes no weights: --weights is refused, naming the plugin
     done = subprocess.run([*cmd, "--extractor", "toy", "--weights", str(dataset)], env=env, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 1 and "is not used by the 'toy' extractor" in done.stderr
+    assert done.returncode == 1 and "--weights" in done.stderr and "is not used by the 'toy' extractor" in done.stderr
     # without the plugin installed, the name is unknown and the message says where plugins register
     bare = {**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([*cmd, "--extractor", "toy"], env=bare, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "unknown extractor 'toy'" in done.stderr and "maskgen.extractors" in done.stderr
+    assert done.returncode == 1 and "--extractor 'toy' is unknown" in done.stderr and "maskgen.extractors" in done.stderr

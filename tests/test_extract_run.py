@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.errors import MaskgenError
 from maskgen.extract import run as R
 from maskgen.store import writer
@@ -286,6 +286,21 @@ def test_config_checks_name_the_bad_value():
         with pytest.raises(MaskgenError) as info:
             R.ExtractConfig(dataset="x", **kwargs)
         assert needle in str(info.value)
+
+
+def test_cli_names_flags_in_option_errors(dataset, tmp_path):
+    """Options the chosen extractor does not take are refused by the registry's table, in the CLI's words."""
+    base = ["extract", "--dataset", str(dataset), "--out", str(tmp_path / "x.zarr")]
+    res = runner.invoke(app, [*base, "--extractor", "mind", "--layer", "penultimate"])
+    assert res.exit_code == 1
+    assert "--layer 'penultimate' is not used by the 'mind' extractor (it applies to anatomix); drop --layer" \
+        in res.stderr
+    res = runner.invoke(app, [*base, "--extractor", "anatomix", "--pad-multiple", "8"])
+    assert res.exit_code == 1 and "--pad-multiple 8 is not used by the 'anatomix' extractor" in res.stderr
+    res = runner.invoke(app, [*base, "--extractor", "dino"])
+    assert res.exit_code == 1 and "--extractor 'dino' is unknown; choose one of auto, mind, anatomix, " \
+        "torchscript:PATH, onnx:PATH" in res.stderr
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_store_accepts_the_same_weights_under_another_name(dataset, tmp_path, monkeypatch):

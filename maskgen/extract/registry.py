@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from maskgen.errors import MaskgenError
+from maskgen.errors import MaskgenError, OptionError
 
 AUTO = "auto"
 ENTRY_POINT_GROUP = "maskgen.extractors"
@@ -37,7 +37,6 @@ FIELD_NAMES = {
     "arch": "extractor architecture",
 }
 OPTIONS = ("weights", "layer", "path", "pad_multiple")
-OPTION_FLAGS = {"weights": "--weights", "layer": "--layer", "path": ":PATH", "pad_multiple": "--pad-multiple"}
 
 
 class ExtractorFallbackWarning(UserWarning):
@@ -259,8 +258,8 @@ def parse_spec(spec: str) -> tuple[ExtractorKind | None, str | None]:
     kind = table.get(name)
     if kind is None:
         listing = ", ".join([AUTO] + [k.name + (":PATH" if "path" in k.options else "") for k in table.values()])
-        raise MaskgenError(f"unknown extractor {text!r}; choose one of {listing} (plugins register under the "
-                           f"entry-point group '{ENTRY_POINT_GROUP}')")
+        raise OptionError("extractor", text, f"is unknown; choose one of {listing} (plugins register under the "
+                          f"entry-point group '{ENTRY_POINT_GROUP}')")
     if "path" in kind.options and not (sep and path):
         raise MaskgenError(f"--extractor {name} needs a file: --extractor {name}:PATH")
     if sep and "path" not in kind.options:
@@ -275,8 +274,8 @@ def check_options(kind: ExtractorKind, weights: Any, layer: Any, pad_multiple: A
         if value is None or str(value) == "" or (option, value) == ("layer", "final") or option in kind.options:
             continue
         takers = [k.name for k in BUILTIN if option in k.options]
-        raise MaskgenError(f"{OPTION_FLAGS[option]} {value} is not used by the '{kind.name}' extractor (it applies "
-                           f"to {', '.join(takers) or 'plugins that take it'}); drop it")
+        raise OptionError(option, value, f"is not used by the '{kind.name}' extractor (it applies to "
+                          f"{', '.join(takers) or 'plugins that take it'}); drop {{{option}}}")
 
 
 def build_extractor(

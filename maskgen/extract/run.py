@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from maskgen.errors import MaskgenError
+from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout, chunks_for_crop
 
 PARALLEL_CHOICES = ("processes", "threads")
@@ -52,15 +52,17 @@ class ExtractConfig:
     allow_download: bool = True
 
     def __post_init__(self) -> None:
-        if not self.dataset:
-            raise MaskgenError("ExtractConfig.dataset is empty: pass --dataset NAME or --dataset file.toml")
+        """Each option checked once, as an OptionError naming the field (the CLI shows the flag)."""
         from maskgen.extract import registry
 
+        if not self.dataset:
+            raise OptionError("dataset", self.dataset, "is empty: give a shipped pipeline name or a file.toml")
         kind, _ = registry.parse_spec(self.extractor)
         if kind is not None:
             registry.check_options(kind, self.weights, self.layer, self.pad_multiple)
-        if self.pad_multiple is not None and (not isinstance(self.pad_multiple, int) or self.pad_multiple < 1):
-            raise MaskgenError(f"--pad-multiple must be an integer >= 1, got {self.pad_multiple!r}")
+        if self.pad_multiple is not None and (isinstance(self.pad_multiple, bool)
+                                              or not isinstance(self.pad_multiple, int) or self.pad_multiple < 1):
+            raise OptionError("pad_multiple", self.pad_multiple, "must be an integer >= 1")
         checks = (
             ("dtype", self.dtype, FEATURE_DTYPES),
             ("codec", self.codec if self.codec is not None else "none", CODECS),
@@ -69,13 +71,13 @@ class ExtractConfig:
         )
         for name, value, choices in checks:
             if value not in choices:
-                raise MaskgenError(f"--{name} {value!r} is not one of {', '.join(choices)}")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise MaskgenError(f"--workers must be an integer >= 1, got {self.workers!r}")
+                raise OptionError(name, value, f"is not one of {', '.join(choices)}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise OptionError("workers", self.workers, "must be an integer >= 1")
         if self.chunks is not None:
             object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
             if len(self.chunks) != 3 or min(self.chunks) < 1:
-                raise MaskgenError(f"--chunks must be three positive integers (z, y, x), got {self.chunks!r}")
+                raise OptionError("chunks", self.chunks, "must be three positive integers (z, y, x)")
 
     @property
     def layout(self) -> StoreLayout:
