@@ -40,8 +40,9 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise MaskgenError(f"--steps {self.steps} must be >= 1.")
-        if not 0.0 <= self.mask_rate < 1.0:
-            raise MaskgenError(f"--mask-rate {self.mask_rate} must be in [0, 1).")
+        from maskgen.train.config import TrainConfig
+
+        TrainConfig(features=self.store, mask_rate=self.mask_rate)  # the one check of the rate (an OptionError)
         if not self.seeds:
             raise MaskgenError("--seeds is empty: give at least one seed.")
 
@@ -55,7 +56,7 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every stage; returns {"data", "store", "sweep", "results"} (paths and the sweep's summary)."""
-    from maskgen.cli.demo import build_demo_data
+    from maskgen.demo.console import build_demo_data
     from maskgen.evaluate.sweep import Variant, run_sweep, write_results
     from maskgen.extract.run import ExtractConfig, run_extract
 
