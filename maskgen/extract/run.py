@@ -408,14 +408,14 @@ def _plan(config: ExtractConfig) -> _Plan:
     """Pipeline, output store and cases; MaskgenError for an unusable --out (nothing written yet)."""
     from maskgen.data.layouts import discover_cases
     from maskgen.data.pipeline import load_pipeline
-    from maskgen.store import writer
+    from maskgen.store import meta, writer
 
     pipeline = load_pipeline(config.dataset)
     out = Path(config.out) if config.out else default_out(pipeline.name)
     cases = discover_cases(pipeline, config.data_root)
     for case in cases:
-        writer.check_case_id(case.case_id)
-    existing = writer.read_root_attrs(out)
+        meta.check_case_id(case.case_id)
+    existing = meta.read_root_attrs(out)
     if out.exists() and existing is None and not (out.is_dir() and not any(out.iterdir())):
         raise MaskgenError(f"{out} exists and is not a maskgen feature store; choose another --out or remove it")
     return _Plan(pipeline, out, cases, existing)
@@ -448,11 +448,11 @@ def _prepare(plan: _Plan, attrs: dict[str, Any], config: ExtractConfig) -> None:
 
 def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractConfig) -> tuple[list[CaseTask], int]:
     """Tasks for the cases to (re)do, and how many complete ones are skipped; partial groups are removed."""
-    from maskgen.store import writer
+    from maskgen.store import meta, writer
 
     todo, skipped = [], 0
     for case in plan.cases:
-        state = writer.case_state(plan.out, case.case_id)
+        state = meta.case_state(plan.out, case.case_id)
         if state == "complete" and not config.overwrite:
             skipped += 1
             continue
