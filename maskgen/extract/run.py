@@ -408,7 +408,7 @@ def _plan(config: ExtractConfig) -> _Plan:
     """Pipeline, output store and cases; MaskgenError for an unusable --out (nothing written yet)."""
     from maskgen.data.layouts import discover_cases
     from maskgen.data.pipeline import load_pipeline
-    from maskgen.store import meta, writer
+    from maskgen.store import meta
 
     pipeline = load_pipeline(config.dataset)
     out = Path(config.out) if config.out else default_out(pipeline.name)
