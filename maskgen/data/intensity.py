@@ -57,6 +57,15 @@ class IntensityRule:
         return out
 
 
+def describe_record(record: Any) -> str:
+    """`describe()` of the rule in a case's stored record (`normalize`'s second value); "" when there is none."""
+    if not isinstance(record, dict) or record.get("rule") not in NORMALIZATIONS:
+        return ""
+    window, percentiles = record.get("window"), record.get("percentiles")
+    return IntensityRule(record["rule"], window=None if window is None else tuple(window),
+                         percentiles=None if percentiles is None else tuple(percentiles)).describe()
+
+
 def input_range(image: np.ndarray, rule: IntensityRule) -> tuple[float, float]:
     """The input values that the rule maps to 0 and 1 for this image."""
     if rule.rule == "ct":
