@@ -107,7 +107,7 @@ def test_evaluate_cli_matches_independent_dice(sweep_dir):
     from maskgen.store.reader import FeatureStore
     from maskgen.train.inference import dice_per_class as train_dice
     from maskgen.train.inference import predict_volume
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
 
     run = sweep_dir / "both-mr50-s0"
     res = invoke(["evaluate", run, "--split", "test", "--checkpoint", "last", "--device", "cpu", "--quiet"])
