@@ -81,7 +81,7 @@ def load_source(demo: str | None, extractor_name: str) -> tuple[dict, str]:
         pre = preprocess_case(case, pipe)
         image, label, what = pre.image, pre.label, f"demo case {case.case_id} ({demo})"
     else:
-        from maskgen.data.demo_template import load_template
+        from maskgen.demo.template import load_template
 
         t = load_template(1)
         margin = 12  # air around the brain, as in a head scan

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.errors import MaskgenError
 from maskgen.extract import run as R
 from maskgen.store import writer

@@ -14,7 +14,7 @@ import pytest
 
 from maskgen.data.layouts import discover_cases
 from maskgen.data.pipeline import load_pipeline
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.extract.run import ExtractConfig, run_extract
 from maskgen.store import writer
 from maskgen.store.reader import FeatureStore
