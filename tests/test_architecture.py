@@ -21,7 +21,6 @@ LONG_FUNCTIONS_TODO: set[str] = {
     "maskgen/data/pipeline.py:parse_pipeline",
     "maskgen/data/synthetic.py:make_synthetic_dataset",
     "maskgen/data/verify.py:_case_problems",
-    "maskgen/evaluate/robustness.py:robustness_analysis",
     "maskgen/extract/run.py:run_extract",
     "maskgen/pretrain/loop.py:pretrain",
     "maskgen/store/writer.py:write_case",
