@@ -57,7 +57,7 @@ def layouts(args: Any) -> list[dict[str, Any]]:
     from maskgen.data.preprocess import preprocess_case
     from maskgen.extract.inference import extract_volume
     from maskgen.extract.registry import build_extractor
-    from maskgen.store import writer
+    from maskgen.store import meta, writer
     from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES
     from maskgen.store.reader import FeatureStore
 
@@ -88,8 +88,8 @@ def layouts(args: Any) -> list[dict[str, Any]]:
                                   layout=layout)
             write_s = time.perf_counter() - t0
             writer.consolidate(path)
-            feat_bytes = sum(writer.dir_size(writer.case_dir(path, c.case_id) / "features") for c, _, _ in data)
-            total = sum(writer.dir_size(writer.case_dir(path, c.case_id)) for c, _, _ in data)
+            feat_bytes = sum(writer.as_io(path).size_prefix(f"{meta.case_prefix(c.case_id)}/features") for c, _, _ in data)
+            total = sum(writer.as_io(path).size_prefix(meta.case_prefix(c.case_id)) for c, _, _ in data)
             channels = int(data[0][2].shape[0])
             rows.append({"dtype": dtype, "codec": codec, "chunks_zyx": list(layout.chunks_zyx),
                          "bytes_per_voxel": total / voxels, "feature_bytes_per_voxel": feat_bytes / voxels,

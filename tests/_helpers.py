@@ -12,7 +12,7 @@ import numpy as np
 def synthetic_store(folder: Path, n_cases: int = 4, size: int = 32) -> Path:
     """`folder/store.zarr`: MIND features of `make_synthetic_dataset(folder / "data", n_cases, size)`, made by
     `run_extract`. A complete store already there is reused, so test files asking for the same folder share it."""
-    from maskgen.data.synthetic import make_synthetic_dataset
+    from maskgen.demo.synthetic import make_synthetic_dataset
     from maskgen.extract.run import ExtractConfig, run_extract
 
     path = folder / "store.zarr"

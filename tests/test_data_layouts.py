@@ -322,3 +322,31 @@ def test_unsafe_ids_raise_in_strict_discovery(tmp_path):
 def test_empty_folder_explains_expected_layout(tmp_path):
     with pytest.raises(MaskgenError, match="BRATS_001"):
         discover_cases(load_pipeline("brats"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ the layout registry
+def test_registry_checks_layout_options_by_the_defaults_types():
+    from maskgen.data.layout_registry import LAYOUTS, check_layout_options, layout_defaults
+
+    assert LAYOUTS[:2] == ("nnunet", "csv") and "amos" in LAYOUTS and "pattern" in LAYOUTS
+    check_layout_options("amos", {"mri_first_id": 400, "missing_data_hint": "download it"}, "here")
+    assert layout_defaults("amos", {"mri_first_id": 400})["mri_first_id"] == 400
+    with pytest.raises(MaskgenError, match=r"here: unknown key\(s\) \['mri_first'\]"):
+        check_layout_options("amos", {"mri_first": 400}, "here")
+    with pytest.raises(MaskgenError, match="mri_first_id = True must be an integer"):
+        check_layout_options("amos", {"mri_first_id": True}, "here")
+    with pytest.raises(MaskgenError, match="needs `image_pattern = ...`"):
+        check_layout_options("pattern", {"label_pattern": "{case}.nii.gz"}, "here")
+    with pytest.raises(MaskgenError, match="must contain {case}"):
+        check_layout_options("pandg", {"image_pattern": "{center}/x.nii.gz"}, "here")
+
+
+def test_hvsmr_severity_reader_accepts_its_column_spellings(tmp_path):
+    from maskgen.data.public_layouts import read_severity
+
+    path = tmp_path / "severity.csv"
+    path.write_text("Patient_ID,Category\n12,Severe\npat3,mild\n")
+    assert read_severity(path) == {"pat12": "severe", "pat3": "mild"}
+    path.write_text("pat,grade\npat1,mild\n")
+    with pytest.raises(MaskgenError, match="severity column"):
+        read_severity(path)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from _helpers import synthetic_store
 from maskgen.cli import app
-from maskgen.data.synthetic import synthetic_labels
+from maskgen.demo.synthetic import synthetic_labels
 from maskgen.errors import MaskgenError
 
 runner = CliRunner()

@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.errors import MaskgenError
 from maskgen.extract import run as R
+from maskgen.store import meta as store_meta
 from maskgen.store import writer
 from maskgen.store.reader import FeatureStore
 
@@ -86,7 +87,7 @@ def test_rerun_skips_complete_cases_and_overwrite_redoes_all(reference, dataset,
     assert chunk.stat().st_mtime_ns == before
     assert FeatureStore(out).used_consolidated
     # an incomplete case (never marked) is redone
-    victim = writer.case_dir(out, FeatureStore(out).cases()[1].case_id)
+    victim = out / store_meta.case_prefix(FeatureStore(out).cases()[1].case_id)
     shutil.rmtree(victim / "label")
     meta = victim / "zarr.json"
     meta.write_text(meta.read_text().replace('"complete": true', '"complete": false'))
@@ -190,7 +191,7 @@ def test_failed_cases_are_named_and_the_rest_is_intact(reference, dataset, tmp_p
     s = FeatureStore(out)
     assert [c.case_id for c in s.cases()] == [cases[3].case_id] and s.used_consolidated
     for c in cases[:3]:
-        assert writer.case_state(out, c.case_id) == "absent"
+        assert store_meta.case_state(out, c.case_id) == "absent"
     np.testing.assert_array_equal(s.read_case(cases[3].case_id)["features"],
                                   FeatureStore(ref).read_case(cases[3].case_id)["features"])
     # fixed: the same command completes the store, skipping the complete case

@@ -111,11 +111,6 @@ def orientation(affine: np.ndarray) -> tuple[str, str, str]:
     return tuple(nib.aff2axcodes(np.asarray(affine)))  # type: ignore[return-value]
 
 
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Voxel size along each array axis (mm)."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-
-
 def save_nifti_atomic(img: nib.Nifti1Image, path: str | Path) -> Path:
     """Write to a temporary file in the same folder, then rename over `path` (no half-written outputs)."""
     path = Path(path)

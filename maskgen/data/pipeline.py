@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskgen.data.layout_registry import LAYOUTS, check_layout_options
 from maskgen.errors import MaskgenError
 
-LAYOUTS = ("nnunet", "csv", "amos", "msd_brats", "topcow", "hvsmr", "prostate", "pandg", "pattern")
 NORMALIZATIONS = ("ct", "minmax")
 SPLITS = ("train", "val", "test")
 
@@ -143,39 +143,73 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
         return MaskgenError(f"pipeline {source}: {msg}")
 
     data = dict(data)
-    # TOML cannot hold both `layout = "kind"` and a `[layout]` table, so the layout is either a plain string (no
-    # options) or a `[layout]` table whose `kind` names it and whose other keys are the layout's options.
-    layout_value = data.get("layout")
-    options: dict[str, Any] = {}
-    if isinstance(layout_value, dict):
-        options = dict(layout_value)
-        kind = options.pop("kind", None)
-        if kind is None:
-            raise bad("the [layout] table needs `kind = ...`, one of " + ", ".join(LAYOUTS))
-        data["layout"] = kind
-
+    layout, options = _parse_layout(data, bad)
     unknown = sorted(set(data) - _TOP_LEVEL_KEYS)
     if unknown:
         raise bad(f"unknown key(s) {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
+    classes = _parse_classes(data.get("classes"), bad)
+    splits = data.get("splits", {})
+    if not isinstance(splits, dict):
+        raise bad("[splits] must be a table")
+    _check_splits(splits, bad)
+    pipeline = Pipeline(
+        name=_string(data, "name", default_name, bad, "a non-empty string", allow_empty=False),
+        layout=layout,
+        spacing=_triple(data, "spacing", float, bad, required=True),  # type: ignore[arg-type]
+        crop_size=_triple(data, "crop_size", int, bad, required=True),  # type: ignore[arg-type]
+        normalization=_parse_normalization(data.get("normalization"), bad),
+        ct_window=_parse_window(data.get("ct_window", [-1024.0, 1024.0]), bad),
+        classes=classes,
+        allow_flips=_flag(data, "allow_flips", True, bad),
+        options=freeze(options),
+        description=_string(data, "description", "", bad, "a string"),
+        source=source,
+        splits=freeze(splits),
+        label_map=_parse_label_map(data.get("label_map", {}), len(classes), bad),
+        binarize_labels=_parse_binarize(data, classes, bad),
+        default_data_root=_parse_default_root(data.get("default_data_root"), bad),
+    )
+    check_layout_options(layout, dict(pipeline.options), f"pipeline {pipeline.source or pipeline.name} [layout]")
+    return pipeline
 
-    layout = data.get("layout")
-    if layout not in LAYOUTS:
-        raise bad(f"layout kind {layout!r} is not one of {', '.join(LAYOUTS)}")
 
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise bad(f"name = {name!r} must be a non-empty string")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise bad(f"description = {description!r} must be a string")
+def _parse_layout(data: dict[str, Any], bad) -> tuple[str, dict[str, Any]]:
+    """(kind, options). TOML cannot hold both `layout = "kind"` and a `[layout]` table, so the layout is either a plain
+    string (no options) or a table whose `kind` names it and whose other keys are the layout's options."""
+    value = data.get("layout")
+    options: dict[str, Any] = {}
+    if isinstance(value, dict):
+        options = dict(value)
+        value = options.pop("kind", None)
+        if value is None:
+            raise bad("the [layout] table needs `kind = ...`, one of " + ", ".join(LAYOUTS))
+        data["layout"] = value
+    if value not in LAYOUTS:
+        raise bad(f"layout kind {value!r} is not one of {', '.join(LAYOUTS)}")
+    return value, options
 
-    spacing = _triple(data, "spacing", float, bad, required=True)
-    crop = _triple(data, "crop_size", int, bad, required=True)
 
-    normalization = data.get("normalization")
-    if normalization not in NORMALIZATIONS:
-        raise bad(f"normalization = {normalization!r} must be one of {', '.join(NORMALIZATIONS)}")
-    window = data.get("ct_window", [-1024.0, 1024.0])
+def _string(data: dict[str, Any], key: str, default: str, bad, what: str, allow_empty: bool = True) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise bad(f"{key} = {value!r} must be {what}")
+    return value
+
+
+def _flag(data: dict[str, Any], key: str, default: bool, bad) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise bad(f"{key} = {value!r} must be true or false")
+    return value
+
+
+def _parse_normalization(value: Any, bad) -> str:
+    if value not in NORMALIZATIONS:
+        raise bad(f"normalization = {value!r} must be one of {', '.join(NORMALIZATIONS)}")
+    return value
+
+
+def _parse_window(window: Any, bad) -> tuple[float, float]:
     if (
         not isinstance(window, list)
         or len(window) != 2
@@ -183,8 +217,10 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
         or not window[0] < window[1]
     ):
         raise bad(f"ct_window = {window!r} must be [low, high] with low < high (Hounsfield units)")
+    return float(window[0]), float(window[1])
 
-    classes = data.get("classes")
+
+def _parse_classes(classes: Any, bad) -> tuple[str, ...]:
     if (
         not isinstance(classes, list)
         or not classes
@@ -194,60 +230,35 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
         raise bad(f"classes = {classes!r} must be a non-empty list of distinct foreground names (label = index + 1)")
     if len(classes) > 254:
         raise bad(f"{len(classes)} classes do not fit uint8 labels (at most 254 foreground classes)")
+    return tuple(classes)
 
-    allow_flips = data.get("allow_flips", True)
-    if not isinstance(allow_flips, bool):
-        raise bad(f"allow_flips = {allow_flips!r} must be true or false")
 
-    default_root = data.get("default_data_root")
-    if default_root is not None and (not isinstance(default_root, str) or not default_root):
-        raise bad(f"default_data_root = {default_root!r} must be a non-empty string (a folder path)")
+def _parse_default_root(value: Any, bad) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise bad(f"default_data_root = {value!r} must be a non-empty string (a folder path)")
+    return value
 
-    binarize = data.get("binarize_labels", False)
-    if not isinstance(binarize, bool):
-        raise bad(f"binarize_labels = {binarize!r} must be true or false")
+
+def _parse_binarize(data: dict[str, Any], classes: tuple[str, ...], bad) -> bool:
+    binarize = _flag(data, "binarize_labels", False, bad)
     if binarize and len(classes) != 1:
-        raise bad(f"binarize_labels = true needs exactly one class, got classes = {classes!r}")
+        raise bad(f"binarize_labels = true needs exactly one class, got classes = {list(classes)!r}")
+    return binarize
 
-    label_map_table = data.get("label_map", {})
-    if not isinstance(label_map_table, dict):
+
+def _parse_label_map(table: Any, num_classes: int, bad) -> tuple[tuple[int, int], ...]:
+    if not isinstance(table, dict):
         raise bad("label_map must be a table of \"raw value\" = new value, e.g. [label_map] \"15\" = 13")
-    label_map: list[tuple[int, int]] = []
-    for key, value in label_map_table.items():
+    out: list[tuple[int, int]] = []
+    for key, value in table.items():
         try:
             raw = int(key)
         except ValueError:
             raise bad(f"label_map key {key!r} is not an integer label value") from None
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= len(classes):
-            raise bad(f"label_map \"{key}\" = {value!r} must map to 0..{len(classes)} (0 = background)")
-        label_map.append((raw, value))
-
-    splits = data.get("splits", {})
-    if not isinstance(splits, dict):
-        raise bad("[splits] must be a table")
-    _check_splits(splits, bad)
-
-    pipeline = Pipeline(
-        name=name,
-        layout=layout,
-        spacing=spacing,  # type: ignore[arg-type]
-        crop_size=crop,  # type: ignore[arg-type]
-        normalization=normalization,
-        ct_window=(float(window[0]), float(window[1])),
-        classes=tuple(classes),
-        allow_flips=allow_flips,
-        options=freeze(options),
-        description=description,
-        source=source,
-        splits=freeze(splits),
-        label_map=tuple(label_map),
-        binarize_labels=binarize,
-        default_data_root=default_root,
-    )
-    from maskgen.data.layouts import check_layout_options  # layouts imports this module
-
-    check_layout_options(pipeline)
-    return pipeline
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= num_classes:
+            raise bad(f"label_map \"{key}\" = {value!r} must map to 0..{num_classes} (0 = background)")
+        out.append((raw, value))
+    return tuple(out)
 
 
 def _triple(data: dict, key: str, kind: type, bad, required: bool) -> tuple:

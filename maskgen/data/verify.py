@@ -156,38 +156,53 @@ def verify_cases(
     return problems
 
 
+_Add = Callable[["Path | str", str, str], None]  # add(path, severity, message)
+
+
 def _case_problems(case: Case, checked: dict[tuple[str, Path], _FileCheck], unlabeled_ok: bool) -> list[Problem]:
     out: list[Problem] = []
-    cid = case.case_id
-    image_path = Path(case.image)
-    img = checked[("image", image_path)]
 
     def add(path: Path | str, severity: str, message: str) -> None:
-        out.append(Problem(cid, str(path), severity, message))
+        out.append(Problem(case.case_id, str(path), severity, message))
 
-    image_shape = None
+    img = checked[("image", Path(case.image))]
+    image_shape = _image_problems(case, img, add)
+    label_path = _label_presence_problems(case, unlabeled_ok, add)
+    if label_path is not None:
+        _label_problems(case, label_path, img, image_shape, checked[("label", label_path)], add)
+    return out
+
+
+def _image_problems(case: Case, img: _FileCheck, add: _Add) -> tuple | None:
+    """Report the image's problems for this case; return its spatial shape when it is usable."""
+    image_path = Path(case.image)
     if img.error:
         add(image_path, ERROR, img.error)
-    else:
-        assert img.shape is not None
-        if len(img.shape) == 4 and case.channel is None:
-            add(image_path, ERROR, f"image {image_path} is 4D with {img.shape[3]} volumes but the case names no "
-                "channel; use a layout that selects channels (e.g. msd_brats) or split the file")
-        elif case.channel is not None and len(img.shape) == 4 and not 0 <= case.channel < img.shape[3]:
-            add(image_path, ERROR, f"image {image_path} has {img.shape[3]} volumes, so channel {case.channel} "
-                "does not exist; check the layout's channels")
-        elif case.channel not in (None, 0) and len(img.shape) == 3:
-            add(image_path, ERROR, f"image {image_path} is 3D but the case asks for channel {case.channel}; "
-                "check the layout's channels")
-        else:
-            image_shape = img.shape[:3]
-            channel = case.channel if len(img.shape) == 4 else 0
-            bad = img.nonfinite.get(channel or 0, 0)
-            if bad:
-                where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
-                add(image_path, ERROR, f"image {image_path}{where} has {bad} NaN/Inf voxels; replace them (e.g. with "
-                    "the background value) and save the file again")
+        return None
+    assert img.shape is not None
+    if len(img.shape) == 4 and case.channel is None:
+        add(image_path, ERROR, f"image {image_path} is 4D with {img.shape[3]} volumes but the case names no "
+            "channel; use a layout that selects channels (e.g. msd_brats) or split the file")
+        return None
+    if case.channel is not None and len(img.shape) == 4 and not 0 <= case.channel < img.shape[3]:
+        add(image_path, ERROR, f"image {image_path} has {img.shape[3]} volumes, so channel {case.channel} "
+            "does not exist; check the layout's channels")
+        return None
+    if case.channel not in (None, 0) and len(img.shape) == 3:
+        add(image_path, ERROR, f"image {image_path} is 3D but the case asks for channel {case.channel}; "
+            "check the layout's channels")
+        return None
+    channel = case.channel if len(img.shape) == 4 else 0
+    bad = img.nonfinite.get(channel or 0, 0)
+    if bad:
+        where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
+        add(image_path, ERROR, f"image {image_path}{where} has {bad} NaN/Inf voxels; replace them (e.g. with "
+            "the background value) and save the file again")
+    return img.shape[:3]
 
+
+def _label_presence_problems(case: Case, unlabeled_ok: bool, add: _Add) -> Path | None:
+    """Report a case without a label (or with a missing label file); return the label path when there is one."""
     if case.label is None:
         if unlabeled_ok:
             add("", WARNING, "has no label (include_unlabeled = true): usable for predict only, not for training "
@@ -195,16 +210,22 @@ def _case_problems(case: Case, checked: dict[tuple[str, Path], _FileCheck], unla
         else:
             add("", ERROR, "has no label; add one, or set include_unlabeled = true in the pipeline's [layout] to keep "
                 "label-free cases for prediction only")
-        return out
+        return None
     label_path = Path(case.label)
     if not label_path.exists():
         add(label_path, ERROR, f"label {label_path} is missing; put the label there (same grid as image "
-            f"{image_path.name}) or remove the image")
-        return out
-    lab = checked[("label", label_path)]
+            f"{Path(case.image).name}) or remove the image")
+        return None
+    return label_path
+
+
+def _label_problems(case: Case, label_path: Path, img: _FileCheck, image_shape: tuple | None, lab: _FileCheck,
+                    add: _Add) -> None:
+    """The label's own problems and its agreement with the image's grid."""
+    image_path = Path(case.image)
     if lab.error:
         add(label_path, ERROR, lab.error)
-        return out
+        return
     assert lab.shape is not None and lab.affine is not None
     if image_shape is not None:
         if tuple(lab.shape) != tuple(image_shape):
@@ -220,7 +241,6 @@ def _case_problems(case: Case, checked: dict[tuple[str, Path], _FileCheck], unla
     if lab.empty:
         add(label_path, WARNING, f"label {label_path} has no foreground: the case teaches only background and its "
             "Dice is undefined; check that it is the right file")
-    return out
 
 
 def verify_dataset(

@@ -388,15 +388,15 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     from maskgen.config import to_dict
     from maskgen.data.layouts import discover_cases
     from maskgen.data.pipeline import load_pipeline
-    from maskgen.store import writer
+    from maskgen.store import meta, writer
 
     t_start = time.perf_counter()
     pipeline = load_pipeline(config.dataset)
     out = Path(config.out) if config.out else default_out(pipeline.name)
     cases = discover_cases(pipeline, config.data_root)
     for case in cases:
-        writer.check_case_id(case.case_id)
-    existing = writer.read_root_attrs(out)
+        meta.check_case_id(case.case_id)
+    existing = meta.read_root_attrs(out)
     if out.exists() and existing is None and not (out.is_dir() and not any(out.iterdir())):
         raise MaskgenError(f"{out} exists and is not a maskgen feature store; choose another --out or remove it")
 
@@ -422,7 +422,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
 
         todo, skipped = [], 0
         for case in cases:
-            state = writer.case_state(out, case.case_id)
+            state = meta.case_state(out, case.case_id)
             if state == "complete" and not config.overwrite:
                 skipped += 1
                 continue

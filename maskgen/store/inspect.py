@@ -12,7 +12,7 @@ import numpy as np
 
 from maskgen.store.layout import FEATURES, IMAGE, LABEL
 from maskgen.store.reader import FeatureStore
-from maskgen.store.writer import dir_size
+from maskgen.store.writer import store_size
 
 _VERIFY_SLAB_BYTES = 128 * 2**20
 
@@ -66,7 +66,7 @@ def store_info(path: str | os.PathLike) -> StoreInfo:
         by_domain=dict(sorted(Counter(c.domain for c in cases).items())),
         by_split_domain=dict(sorted(Counter((c.split, c.domain) for c in cases).items())),
         incomplete=incomplete,
-        size_bytes=dir_size(store.path),
+        size_bytes=store_size(store.io),
         voxels=sum(int(np.prod(c.shape_zyx)) for c in cases),
         consolidated=store.used_consolidated,
     )
