@@ -155,7 +155,8 @@ def _open_runs(run_paths: Sequence[Path], names: Sequence[str], split: str, chec
 def _extractors(runs: Sequence[Any], weights: str | Path | None) -> list[Any]:
     """Each run's extractor (None for image-only runs); runs whose stores were made by the same extractor share
     one instance."""
-    from maskgen.evaluate.runs import FEATURE_IDENTITY, run_extractor
+    from maskgen.evaluate.runs import run_extractor
+    from maskgen.extract.registry import identity_key
 
     built: dict[str, Any] = {}
     out = []
@@ -163,7 +164,7 @@ def _extractors(runs: Sequence[Any], weights: str | Path | None) -> list[Any]:
         if not r.uses_features:
             out.append(None)
             continue
-        key = repr(sorted((k, repr(r.store.extractor.get(k))) for k in FEATURE_IDENTITY))
+        key = identity_key(r.store.extractor)
         if key not in built:
             built[key] = run_extractor(r, weights)
         out.append(built[key])
