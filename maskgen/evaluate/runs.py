@@ -1,6 +1,6 @@
 """A trained run ready for inference: model, TrainConfig, its feature store, and (on demand) its own extractor.
 
-`open_run` loads a run folder's checkpoint with `maskgen.train.loop.load_run` and opens the store recorded in the
+`open_run` loads a run folder's checkpoint with `maskgen.train.checkpoint.load_run` and opens the store recorded in the
 checkpoint (or one passed explicitly, which must have been made by the same extractor). `LoadedRun.segment`
 predicts a label map exactly as validation does during training (`maskgen.train.inference.predict_volume`: MONAI
 sliding windows of the training crop, Gaussian blending, inputs assembled per window by the train module).
@@ -61,6 +61,15 @@ class LoadedRun:
             return None
         return (info.feature_mean, info.feature_std)
 
+    def fresh_stats(self, features: np.ndarray | None) -> tuple[Any, Any] | None:
+        """Per-volume statistics of features computed here (predict, robustness), as the store computes them at
+        extraction; None unless the run was trained with `--feature-norm volume`."""
+        from maskgen.store.writer import channel_stats
+
+        if features is None or self.cfg.feature_norm != "volume":
+            return None
+        return channel_stats(features)
+
     def logits(self, image: np.ndarray, features: np.ndarray | None, stats: Any = None, overlap: float = 0.5,
                model: Any = None) -> Any:
         """Class logits (K+1, Z, Y, X) float32 CPU tensor of one volume (sliding window, Gaussian blending)."""
@@ -98,7 +107,7 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
              features: str | Path | None = None) -> LoadedRun:
     """Load `run_dir/<checkpoint>.pt` and the run's feature store (`features` overrides the recorded path)."""
     from maskgen.store.reader import FeatureStore
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
     from maskgen.train.placement import resolve_device
 
     dev = resolve_device(device)
