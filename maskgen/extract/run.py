@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from maskgen.errors import MaskgenError
 from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout, chunks_for_crop
+from maskgen.store.lock import WriterLock
 
 EXTRACTOR_CHOICES = ("auto", "anatomix", "mind")
 LAYER_CHOICES = ("final", "penultimate")
@@ -49,6 +50,8 @@ class ExtractConfig:
     parallel: str = "threads"
     scheduler: str | None = None                  # address of a dask.distributed scheduler
     overwrite: bool = False
+    redo: tuple[str, ...] = ()                    # case ids re-extracted even when complete (e.g. damaged ones)
+    wait: bool = False                            # wait for another process's writer lock instead of exiting
     device: str = "cpu"
     allow_download: bool = True
 
@@ -68,6 +71,7 @@ class ExtractConfig:
                 raise MaskgenError(f"--{name} {value!r} is not one of {', '.join(choices)}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise MaskgenError(f"--workers must be an integer >= 1, got {self.workers!r}")
+        object.__setattr__(self, "redo", tuple(str(c) for c in self.redo))
         if self.chunks is not None:
             object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
             if len(self.chunks) != 3 or min(self.chunks) < 1:
@@ -374,6 +378,13 @@ def _progress(enabled: bool) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- entry point
+def _note(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]Note:[/] {escape(message)}")
+
+
 def default_out(pipeline_name: str) -> Path:
     return Path("cache") / f"{pipeline_name}.zarr"
 
@@ -396,9 +407,14 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     cases = discover_cases(pipeline, config.data_root)
     for case in cases:
         meta.check_case_id(case.case_id)
+    unknown = sorted(set(config.redo) - {c.case_id for c in cases})
+    if unknown:
+        raise MaskgenError(f"--redo {', '.join(unknown)}: no such case in {pipeline.name}; case ids look like "
+                           f"{', '.join(c.case_id for c in cases[:3])}")
     existing = meta.read_root_attrs(out)
-    if out.exists() and existing is None and not (out.is_dir() and not any(out.iterdir())):
-        raise MaskgenError(f"{out} exists and is not a maskgen feature store; choose another --out or remove it")
+    problem = meta.not_a_store_problem(out)
+    if problem:
+        raise MaskgenError(problem)
 
     # The extractor (and its fingerprint) comes first: a missing weights file stops here, before the store.
     spec = ExtractorSpec(config.extractor, config.weights, config.layer, config.device)
@@ -415,7 +431,9 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     layout = config.layout_for(pipeline, existing)
     attrs = writer.root_attributes(pipeline, fingerprint, layout, extract_config=to_dict(config))
     client = connect(config.scheduler) if config.scheduler else None
+    lock = WriterLock(out, on_message=_note)
     try:
+        lock.acquire(wait=config.wait)  # one writer per store (`maskgen.store.lock`)
         with _EXTRACTORS_LOCK:
             _EXTRACTORS[spec] = extractor  # in-process workers (threads, distributed processes=False) reuse it
         writer.prepare_store(out, attrs, overwrite=config.overwrite)
@@ -423,7 +441,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
         todo, skipped = [], 0
         for case in cases:
             state = meta.case_state(out, case.case_id)
-            if state == "complete" and not config.overwrite:
+            if state == "complete" and not config.overwrite and case.case_id not in config.redo:
                 skipped += 1
                 continue
             if state != "absent":
@@ -435,6 +453,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
             task_id = bar.add_task(f"extract {pipeline.name} ({fingerprint.get('name')})", total=len(todo))
 
             def on_result(res: CaseResult) -> None:
+                lock.check()
                 results.append(res)
                 if not res.ok and progress:
                     bar.console.print(f"[bold red]failed[/] {res.case_id}: {res.error}", highlight=False)
@@ -447,6 +466,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
                     _run_local(todo, config, on_result)
         writer.consolidate(out)
     finally:
+        lock.release()
         with _EXTRACTORS_LOCK:
             _EXTRACTORS.pop(spec, None)
         if client is not None:
