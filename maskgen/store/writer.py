@@ -222,7 +222,10 @@ def check_case_arrays(case_id: str, image: np.ndarray, features: np.ndarray, lab
 def case_record(
     case_id: str, attrs: dict[str, Any], features: np.ndarray, has_label: bool, layout: StoreLayout
 ) -> dict[str, Any]:
-    """The case group's attributes: the caller's `attrs` plus shape, channel statistics and (int8) scales."""
+    """The case group's attributes: the caller's `attrs` plus shape, channel statistics, (int8) scales and the
+    OME-Zarr metadata that places the arrays in space (`maskgen.store.ome`)."""
+    from maskgen.store.ome import case_ome_attrs
+
     mean, std = channel_stats(features)
     info = {
         **attrs,
@@ -232,6 +235,8 @@ def case_record(
         "feature_mean": mean,
         "feature_std": std,
         "has_label": has_label,
+        "ome": case_ome_attrs([IMAGE, FEATURES] + ([LABEL] if has_label else []),
+                              attrs.get("spacing_zyx") or (1.0, 1.0, 1.0), attrs.get("geometry")),
     }
     if layout.dtype == "int8":
         info["feature_scale"] = [float(s) for s in int8_scale(features)]
