@@ -157,7 +157,8 @@ def test_amos_ct_trains_and_mri_splits_into_val_and_test(tmp_path):
     assert sorted(splits["val"] + splits["test"]) == [f"amos_{i:04d}" for i in mr_tr + mr_va]
     assert {c.domain for c in cases if c.split == "train"} == {"ct"}
     assert {c.domain for c in cases if c.split != "train"} == {"mri"}
-    assert load_pipeline("amos").allow_flips is False and load_pipeline("amos").normalization == "ct"
+    amos = load_pipeline("amos")
+    assert amos.allow_flips is False and amos.intensity_rule("ct").rule == "ct" and amos.intensity_rule("mri").rule == "minmax"
 
 
 # ------------------------------------------------------------------------------------------------------- BraTS

@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
             f"extractor     {ex.get('name')}  layer {ex.get('layer')}  {s.num_features} channels  "
             f"weights sha256 {weights[:16] + '...' if weights else '-'}"
         )
+        if s.normalization_by_domain:
+            rules = "; ".join(f"{d}: {r}" for d, r in s.normalization_by_domain.items())
+            console.print(f"normalised    {rules} (domain: rule (cases), from the case records)", markup=False)
         lay = s.layout
         shards = lay.get("shards_zyx")
         console.print(

@@ -114,14 +114,17 @@ def _print_report(report, list_cases: bool) -> None:
     table.add_column("split")
     table.add_column("domain")
     table.add_column("cases", justify="right")
+    table.add_column("normalisation")
     order = {"train": 0, "val": 1, "test": 2}
+    rule = report.pipeline.intensity_rule
     for (split, domain), n in sorted(report.counts().items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
-        table.add_row(split, escape(domain), str(n))
+        table.add_row(split, escape(domain), str(n), escape(rule(domain).describe()))
     out.print(table)
     if list_cases:
         for c in report.cases:
             channel = "" if c.channel is None else f" channel={c.channel}"
-            out.print(f"{c.split:5s}  {c.domain:12s}  {c.case_id}  {c.image}{channel}", markup=False)
+            out.print(f"{c.split:5s}  {c.domain:12s}  {c.case_id}  {c.image}{channel}  "
+                      f"normalisation {rule(c.domain).describe()}", markup=False)
     for p in report.problems:
         tag = "[bold red]error[/]" if p.severity == ERROR else "[yellow]warning[/]"
         out.print(f"{tag} case {escape(p.case_id)}: ", end="")
@@ -136,7 +139,9 @@ def _write_report_json(report, path: Path) -> None:
         {
             "dataset": report.pipeline.name,
             "data_root": str(report.data_root),
-            "cases": [to_dict(c) for c in report.cases],
+            "normalization": report.pipeline.normalization_spec(),
+            "cases": [{**to_dict(c), "normalization": report.pipeline.intensity_rule(c.domain).to_record()}
+                      for c in report.cases],
             "problems": [to_dict(p) for p in report.problems],
             "ok": report.ok,
         },

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskgen.data.intensity import DEFAULT_CT_WINDOW, DEFAULT_PERCENTILES, NORMALIZATIONS, IntensityRule
 from maskgen.data.layout_registry import LAYOUTS, check_layout_options
 from maskgen.errors import MaskgenError
 
-NORMALIZATIONS = ("ct", "minmax")
 SPLITS = ("train", "val", "test")
 
 _TOP_LEVEL_KEYS = {
@@ -29,6 +29,7 @@ _TOP_LEVEL_KEYS = {
     "crop_size",
     "normalization",
     "ct_window",
+    "percentiles",
     "classes",
     "allow_flips",
     "default_data_root",
@@ -55,8 +56,8 @@ class Pipeline:
     layout: str
     spacing: tuple[float, float, float]
     crop_size: tuple[int, int, int]
-    normalization: str
-    ct_window: tuple[float, float] = (-1024.0, 1024.0)
+    normalization: str  # the rule of every domain that `normalization_by_domain` does not name
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
     classes: tuple[str, ...] = ()
     allow_flips: bool = True
     options: tuple[tuple[str, Any], ...] = ()
@@ -66,6 +67,8 @@ class Pipeline:
     label_map: tuple[tuple[int, int], ...] = ()
     binarize_labels: bool = False
     default_data_root: str | None = None
+    normalization_by_domain: tuple[tuple[str, str], ...] = ()  # (domain, rule) pairs of the [normalization] table
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # of the "percentile" rule
 
     def __post_init__(self) -> None:
         # Keep equality and hashing stable across to_dict/from_dict (JSON turns tuples into lists).
@@ -76,6 +79,9 @@ class Pipeline:
         object.__setattr__(self, "options", freeze(dict(self.options)))
         object.__setattr__(self, "splits", freeze(dict(self.splits)))
         object.__setattr__(self, "label_map", tuple(sorted((int(a), int(b)) for a, b in self.label_map)))
+        object.__setattr__(self, "normalization_by_domain",
+                           tuple(sorted((str(d), str(r)) for d, r in self.normalization_by_domain)))
+        object.__setattr__(self, "percentiles", tuple(float(v) for v in self.percentiles))
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
@@ -89,6 +95,26 @@ class Pipeline:
     def num_classes(self) -> int:
         """Number of label values including background (K + 1)."""
         return len(self.classes) + 1
+
+    def intensity_rule(self, domain: str | None = None) -> IntensityRule:
+        """The normalisation rule of a domain (the default rule for None or an unlisted domain)."""
+        by_domain = dict(self.normalization_by_domain)
+        rule = self.normalization if domain is None else by_domain.get(domain, self.normalization)
+        return IntensityRule(rule, window=self.ct_window, percentiles=self.percentiles)
+
+    def normalization_spec(self) -> dict[str, Any]:
+        """Every rule with its parameters (part of a store's fingerprint): default, per domain, window, percentiles."""
+        return {
+            "default": self.intensity_rule().describe(),
+            "domains": {d: self.intensity_rule(d).describe() for d, _ in self.normalization_by_domain},
+        }
+
+    def describe_normalization(self) -> str:
+        """`ct: ct [-1024, 1024]; mri: minmax; other domains: minmax` (or just the rule when there is one)."""
+        spec = self.normalization_spec()
+        if not spec["domains"]:
+            return spec["default"]
+        return "; ".join([f"{d}: {r}" for d, r in spec["domains"].items()] + [f"other domains: {spec['default']}"])
 
     def option(self, key: str, default: Any = None) -> Any:
         """A `[layout]` setting (frozen: lists are tuples, tables are tuples of (key, value) pairs)."""
@@ -148,6 +174,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
     if unknown:
         raise bad(f"unknown key(s) {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
     classes = _parse_classes(data.get("classes"), bad)
+    normalization, by_domain = _parse_normalization(data.get("normalization"), bad)
     splits = data.get("splits", {})
     if not isinstance(splits, dict):
         raise bad("[splits] must be a table")
@@ -157,8 +184,10 @@ def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name:
         layout=layout,
         spacing=_triple(data, "spacing", float, bad, required=True),  # type: ignore[arg-type]
         crop_size=_triple(data, "crop_size", int, bad, required=True),  # type: ignore[arg-type]
-        normalization=_parse_normalization(data.get("normalization"), bad),
-        ct_window=_parse_window(data.get("ct_window", [-1024.0, 1024.0]), bad),
+        normalization=normalization,
+        normalization_by_domain=by_domain,
+        ct_window=_parse_pair(data, "ct_window", list(DEFAULT_CT_WINDOW), bad, "Hounsfield units"),
+        percentiles=_parse_percentiles(data, bad),
         classes=classes,
         allow_flips=_flag(data, "allow_flips", True, bad),
         options=freeze(options),
@@ -203,21 +232,42 @@ def _flag(data: dict[str, Any], key: str, default: bool, bad) -> bool:
     return value
 
 
-def _parse_normalization(value: Any, bad) -> str:
-    if value not in NORMALIZATIONS:
-        raise bad(f"normalization = {value!r} must be one of {', '.join(NORMALIZATIONS)}")
-    return value
+def _parse_normalization(value: Any, bad) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(default rule, ((domain, rule), ...)) from `normalization = "rule"` or a `[normalization]` table of
+    domain = "rule" entries plus `default = "rule"` for the other domains (min-max when the table has no default)."""
+    choices = ", ".join(NORMALIZATIONS)
+    if isinstance(value, str):
+        if value not in NORMALIZATIONS:
+            raise bad(f"normalization = {value!r} must be one of {choices}")
+        return value, ()
+    if not isinstance(value, dict) or not value:
+        raise bad(f"normalization = {value!r} must be one of {choices}, or a [normalization] table of "
+                  'domain = "rule" entries, e.g. ct = "ct", mri = "minmax", default = "minmax"')
+    for domain, rule in value.items():
+        if rule not in NORMALIZATIONS:
+            raise bad(f"[normalization] {domain} = {rule!r} must be one of {choices}")
+    table = dict(value)
+    default = table.pop("default", "minmax")
+    return default, tuple(table.items())
 
 
-def _parse_window(window: Any, bad) -> tuple[float, float]:
+def _parse_pair(data: dict[str, Any], key: str, default: list, bad, unit: str) -> tuple[float, float]:
+    pair = data.get(key, default)
     if (
-        not isinstance(window, list)
-        or len(window) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in window)
-        or not window[0] < window[1]
+        not isinstance(pair, list)
+        or len(pair) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+        or not pair[0] < pair[1]
     ):
-        raise bad(f"ct_window = {window!r} must be [low, high] with low < high (Hounsfield units)")
-    return float(window[0]), float(window[1])
+        raise bad(f"{key} = {pair!r} must be [low, high] with low < high ({unit})")
+    return float(pair[0]), float(pair[1])
+
+
+def _parse_percentiles(data: dict[str, Any], bad) -> tuple[float, float]:
+    low, high = _parse_pair(data, "percentiles", list(DEFAULT_PERCENTILES), bad, "percent")
+    if low < 0 or high > 100:
+        raise bad(f"percentiles = {data['percentiles']!r} must lie within [0, 100]")
+    return low, high
 
 
 def _parse_classes(classes: Any, bad) -> tuple[str, ...]:

@@ -255,6 +255,7 @@ def process_case(task: CaseTask) -> CaseResult:
         "label_path": None if case.label is None else str(case.label),
         "channel": case.channel,
         "subject": getattr(case, "subject_id", cid),
+        "normalization": pre.intensity,  # the rule this case got, its parameters and the input range it mapped
     }
     label = None if pre.label is None else np.asarray(pre.label)
     try:

@@ -29,6 +29,7 @@ class StoreInfo:
     layout: dict[str, Any]
     spacing_zyx: tuple[float, ...]
     normalization: str | None
+    normalization_by_domain: dict[str, str]  # domain -> the rule(s) its cases got, from the case records
     num_features: int | None
     cases: int
     by_split: dict[str, int]
@@ -61,6 +62,7 @@ def store_info(path: str | os.PathLike) -> StoreInfo:
         layout=dict(attrs.get("layout") or {}),
         spacing_zyx=tuple(float(s) for s in attrs.get("spacing_zyx") or ()),
         normalization=attrs.get("normalization"),
+        normalization_by_domain=_rules_by_domain(cases),
         num_features=None if n_features is None else int(n_features),
         cases=len(cases),
         by_split=dict(sorted(Counter(c.split for c in cases).items())),
@@ -71,6 +73,13 @@ def store_info(path: str | os.PathLike) -> StoreInfo:
         voxels=sum(int(np.prod(c.shape_zyx)) for c in cases),
         consolidated=store.used_consolidated,
     )
+
+
+def _rules_by_domain(cases: list[Any]) -> dict[str, str]:
+    rules: dict[str, Counter] = {}
+    for c in cases:
+        rules.setdefault(c.domain, Counter())[c.normalization or "not recorded"] += 1
+    return {d: ", ".join(f"{r} ({n})" for r, n in sorted(counts.items())) for d, counts in sorted(rules.items())}
 
 
 @dataclass(frozen=True)

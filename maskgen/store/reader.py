@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from maskgen.data.intensity import describe_record
 from maskgen.errors import MaskgenError
 from maskgen.store import fg_cache
 from maskgen.store.integrity import TRANSIENT, ArrayReadError, CorruptStoreError, has_checksum, value_problem
@@ -57,6 +58,7 @@ class CaseInfo:
     feature_std: tuple[float, ...]
     feature_scale: tuple[float, ...] | None = None  # int8 stores only
     has_label: bool = True
+    normalization: str = ""  # the intensity rule the case got, e.g. "ct [-1024, 1024]" ("" in older stores)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "CaseInfo":
@@ -72,6 +74,7 @@ class CaseInfo:
             feature_std=tuple(float(v) for v in attrs["feature_std"]),
             feature_scale=None if scale is None else tuple(float(v) for v in scale),
             has_label=bool(attrs.get("has_label", True)),
+            normalization=describe_record(attrs.get("normalization")),
         )
 
 

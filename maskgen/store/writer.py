@@ -57,7 +57,7 @@ def root_attributes(
         "pipeline": to_dict(pipeline),
         "extractor": dict(fingerprint),
         "spacing_zyx": [float(s) for s in pipeline.spacing_zyx],
-        "normalization": pipeline.normalization,
+        "normalization": pipeline.describe_normalization(),  # every rule with its parameters, e.g. per domain
         "ct_window": [float(v) for v in pipeline.ct_window],
         "layout": layout.to_attrs(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
