@@ -82,10 +82,10 @@ def normalize_split(value: str, where: str) -> str:
     return split
 
 
-#: Names the feature store uses for itself (Zarr v3/v2 metadata keys, the chunk prefix, maskgen's own groups and
-#: files): a case group named like one of them would collide with it. Compared case-insensitively (macOS, Windows).
-RESERVED_CASE_IDS = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata", "c", "cases", "image", "features",
-                     "label", ".maskgen", "lock.json", "fg")
+#: Names a case group would collide with in the feature store (`cases/<id>`): the Zarr v3 group metadata `zarr.json`
+#: of `cases/`, the Zarr v2 metadata names, maskgen's own `.maskgen` folder. Compared case-insensitively (macOS,
+#: Windows). Other store names (`c`, `image`, ...) live one level deeper, inside a case, and cannot collide.
+RESERVED_CASE_IDS = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata", ".maskgen")
 
 
 def case_id_problem(case_id: str) -> str | None:
