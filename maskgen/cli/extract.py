@@ -82,8 +82,11 @@ def register(app: typer.Typer) -> None:
         ),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
         redo: Optional[list[str]] = typer.Option(
-            None, "--redo", help="Re-extract this case even if complete (repeatable), e.g. one `maskgen cache verify` "
-            "found damaged."
+            None, "--redo", help="Re-extract these cases even if complete: CASE[,CASE] (repeatable), e.g. ones "
+            "`maskgen cache verify` found damaged."
+        ),
+        allow_constant: bool = typer.Option(
+            False, "--allow-constant", help="Extract images that are constant after preprocessing (an error without it)."
         ),
         wait: bool = typer.Option(
             False, "--wait", help="If another process is writing the store, wait for it instead of exiting."
@@ -112,6 +115,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             redo=tuple(redo or ()),
             wait=wait,
+            allow_constant=allow_constant,
         )
         console = Console(highlight=False, soft_wrap=True)
         try:
@@ -127,8 +131,10 @@ def _print_summary(console, summary) -> None:  # noqa: ANN001 - rich Console, Ex
     failed = len(summary.failed)
     style = "red" if failed else "green"
     console.print(
-        f"[bold {style}]{summary.cases_written} case(s) written[/], "
-        f"{summary.cases_skipped} skipped (already complete), "
+        f"[bold {style}]{summary.cases_written} case(s) written[/]"
+        + (f" ({len(summary.stale)} re-extracted: inputs changed)" if summary.stale else "")
+        + f", {summary.cases_skipped} skipped (already complete"
+        + (f"; {summary.updated} with domain/split updated" if summary.updated else "") + "), "
         f"{failed} failed, of {summary.cases_total} in {summary.seconds:.1f} s; "
         f"{summary.gb_written:.3f} GB written"
         + (f", {summary.bytes_per_voxel:.2f} bytes/voxel" if summary.voxels_written else "")

@@ -3,14 +3,17 @@
 Each case is one task that writes only its own group (`maskgen.store.writer.write_case`): with one worker the cases
 run in dataset order in this process; with more they run in parallel on dask's local scheduler (`workers` threads or
 processes) or on an existing dask.distributed cluster (`scheduler`). The extractor is built once in the calling
-process (its fingerprint is checked against the store before anything is written) and once per worker process,
-never per case. A case that fails (unreadable input,
-non-finite features, full disk) is reported by name and left unmarked; the other cases go on, and the run fails
-at the end listing the failed ones. Re-running skips complete cases and redoes incomplete ones.
+process (its fingerprint is checked against the store before anything is written) and rebuilt from that fingerprint
+once per worker process, never per case. A case that fails (unreadable input, constant image, non-finite features,
+full disk) is reported by name and left unmarked; the other cases go on, and the run fails at the end listing the
+failed ones. Re-running skips complete cases whose inputs are unchanged, re-extracts those whose inputs changed
+(`maskgen.extract.provenance`), updates re-read domains/splits in place, removes unfinished case folders and redoes
+them. A full disk or an unwritable store at the start is one MaskgenError line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -18,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout, chunks_for_crop
@@ -53,6 +56,7 @@ class ExtractConfig:
     wait: bool = False                            # wait for another process's writer lock instead of exiting
     device: str = "cpu"
     allow_download: bool = True
+    allow_constant: bool = False                  # extract images that are constant after preprocessing
 
     def __post_init__(self) -> None:
         """Each option checked once, as an OptionError naming the field (the CLI shows the flag)."""
@@ -60,7 +64,7 @@ class ExtractConfig:
 
         if not self.dataset:
             raise OptionError("dataset", self.dataset, "is empty: give a shipped pipeline name or a file.toml")
-        object.__setattr__(self, "redo", tuple(str(c) for c in self.redo))
+        object.__setattr__(self, "redo", tuple(c.strip() for r in self.redo for c in str(r).split(",") if c.strip()))
         kind, _ = registry.parse_spec(self.extractor)
         if kind is not None:
             registry.check_options(kind, self.weights, self.layer, self.pad_multiple)
@@ -133,6 +137,9 @@ class ExtractSummary:
     bytes_written: int
     voxels_written: int
     warnings: tuple[str, ...] = ()
+    stale: tuple[tuple[str, str], ...] = ()       # (case_id, what changed): complete cases re-extracted
+    updated: int = 0                              # complete cases whose domain/split/subject were re-read
+    partial_removed: int = 0                      # unfinished case folders of earlier runs that were removed
 
     @property
     def ok(self) -> bool:
@@ -225,6 +232,7 @@ class CaseTask:
     pipeline: Any      # maskgen.data.pipeline.Pipeline
     extractor: ExtractorRef
     layout: StoreLayout = DEFAULT_LAYOUT
+    allow_constant: bool = False
 
 
 def _reason(case_id: str, e: BaseException) -> str:
@@ -233,62 +241,111 @@ def _reason(case_id: str, e: BaseException) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
-def process_case(task: CaseTask) -> CaseResult:
-    """Preprocess, extract and write one case; failures come back as a CaseResult naming the problem."""
-    import numpy as np
+@dataclass
+class _Stage:
+    """A case between the stages of `process_case` (preprocessed, then extracted)."""
 
+    task: CaseTask
+    t0: float
+    image: Any                 # (1, Z, Y, X) float32
+    label: Any                 # (Z, Y, X) uint8 or None
+    attrs: dict[str, Any]
+    features: Any = None       # (C, Z, Y, X) float32 once extracted
+
+    def failed(self, message: str) -> CaseResult:
+        return CaseResult(self.task.case.case_id, error=message, seconds=time.perf_counter() - self.t0)
+
+
+def load_case(task: CaseTask) -> _Stage | CaseResult:
+    """Record what the case is made from, then preprocess it (first stage of `process_case`)."""
     from maskgen.config import to_dict
     from maskgen.data.preprocess import preprocess_case
-    from maskgen.extract.inference import extract_volume
-    from maskgen.store.writer import write_case
+    from maskgen.extract.provenance import INPUTS_ATTR, inputs_record, listing_attrs
 
-    case = task.case
+    case, t0 = task.case, time.perf_counter()
     cid = case.case_id
-    t0 = time.perf_counter()
-
-    def failed(message: str) -> CaseResult:
-        return CaseResult(cid, error=message, seconds=time.perf_counter() - t0)
-
     try:
+        inputs = inputs_record(case, task.pipeline)  # before the read: a later change is seen by the next run
         pre = preprocess_case(case, task.pipeline)
     except MaskgenError as e:
-        return failed(f"cannot load: {_reason(cid, e)}")
-    except Exception as e:  # nibabel/zlib/scipy errors on a corrupted file
-        return failed(f"cannot load {case.image}: {type(e).__name__}: {e}")
-    try:
-        extractor = worker_extractor(task.extractor)
-        features = extract_volume(extractor, pre.image, device=task.extractor.device)
-    except MaskgenError as e:
-        return failed(_reason(cid, e))
-    except Exception as e:
-        return failed(f"feature extraction failed: {type(e).__name__}: {e}")
+        return CaseResult(cid, error=f"cannot load: {_reason(cid, e)}", seconds=time.perf_counter() - t0)
+    except Exception as e:  # nibabel/zlib/scipy errors on a corrupted file, unreadable files
+        return CaseResult(cid, error=f"cannot load {case.image}: {type(e).__name__}: {e}",
+                          seconds=time.perf_counter() - t0)
     attrs = {
-        "domain": case.domain,
-        "split": case.split,
+        **listing_attrs(case),
         "spacing_zyx": [float(s) for s in pre.spacing_zyx],
         "geometry": to_dict(pre.geometry),
         "image_path": str(case.image),
         "label_path": None if case.label is None else str(case.label),
         "channel": case.channel,
-        "subject": getattr(case, "subject_id", cid),
         "normalization": pre.intensity,  # the rule this case got, its parameters and the input range it mapped
+        INPUTS_ATTR: inputs,
     }
-    label = None if pre.label is None else np.asarray(pre.label)
+    stage = _Stage(task, t0, pre.image, pre.label, attrs)
+    lo, hi = float(pre.image.min()), float(pre.image.max())
+    if not task.allow_constant and not hi > lo:
+        return stage.failed(f"the image {case.image} is constant after preprocessing (every voxel {lo:g}, "
+                            f"normalisation {pre.intensity.get('rule')}): its features would carry no information. "
+                            "Check the file, or pass --allow-constant to extract it anyway")
+    return stage
+
+
+def extract_case(stage: _Stage) -> _Stage | CaseResult:
+    """Run the extractor of this process on the preprocessed image (second stage)."""
+    from maskgen.extract.inference import extract_volume
+
     try:
-        nbytes = write_case(
-            task.store, cid, image=pre.image, features=features, label=label, attrs=attrs, layout=task.layout
-        )
+        extractor = worker_extractor(stage.task.extractor)
+        stage.features = extract_volume(extractor, stage.image, device=stage.task.extractor.device)
     except MaskgenError as e:
-        return failed(_reason(cid, e))
+        return stage.failed(_reason(stage.task.case.case_id, e))
+    except Exception as e:
+        return stage.failed(f"feature extraction failed: {type(e).__name__}: {e}")
+    return stage
+
+
+def write_stage(stage: _Stage) -> CaseResult:
+    """Write the case group (third stage); a full disk or an unwritable store is named, the run goes on."""
+    import numpy as np
+
+    from maskgen.store.writer import write_case
+
+    task, cid = stage.task, stage.task.case.case_id
+    label = None if stage.label is None else np.asarray(stage.label)
+    try:
+        nbytes = write_case(task.store, cid, image=stage.image, features=stage.features, label=label,
+                            attrs=stage.attrs, layout=task.layout)
+    except MaskgenError as e:
+        return stage.failed(_reason(cid, e))
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return failed(f"disk full ({os.strerror(e.errno)}) while writing {task.store}; free space and re-run the "
-                          "same command to resume")
-        return failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
+        return stage.failed(os_error_message(task.store, e))
     except Exception as e:  # zarr/numcodecs errors: report the case, keep the run going
-        return failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
-    voxels = int(np.prod(pre.image.shape[1:]))
-    return CaseResult(cid, bytes_written=nbytes, voxels=voxels, seconds=time.perf_counter() - t0)
+        return stage.failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
+    voxels = int(np.prod(stage.image.shape[1:]))
+    return CaseResult(cid, bytes_written=nbytes, voxels=voxels, seconds=time.perf_counter() - stage.t0)
+
+
+def process_case(task: CaseTask) -> CaseResult:
+    """Preprocess, extract and write one case; failures come back as a CaseResult naming the problem."""
+    stage = load_case(task)
+    if isinstance(stage, _Stage):
+        stage = extract_case(stage)
+    return write_stage(stage) if isinstance(stage, _Stage) else stage
+
+
+def os_error_message(store: Any, e: OSError) -> str:
+    """One line for an OSError met while writing the store: full disk, no permission, not a folder, other."""
+    where = e.filename or store
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full ({os.strerror(e.errno)}) while writing {store}; free space on that disk (or choose "
+                "another --out) and re-run the same command to resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write to --out {store}: {os.strerror(e.errno)} ({where}); choose another --out or fix "
+                "the folder's permissions")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot create the store {store}: {where} is in the way (not a folder); choose another --out"
+    return f"cannot write to {store}: {type(e).__name__}: {e}"
 
 
 # ------------------------------------------------------------------------------------------- scheduling
@@ -463,20 +520,73 @@ def _prepare(plan: _Plan, attrs: dict[str, Any], config: ExtractConfig) -> None:
     writer.prepare_store(plan.out, attrs, overwrite=config.overwrite, extractor_problems=identity_problems)
 
 
-def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractConfig) -> tuple[list[CaseTask], int]:
-    """Tasks for the cases to (re)do, and how many complete ones are skipped; partial groups are removed."""
+@dataclass
+class _Todo:
+    tasks: list[CaseTask] = field(default_factory=list)
+    skipped: int = 0
+    stale: list[tuple[str, str]] = field(default_factory=list)
+    updated: int = 0
+    unchecked: int = 0
+    partial_removed: int = 0
+
+
+def _remove_partial(io: Any) -> int:
+    """Delete every case folder not marked complete (interrupted or failed runs, cases since removed from the
+    dataset): nothing reads them, and a redo starts from an empty folder."""
     from maskgen.store import meta, writer
 
-    todo, skipped = [], 0
+    removed = 0
+    for folder in sorted(meta.case_folders(io)):
+        if meta.case_state(io, folder) != "complete":
+            writer.delete_case(io, folder)
+            removed += 1
+    return removed
+
+
+def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractConfig) -> _Todo:
+    """Which cases to (re)do: absent ones, `--redo` ones, and complete ones whose inputs changed (stale); complete
+    ones whose domain/split/subject changed only get their record updated (`maskgen.extract.provenance`)."""
+    from maskgen.extract.provenance import compare
+    from maskgen.store import meta, writer
+    from maskgen.store.kv import as_io
+
+    io = as_io(plan.out)
+    plan_ = _Todo(partial_removed=_remove_partial(io))
+    from maskgen.store.layout import COMPLETE_ATTR
+
+    folders = sorted(meta.case_folders(io)) if not config.overwrite else []
+    recorded = {cid: a for cid, a in meta.read_many_case_attrs(io, folders).items() if a.get(COMPLETE_ATTR) is True}
     for case in plan.cases:
-        state = meta.case_state(plan.out, case.case_id)
-        if state == "complete" and not config.overwrite and case.case_id not in config.redo:
-            skipped += 1
-            continue
-        if state != "absent":
-            writer.delete_case(plan.out, case.case_id)  # partial group of an interrupted run
-        todo.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout))
-    return todo, skipped
+        cid = case.case_id
+        attrs = recorded.get(cid)
+        if attrs is not None and cid not in config.redo:
+            diff = compare(case, plan.pipeline, attrs)
+            plan_.unchecked += int(diff.unchecked)
+            if not diff.stale:
+                plan_.skipped += 1
+                if diff.updates:
+                    writer.update_case_attrs(io, cid, diff.updates)
+                    plan_.updated += 1
+                continue
+            plan_.stale.append((cid, "; ".join(diff.stale)))
+        if attrs is not None or config.overwrite:
+            writer.delete_case(io, cid)
+        plan_.tasks.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout, config.allow_constant))
+    return plan_
+
+
+def _report_todo(todo: _Todo) -> None:
+    """One line per stale case, one for updated records and one for records that cannot be checked."""
+    for cid, why in todo.stale:
+        _note(f"re-extracting case {cid}: {why}")
+    if todo.partial_removed:
+        _note(f"removed {todo.partial_removed} unfinished case folder(s) left by an interrupted or failed run")
+    if todo.updated:
+        _note(f"{todo.updated} complete case(s): domain/split/subject re-read from the dataset (their arrays do not "
+              "depend on them; not re-extracted)")
+    if todo.unchecked:
+        _note(f"{todo.unchecked} complete case(s) were written by an older maskgen without a record of their input "
+              "files: changes to those files cannot be detected; re-extract them with --redo CASE[,CASE] if needed")
 
 
 def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: str, progress: bool,
@@ -504,7 +614,7 @@ def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: st
     return results
 
 
-def _summary(plan: _Plan, extractor_name: str, results: list[CaseResult], skipped: int, seconds: float,
+def _summary(plan: _Plan, extractor_name: str, results: list[CaseResult], todo: _Todo, seconds: float,
              notes: tuple[str, ...]) -> ExtractSummary:
     done = [r for r in results if r.ok]
     return ExtractSummary(
@@ -512,13 +622,25 @@ def _summary(plan: _Plan, extractor_name: str, results: list[CaseResult], skippe
         extractor=extractor_name,
         cases_total=len(plan.cases),
         cases_written=len(done),
-        cases_skipped=skipped,
+        cases_skipped=todo.skipped,
         failed=tuple(sorted((r.case_id, r.error or "") for r in results if not r.ok)),
         seconds=seconds,
         bytes_written=sum(r.bytes_written for r in done),
         voxels_written=sum(r.voxels for r in done),
         warnings=notes,
+        stale=tuple(todo.stale),
+        updated=todo.updated,
+        partial_removed=todo.partial_removed,
     )
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """OSError while writing the store's own files -> MaskgenError with one line (`os_error_message`)."""
+    try:
+        yield
+    except OSError as e:
+        raise MaskgenError(os_error_message(out, e)) from None
 
 
 def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: bool = True) -> ExtractSummary:
@@ -542,19 +664,22 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     client = connect(config.scheduler) if config.scheduler else None
     lock = WriterLock(plan.out, on_message=_note)
     try:
-        lock.acquire(wait=config.wait)  # one writer per store (`maskgen.store.lock`)
+        with _writing(plan.out):  # a full disk or an unwritable --out at the start: one line, no traceback
+            lock.acquire(wait=config.wait)  # one writer per store (`maskgen.store.lock`)
+            _prepare(plan, attrs, config)
+            todo = _todo(plan, ref, layout, config)
+        _report_todo(todo)
         _WORKER_EXTRACTORS.put(ref, extractor)  # in-process workers (threads, distributed processes=False) reuse it
-        _prepare(plan, attrs, config)
-        todo, skipped = _todo(plan, ref, layout, config)
         title = f"extract {plan.pipeline.name} ({fingerprint.get('name')})"
-        results = _execute(todo, config, client, title, progress, check=lock.check)
-        writer.consolidate(plan.out)
+        results = _execute(todo.tasks, config, client, title, progress, check=lock.check)
+        with _writing(plan.out):
+            writer.consolidate(plan.out)
     finally:
         lock.release()
         _WORKER_EXTRACTORS.drop(ref)
         if client is not None:
             client.close()
-    summary = _summary(plan, str(fingerprint.get("name")), results, skipped, time.perf_counter() - t_start, notes)
+    summary = _summary(plan, str(fingerprint.get("name")), results, todo, time.perf_counter() - t_start, notes)
     if summary.failed and raise_on_failure:
         listing = "\n".join(f"  - {cid}: {why}" for cid, why in summary.failed)
         raise ExtractFailed(

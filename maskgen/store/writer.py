@@ -186,6 +186,17 @@ def delete_case(store: Any, case_id: str) -> None:
     io.delete(fg_key(case_id))
 
 
+def update_case_attrs(store: Any, case_id: str, changes: dict[str, Any]) -> None:
+    """Merge `changes` into a complete case's attributes without touching its arrays (e.g. a split re-read from the
+    dataset); the caller consolidates afterwards."""
+    import zarr
+
+    io = as_io(store)
+    with quiet():
+        group = zarr.open_group(io.store, path=case_prefix(case_id), mode="r+", use_consolidated=False)
+        group.attrs.update(changes)
+
+
 def channel_stats(features: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation over the whole volume (float64 accumulation)."""
     c = features.shape[0]
