@@ -238,8 +238,10 @@ def test_prepare_store_refuses_other_settings_and_foreign_folders(tmp_path):
                      normalization="ct", classes=("a", "b"))
     attrs = writer.root_attributes(other, {**FP, "weights_sha256": "abc", "layer": "penultimate"},
                                    StoreLayout(dtype="int8"))
+    from maskgen.extract.registry import identity_problems  # the extractor rule comes from the registry
+
     with pytest.raises(MaskgenError) as info:
-        writer.prepare_store(path, attrs)
+        writer.prepare_store(path, attrs, extractor_problems=identity_problems)
     msg = str(info.value)
     for needle in ("spacing", "normalisation", "feature layer", "weights (sha256)", "feature dtype", "--overwrite"):
         assert needle in msg, msg

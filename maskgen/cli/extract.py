@@ -10,7 +10,10 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from maskgen.cli._common import handle_errors
+from maskgen.extract.registry import choices_help
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
     from maskgen.errors import MaskgenError
@@ -43,13 +46,18 @@ def register(app: typer.Typer) -> None:
             None, "--out", "-o", help="Store to create or complete (default: cache/<pipeline name>.zarr)."
         ),
         extractor: str = typer.Option(
-            "auto", "--extractor", help="auto (anatomix if its weights are found, else a fallback) | anatomix | mind."
+            "auto", "--extractor", help=f"{escape(choices_help())}. auto: anatomix if its weights are found, else "
+            "a fallback (named on stderr)."
         ),
         weights: Optional[Path] = typer.Option(
             None, "--weights", help="anatomix weights (default: $MASKGEN_ANATOMIX_WEIGHTS or the Hugging Face hub)."
         ),
-        layer: str = typer.Option(
-            "final", "--layer", help="anatomix feature layer: final (official code) | penultimate (paper text)."
+        layer: Optional[str] = typer.Option(
+            None, "--layer", help="anatomix feature layer: final (official code, default) | penultimate (paper text)."
+        ),
+        pad_multiple: Optional[int] = typer.Option(
+            None, "--pad-multiple", min=1, help="torchscript/onnx models: pad each spatial size to a multiple of this "
+            "[default: 16]."
         ),
         dtype: str = typer.Option(
             "float16", "--dtype", help="Stored feature dtype: float16 | int8 (per-channel scale, half the bytes)."
@@ -86,6 +94,7 @@ def register(app: typer.Typer) -> None:
             extractor=extractor,
             weights=None if weights is None else str(weights),
             layer=layer,
+            pad_multiple=pad_multiple,
             dtype=dtype,
             chunks=None if chunks is None else _parse_chunks(chunks),
             codec=codec,

@@ -97,8 +97,9 @@ def robustness_analysis(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> RobustnessResult:
     from maskgen.evaluate.runs import (
-        FEATURE_IDENTITY, _check_overlap, features_for, labelled_cases, open_run, run_extractor,
+        _check_overlap, features_for, labelled_cases, open_run, run_extractor,
     )
+    from maskgen.extract.registry import identity_key
 
     _check_overlap(overlap)
     if max_cases is not None and max_cases < 1:
@@ -125,7 +126,7 @@ def robustness_analysis(
         if not r.uses_features:
             run_key.append(None)
             continue
-        key = repr(sorted((k, repr(r.store.extractor.get(k))) for k in FEATURE_IDENTITY))
+        key = identity_key(r.store.extractor)
         if key not in extractors:
             extractors[key] = (run_extractor(r, weights), r)
         run_key.append(key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -74,10 +74,6 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
 
 _COMPARED = (
     ("format_version", "store format version"),
-    ("extractor.name", "extractor"),
-    ("extractor.layer", "feature layer"),
-    ("extractor.weights_sha256", "extractor weights (sha256)"),
-    ("extractor.out_channels", "number of feature channels"),
     ("spacing_zyx", "spacing (z, y, x)"),
     ("normalization", "intensity normalisation"),
     ("layout.dtype", "feature dtype"),
@@ -90,9 +86,19 @@ _COMPARED = (
 )
 
 
-def compatibility_problems(existing: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences that forbid adding cases of `new` to a store made with `existing`."""
-    problems = []
+def compatibility_problems(
+    existing: dict[str, Any], new: dict[str, Any], extractor_problems: Callable[[dict, dict], list[str]] | None = None
+) -> list[str]:
+    """Human-readable differences that forbid adding cases of `new` to a store made with `existing`.
+
+    Whether two extractor fingerprints make the same features is decided by `maskgen.extract.registry`
+    (`identity_problems`), passed in as `extractor_problems` (the store does not import extract); without it the
+    fingerprints must be equal."""
+    old_fp, new_fp = existing.get("extractor") or {}, new.get("extractor") or {}
+    if extractor_problems is not None:
+        problems = list(extractor_problems(old_fp, new_fp))
+    else:
+        problems = [] if old_fp == new_fp else [f"extractor: store has {old_fp!r}, this run has {new_fp!r}"]
     keys = list(_COMPARED)
     if new.get("normalization") == "ct" or existing.get("normalization") == "ct":
         keys.append(("ct_window", "CT window"))
@@ -106,7 +112,12 @@ def compatibility_problems(existing: dict[str, Any], new: dict[str, Any]) -> lis
     return problems
 
 
-def prepare_store(store: Any, attrs: dict[str, Any], overwrite: bool = False) -> bool:
+def prepare_store(
+    store: Any,
+    attrs: dict[str, Any],
+    overwrite: bool = False,
+    extractor_problems: Callable[[dict, dict], list[str]] | None = None,
+) -> bool:
     """Create the store (or reuse a compatible one) and drop its consolidated metadata before any case write.
 
     Returns True when the store was newly created. Refuses to reuse a store made with another extractor, weights,
@@ -125,7 +136,7 @@ def prepare_store(store: Any, attrs: dict[str, Any], overwrite: bool = False) ->
         io.delete_dir("")
         existing = None
     if existing is not None:
-        problems = compatibility_problems(existing, attrs)
+        problems = compatibility_problems(existing, attrs, extractor_problems)
         if problems:
             raise MaskgenError(
                 f"{io} was made with different settings:\n  - "

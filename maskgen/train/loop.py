@@ -106,34 +106,12 @@ def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderS
 
 # -- the extractor, only for --online-features ------------------------------------------------------------------
 def build_online_extractor(store: Any, cfg: TrainConfig, device: torch.device) -> Any:
-    """The store's extractor (same name, layer, weights), frozen on `device`; an error if it cannot be rebuilt."""
-    from maskgen.extract.registry import build_extractor
+    """The store's extractor (same features), frozen on `device`; an error if it cannot be rebuilt."""
+    from maskgen.extract.registry import rebuild_extractor
 
-    fp = dict(store.extractor)
-    name = str(fp.get("name", ""))
-    try:
-        if name == "mind":
-            extractor = build_extractor("mind", device=device, allow_download=False)
-        else:
-            kind = "anatomix" if name == "anatomix" else "auto"
-            extractor = build_extractor(
-                kind, weights=cfg.extractor_weights, layer=str(fp.get("layer", "final")), device=device,
-                allow_download=False,
-            )
-    except MaskgenError as e:
-        raise MaskgenError(
-            f"--online-features needs the extractor that made {store.path} ({name}, layer {fp.get('layer')}): {e}"
-        ) from None
-    got = extractor.fingerprint()
-    diffs = [k for k in ("name", "layer", "weights_sha256", "out_channels", "arch") if k in fp and fp[k] != got.get(k)]
-    if diffs:
-        raise MaskgenError(
-            f"--online-features: the extractor found ({got.get('name')}, weights sha256 "
-            f"{str(got.get('weights_sha256'))[:12]}) differs from the one that made {store.path} in "
-            f"{', '.join(diffs)} (store: {fp.get('name')}, weights sha256 {str(fp.get('weights_sha256'))[:12]}); "
-            "pass the same weights with --extractor-weights."
-        )
-    return extractor
+    return rebuild_extractor(store.extractor, weights=cfg.extractor_weights,
+                             extract_config=store.attrs.get("extract_config"), device=device,
+                             purpose=f"--online-features needs the extractor that made {store.path}")
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
