@@ -67,7 +67,7 @@ class NnunetDataset:
     @property
     def domains(self) -> tuple[str, ...]:
         """One domain name per channel: the channel name in lower case ([a-z0-9_-]), made unique with the index."""
-        names = [re.sub(r"[^a-z0-9_-]+", "_", name.strip().lower()).strip("_") or "channel" for _, name in self.channels]
+        names = [re.sub(r"[^a-z0-9_-]+", "_", n.strip().lower()).strip("_") or "channel" for _, n in self.channels]
         return tuple(n if names.count(n) == 1 else f"{n}_{i:04d}" for (i, _), n in zip(self.channels, names))
 
 

@@ -92,7 +92,7 @@ class VerifyReport:
             + (", ".join(sorted({c.domain for c in train})) or "none"),
         ]
         if self.left_out:
-            ids = [c.case_id for c in self.left_out]
+            ids = sorted(c.case_id for c in self.left_out)
             lines.append(f"left out by the split rule / fold: {len(ids)} cases ({', '.join(ids[:8])}"
                          + (", ...)" if len(ids) > 8 else ")"))
         return lines
