@@ -61,6 +61,15 @@ class LoadedRun:
             return None
         return (info.feature_mean, info.feature_std)
 
+    def fresh_stats(self, features: np.ndarray | None) -> tuple[Any, Any] | None:
+        """Per-volume statistics of features computed here (predict, robustness), as the store computes them at
+        extraction; None unless the run was trained with `--feature-norm volume`."""
+        from maskgen.store.writer import channel_stats
+
+        if features is None or self.cfg.feature_norm != "volume":
+            return None
+        return channel_stats(features)
+
     def logits(self, image: np.ndarray, features: np.ndarray | None, stats: Any = None, overlap: float = 0.5,
                model: Any = None) -> Any:
         """Class logits (K+1, Z, Y, X) float32 CPU tensor of one volume (sliding window, Gaussian blending)."""

@@ -6,7 +6,7 @@ The grid (paper Figure 4 top and Table 5):
   seed at mask rate 0, whatever rates are asked for (the paper's baselines are unmasked; masking a single-source
   input would only blank whole samples); `both` gets every rate (rate 0 = naive concatenation).
 - method `channel-dropout`: the generic-masking baseline of paper Table 5 (image-only input, channel dropout on the
-  network's intermediate layers), one run per `--dropout-rate` and seed. Needs a TrainConfig with a `dropout` field.
+  network's intermediate layers: `TrainConfig.dropout`), one run per `--dropout-rate` and seed.
 Duplicate rates and seeds are dropped. Each variant trains in `<out>/<variant>/` by calling
 `maskgen.train.loop.train` in-process, then is evaluated (`eval-<split>.json`) on each requested split.
 
@@ -130,14 +130,6 @@ def plan_variants(
     return variants, notes
 
 
-def supports_channel_dropout() -> bool:
-    import dataclasses
-
-    from maskgen.train.config import TrainConfig
-
-    return "dropout" in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
 # -- running ------------------------------------------------------------------------------------------------------
 def variant_state(run_dir: Path, splits: Sequence[str]) -> str:
     """'done' (every eval file present), 'trained' (last.pt, eval missing), 'partial' (folder without checkpoint),
@@ -217,12 +209,6 @@ def run_sweep(
     store = Path(store)
     if not store.exists():
         raise MaskgenError(f"--features {store} does not exist; create the store with `maskgen extract`.")
-    if any(v.method == "channel-dropout" for v in variants) and not supports_channel_dropout():
-        raise MaskgenError(
-            "--method channel-dropout needs the training stage to build the UNet with channel dropout on its "
-            "intermediate layers (a `dropout` option of `maskgen train`), which this version does not have yet; "
-            "run the sweep with --method maskgen."
-        )
     if not splits:
         raise MaskgenError("--splits is empty: give at least one split to evaluate (e.g. test).")
     _check_splits(store, splits, checkpoint)
