@@ -188,16 +188,22 @@ def test_structured_report_for_other_code(dataset):
     assert report.counts() == {("train", "default"): 2, ("val", "default"): 1}
 
 
-def test_brats_4d_nan_is_reported_for_the_channel_case_that_uses_it(tmp_path):
-    rng = np.random.default_rng(1)
+def brats_folder(root: Path, seed: int) -> tuple[dict[int, np.ndarray], str, str]:
+    """Five 4D BraTS cases; (images by number, a training subject, a held-out subject)."""
+    rng = np.random.default_rng(seed)
     images = {}
     for i in range(1, 6):
         images[i] = rng.normal(size=(*SHAPE, 4)).astype(np.float32)
-        save(tmp_path / f"imagesTr/BRATS_{i:03d}.nii.gz", images[i])
-        save(tmp_path / f"labelsTr/BRATS_{i:03d}.nii.gz", label_volume() * 3)
-    cases = verify_dataset(load_pipeline("brats"), tmp_path).cases
+        save(root / f"imagesTr/BRATS_{i:03d}.nii.gz", images[i])
+        save(root / f"labelsTr/BRATS_{i:03d}.nii.gz", label_volume() * 3)
+    cases = verify_dataset(load_pipeline("brats"), root).cases
     train = sorted({c.subject_id for c in cases if c.split == "train"})[0]
     held_out = sorted({c.subject_id for c in cases if c.split != "train"})[0]
+    return images, train, held_out
+
+
+def test_brats_4d_nan_is_reported_for_the_channel_case_that_uses_it(tmp_path):
+    images, train, held_out = brats_folder(tmp_path, seed=1)
     for subject, channel in ((train, 2), (held_out, 1)):  # t1gd of a training subject; unused t1w of a test one
         i = int(subject.split("_")[1])
         images[i][0, 0, 0, channel] = np.nan
@@ -252,15 +258,7 @@ def test_constant_image_is_a_warning(dataset):
 
 
 def test_constant_channel_of_a_4d_image_warns_only_its_case(tmp_path):
-    rng = np.random.default_rng(2)
-    images = {}
-    for i in range(1, 6):
-        images[i] = rng.normal(size=(*SHAPE, 4)).astype(np.float32)
-        save(tmp_path / f"imagesTr/BRATS_{i:03d}.nii.gz", images[i])
-        save(tmp_path / f"labelsTr/BRATS_{i:03d}.nii.gz", label_volume() * 3)
-    cases = verify_dataset(load_pipeline("brats"), tmp_path).cases
-    train = sorted({c.subject_id for c in cases if c.split == "train"})[0]
-    held_out = sorted({c.subject_id for c in cases if c.split != "train"})[0]
+    images, train, held_out = brats_folder(tmp_path, seed=2)
     for subject in (train, held_out):  # blank FLAIR (channel 0): unused for a training subject, used when held out
         i = int(subject.split("_")[1])
         images[i][..., 0] = 0.0
