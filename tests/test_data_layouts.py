@@ -364,4 +364,4 @@ def test_domain_csv_keeps_a_cases_own_domain_when_asked(tmp_path):
     kept = apply_domain_csv(cases, tmp_path / "d.csv", None)
     assert [(c.domain, c.split, c.subject) for c in kept] == [("t1", "train", "a"), ("site2", "test", "b")]
     replaced = apply_domain_csv(cases, tmp_path / "d.csv", "default")
-    assert [(c.domain, c.subject) for c in replaced] == [("default", None), ("site2", None)]
+    assert [(c.domain, c.subject) for c in replaced] == [("default", "a"), ("site2", None)]  # as before
