@@ -1,15 +1,20 @@
-"""Extraction cost: seconds per case of `maskgen extract` against the bare extractor forward on the same volume
-(overhead of reading, preprocessing and writing; target: at most 20%), and cases per minute with 1 and 2 dask
-workers (`maskgen.extract.run.run_extract`, fresh stores).
+"""Extraction cost: `maskgen extract` (one worker: the read / forward / write pipeline of
+`maskgen.extract.run.run_pipelined`) against the bare extractor forward on the same volumes (target: at most +20%),
+the profile split per stage, the disk's read + write bound (the CUDA criterion), and cases per minute with 1 and 2
+dask workers.
 
-Per case, interleaved case by case on the first `--cases` demo cases (after one untimed warm-up case):
-- `bare_forward`: the extractor's forward on the preprocessed volume, padded as `extract_volume` pads it, already
-  on the device (inference mode, bf16 autocast on CUDA when the extractor supports it), device synchronised;
-- `extract_volume`: `maskgen.extract.inference.extract_volume` (adds host<->device copies, padding, NumPy output);
-- `preprocess`: `maskgen.data.preprocess.preprocess_case` (NIfTI read, RAS reorientation, resampling, scaling);
-- `case`: `maskgen.extract.run.process_case`, the function every dask task runs (preprocess + extract + write
-  of image, features and label + completion marker), into a scratch store.
-`write_and_rest` = case - preprocess - extract_volume.
+Rounds (after one untimed warm-up case), each on the first `--cases` demo cases, the order of the two arms rotated:
+- `bare`: the extractor's forward on each preprocessed volume, padded as `extract_volume` pads it, already on the
+  device (inference mode, bf16 autocast on CUDA when the extractor supports it), device synchronised; summed;
+- `pipeline`: `run_pipelined` on the same cases into a fresh scratch store (read + preprocess, forward + statistics
+  + float16 cast, write, overlapped); wall time.
+`overhead_pct` = median over rounds of pipeline / bare - 1. The per-stage busy seconds of the pipeline and a serial
+per-case split (`preprocess`, `extract_for_store`, `write`, each timed alone) show what bounds it.
+
+Disk bound: bytes read per case (the input NIfTI files) and written (the case group), over the read and write
+throughput of the workdir's disk measured here (a file of the case's size, written with fsync, read back after
+dropping it from the page cache where allowed). On CUDA the forward is milliseconds: judge there by cases/s against
+`disk_bound_cases_per_s` and against the load stage's own rate (`load_bound_cases_per_s`).
 
     python -m benchmarks extraction                               # MIND-SSC (the offline default)
     python -m benchmarks extraction --extractor anatomix-random   # the anatomix architecture's cost
@@ -18,6 +23,7 @@ Per case, interleaved case by case on the first `--cases` demo cases (after one 
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -55,61 +61,136 @@ def _bare_forward(extractor: Any, image: Any, device: Any) -> Any:
     return run
 
 
-def per_case(args: Any, n_cases: int) -> dict[str, Any]:
-    from maskgen.config import to_dict
-    from maskgen.data.layouts import discover_cases
-    from maskgen.data.pipeline import load_pipeline
-    from maskgen.data.preprocess import preprocess_case
-    from maskgen.extract.inference import extract_volume
-    from maskgen.extract.registry import build_extractor
-    from maskgen.extract.run import CaseTask, ExtractConfig, ExtractorRef, process_case, worker_extractor
-    from maskgen.store import writer
+class Setup:
+    """The demo cases, the extractor (built once, as in a worker) and a scratch store for them."""
 
-    demo = common.ensure_demo(args.demo)
-    pipeline = load_pipeline("demo")
-    cases = discover_cases(pipeline, str(demo))[: n_cases + 1]
-    name, weights = common.extractor_choice(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        extractor = build_extractor(name, weights, None, args.device, allow_download=False)
-    fingerprint = extractor.fingerprint()
-    cfg = ExtractConfig(dataset="demo", data_root=str(demo), extractor=name, weights=weights, device=args.device,
-                        allow_download=False)
-    out = Path(args.workdir) / "extraction-per-case.zarr"
-    shutil.rmtree(out, ignore_errors=True)
-    writer.prepare_store(out, writer.root_attributes(pipeline, fingerprint, cfg.layout, extract_config=to_dict(cfg)))
-    ref = ExtractorRef(fingerprint, extractor.weights_path, args.device)
-    worker_extractor(ref)  # built once per process, as in a dask worker
+    def __init__(self, args: Any, n_cases: int) -> None:
+        from maskgen.config import to_dict
+        from maskgen.data.layouts import discover_cases
+        from maskgen.data.pipeline import load_pipeline
+        from maskgen.extract.registry import build_extractor
+        from maskgen.extract.run import ExtractConfig, ExtractorRef, worker_extractor
+        from maskgen.store import writer
+
+        demo = common.ensure_demo(args.demo)
+        self.pipeline = load_pipeline("demo")
+        self.cases = discover_cases(self.pipeline, str(demo))[: n_cases + 1]
+        name, weights = common.extractor_choice(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.extractor = build_extractor(name, weights, None, args.device, allow_download=False)
+        self.fingerprint = self.extractor.fingerprint()
+        cfg = ExtractConfig(dataset="demo", data_root=str(demo), extractor=name, weights=weights,
+                            device=args.device, allow_download=False)
+        self.layout, self.device = cfg.layout, args.device
+        self.out = Path(args.workdir) / "extraction-scratch.zarr"
+        shutil.rmtree(self.out, ignore_errors=True)
+        writer.prepare_store(self.out, writer.root_attributes(self.pipeline, self.fingerprint, self.layout,
+                                                              extract_config=to_dict(cfg)))
+        self.ref = ExtractorRef(self.fingerprint, self.extractor.weights_path, args.device)
+        worker_extractor(self.ref)  # built once per process, as in a worker
+
+    def tasks(self, cases: list) -> list:
+        from maskgen.extract.run import CaseTask
+
+        return [CaseTask(str(self.out), c, self.pipeline, self.ref, self.layout) for c in cases]
+
+    def clear(self, cases: list) -> None:
+        from maskgen.store import writer
+
+        for c in cases:
+            writer.delete_case(self.out, c.case_id)
+
+
+def serial_split(s: Setup, args: Any) -> list[dict[str, Any]]:
+    """Each stage timed alone, case by case (the first case is an untimed warm-up)."""
+    from maskgen.extract.run import extract_case, load_case, write_stage
+
     rows = []
-    for i, case in enumerate(cases):
-        task = CaseTask(str(out), case, pipeline, ref, cfg.layout)
-        t_pre, pre = common.timed(lambda: preprocess_case(case, pipeline))
-        bare = _bare_forward(extractor, pre.image, args.device)
+    for i, task in enumerate(s.tasks(s.cases)):
+        s.clear([task.case])
+        t_load, stage = common.timed(lambda: load_case(task))
+        bare = _bare_forward(s.extractor, stage.image, args.device)
         t_bare, _ = common.timed(bare, args.device)
-        t_vol, _ = common.timed(lambda: extract_volume(extractor, pre.image, device=args.device), args.device)
-        writer.delete_case(out, case.case_id)
-        t_case, res = common.timed(lambda: process_case(task), args.device)
+        t_ext, stage = common.timed(lambda: extract_case(stage), args.device)
+        t_write, res = common.timed(lambda: write_stage(stage))
         if not res.ok:
-            raise RuntimeError(f"case {case.case_id} failed: {res.error}")
-        if i == 0:
-            continue  # warm-up: first NIfTI read, first allocations, lazy imports
-        rows.append({"case_id": case.case_id, "shape_zyx": list(pre.image.shape[1:]), "preprocess_s": t_pre,
-                     "bare_forward_s": t_bare, "extract_volume_s": t_vol, "case_s": t_case,
-                     "write_and_rest_s": t_case - t_pre - t_vol, "bytes_written": res.bytes_written})
-    shutil.rmtree(out, ignore_errors=True)
-    med = {k: statistics.median(r[k] for r in rows)
-           for k in ("preprocess_s", "bare_forward_s", "extract_volume_s", "case_s", "write_and_rest_s")}
-    total_case = sum(r["case_s"] for r in rows)
-    total_bare = sum(r["bare_forward_s"] for r in rows)
-    return {
-        "cases": rows,
-        "median": med,
-        "overhead_pct_median": 100 * statistics.median(r["case_s"] / r["bare_forward_s"] - 1 for r in rows),
-        "overhead_pct_total": 100 * (total_case / total_bare - 1),
-        "share_of_case_pct": {k: 100 * sum(r[k] for r in rows) / total_case
-                              for k in ("preprocess_s", "bare_forward_s", "extract_volume_s", "write_and_rest_s")},
-        "fingerprint": {k: fingerprint.get(k) for k in ("name", "layer", "out_channels", "weights_sha256")},
-    }
+            raise RuntimeError(f"case {task.case.case_id} failed: {res.error}")
+        if i:
+            rows.append({"case_id": task.case.case_id, "shape_zyx": list(stage.image.shape[1:]), "load_s": t_load,
+                         "bare_forward_s": t_bare, "extract_s": t_ext, "write_s": t_write,
+                         "bytes_written": res.bytes_written,
+                         "bytes_read": sum(os.path.getsize(p) for p in (task.case.image, task.case.label) if p)})
+    return rows
+
+
+def pipeline_rounds(s: Setup, args: Any, rounds: int) -> dict[str, Any]:
+    """`bare` and `pipeline` arms on the same cases, interleaved round by round (order rotated)."""
+    from maskgen.data.preprocess import preprocess_case
+    from maskgen.extract.run import run_pipelined
+
+    cases = s.cases[1:]
+    images = [preprocess_case(c, s.pipeline).image for c in cases]
+    forwards = [_bare_forward(s.extractor, im, args.device) for im in images]
+    per_round = []
+    for r in range(rounds):
+        arms: dict[str, Any] = {}
+        for arm in (("bare", "pipeline") if r % 2 == 0 else ("pipeline", "bare")):
+            if arm == "bare":
+                arms["bare_s"] = sum(common.timed(f, args.device)[0] for f in forwards)
+            else:
+                s.clear(cases)
+                results: list = []
+                t0 = time.perf_counter()
+                run_pipelined(s.tasks(cases), results.append)
+                common.sync(args.device)
+                arms["pipeline_s"] = time.perf_counter() - t0
+                bad = [x for x in results if not x.ok]
+                if bad:
+                    raise RuntimeError(f"pipeline failed: {bad[0].case_id}: {bad[0].error}")
+                arms["stage_s"] = {k: sum(x.stage_s.get(k, 0.0) for x in results) for k in ("load", "extract", "write")}
+        arms["overhead_pct"] = 100 * (arms["pipeline_s"] / arms["bare_s"] - 1)
+        per_round.append(arms)
+    return {"cases": len(cases), "rounds": per_round,
+            "overhead_pct_median": statistics.median(r["overhead_pct"] for r in per_round),
+            "pipeline_s_median": statistics.median(r["pipeline_s"] for r in per_round),
+            "bare_s_median": statistics.median(r["bare_s"] for r in per_round)}
+
+
+def disk_throughput(workdir: str, nbytes: int, repeats: int = 3) -> dict[str, float]:
+    """Write (with fsync) and read back a file of `nbytes` in the workdir: MB/s, best of `repeats`."""
+    path = Path(workdir) / "extraction-disk-probe.bin"
+    data = os.urandom(min(nbytes, 64 * 2**20)) * max(1, nbytes // (64 * 2**20))
+    writes, reads = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        writes.append(time.perf_counter() - t0)
+        with open(path, "rb") as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # best effort: from the disk, not RAM
+            t0 = time.perf_counter()
+            while f.read(2**24):
+                pass
+        reads.append(time.perf_counter() - t0)
+    path.unlink(missing_ok=True)
+    return {"bytes": len(data), "write_mb_s": len(data) / min(writes) / 1e6, "read_mb_s": len(data) / min(reads) / 1e6}
+
+
+def bounds(rows: list[dict[str, Any]], disk: dict[str, float], rounds: dict[str, Any]) -> dict[str, Any]:
+    read_b = statistics.mean(r["bytes_read"] for r in rows)
+    write_b = statistics.mean(r["bytes_written"] for r in rows)
+    disk_s = read_b / (disk["read_mb_s"] * 1e6) + write_b / (disk["write_mb_s"] * 1e6)
+    achieved = rounds["cases"] / rounds["pipeline_s_median"]
+    return {"bytes_read_per_case": read_b, "bytes_written_per_case": write_b,
+            "disk_bound_cases_per_s": 1 / disk_s,
+            "load_bound_cases_per_s": 1 / statistics.mean(r["load_s"] for r in rows),
+            "write_bound_cases_per_s": 1 / statistics.mean(r["write_s"] for r in rows),
+            "forward_bound_cases_per_s": 1 / statistics.mean(r["bare_forward_s"] for r in rows),
+            "achieved_cases_per_s": achieved, "achieved_over_disk_bound": achieved * disk_s}
 
 
 def throughput(args: Any, workers: int, parallel: str) -> dict[str, Any]:
@@ -129,57 +210,52 @@ def throughput(args: Any, workers: int, parallel: str) -> dict[str, Any]:
         summary = run_extract(cfg, progress=False)
     wall = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
-    return {"workers": workers, "parallel": parallel if workers > 1 else "synchronous",
+    return {"workers": workers, "parallel": parallel if workers > 1 else "pipeline",
             "cases": summary.cases_written, "wall_s": wall, "cases_per_min": 60 * summary.cases_written / wall,
-            "bytes_per_voxel": summary.bytes_per_voxel, "gb_written": summary.gb_written}
+            "stage_seconds": summary.stage_seconds, "bytes_per_voxel": summary.bytes_per_voxel,
+            "gb_written": summary.gb_written}
+
+
+def _split(rows: list[dict[str, Any]]) -> dict[str, float]:
+    total = sum(r["load_s"] + r["extract_s"] + r["write_s"] for r in rows)
+    return {k: 100 * sum(r[k] for r in rows) / total for k in ("load_s", "bare_forward_s", "extract_s", "write_s")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = common.parser(__doc__.split("\n\n")[0], "extraction")
-    ap.add_argument("--cases", type=int, default=6, help="timed cases of the per-case measurement")
-    ap.add_argument("--workers", default="1,2,2:threads",
-                    help="throughput runs: worker counts, each optionally :processes (default) or :threads "
-                         "('' to skip)")
+    ap.add_argument("--cases", type=int, default=6, help="timed cases per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved bare/pipeline rounds")
+    ap.add_argument("--workers", default="1,2:threads",
+                    help="whole-dataset runs: worker counts, each optionally :processes or :threads ('' to skip)")
     args = ap.parse_args(argv)
     common.setup(args)
 
-    result: dict[str, Any] = {"settings": common.settings(args, "cases", "workers")}
-    common.say(f"extraction: {args.extractor} on {args.device}, {args.cases} timed cases")
-    result["per_case"] = per_case(args, args.cases)
+    result: dict[str, Any] = {"settings": common.settings(args, "cases", "rounds", "workers")}
+    common.say(f"extraction: {args.extractor} on {args.device}, {args.cases} cases x {args.rounds} rounds")
+    s = Setup(args, args.cases)
+    rows = serial_split(s, args)
+    result["serial_split"] = {"cases": rows, "share_of_serial_case_pct": _split(rows),
+                              "serial_over_bare_pct": 100 * (sum(r["load_s"] + r["extract_s"] + r["write_s"]
+                                                                 for r in rows)
+                                                             / sum(r["bare_forward_s"] for r in rows) - 1)}
+    result["pipeline"] = pipeline_rounds(s, args, args.rounds)
+    result["disk"] = disk_throughput(args.workdir, int(statistics.mean(r["bytes_written"] for r in rows)))
+    result["bounds"] = bounds(rows, result["disk"], result["pipeline"])
+    shutil.rmtree(s.out, ignore_errors=True)
     runs = [(int(w.split(":")[0]), (w.split(":") + ["processes"])[1]) for w in args.workers.split(",") if w]
     result["throughput"] = [throughput(args, w, kind) for w, kind in runs]
-    one = [r for r in result["throughput"] if r["workers"] == 1]
-    if one:
-        for r in result["throughput"]:
-            r["speedup_vs_1"] = r["cases_per_min"] / one[0]["cases_per_min"]
-    result["targets"] = [common.target("extract: per-case time over the bare extractor forward (%)",
-                                       result["per_case"]["overhead_pct_total"], OVERHEAD_TARGET_PCT)]
+    result["fingerprint"] = {k: s.fingerprint.get(k) for k in ("name", "layer", "out_channels", "weights_sha256")}
+    result["targets"] = [common.target("extract: pipelined time over the bare extractor forward (%)",
+                                       result["pipeline"]["overhead_pct_median"], OVERHEAD_TARGET_PCT)]
     if args.profile:
-        from maskgen.data.layouts import discover_cases
-        from maskgen.data.pipeline import load_pipeline
-        from maskgen.config import to_dict
-        from maskgen.extract.run import CaseTask, ExtractConfig, ExtractorRef, process_case
-        from maskgen.store import writer
+        from maskgen.extract.run import run_pipelined
 
-        pipeline = load_pipeline("demo")
-        case = discover_cases(pipeline, args.demo)[1]
-        name, weights = common.extractor_choice(args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from maskgen.extract.registry import build_extractor
-
-            ex = build_extractor(name, weights, None, args.device, allow_download=False)
-            fp = ex.fingerprint()
-        cfg = ExtractConfig(dataset="demo", data_root=args.demo, extractor=name, weights=weights, device=args.device)
-        out = Path(args.workdir) / "extraction-profile.zarr"
-        shutil.rmtree(out, ignore_errors=True)
-        writer.prepare_store(out, writer.root_attributes(pipeline, fp, cfg.layout, extract_config=to_dict(cfg)))
-        task = CaseTask(str(out), case, pipeline, ExtractorRef(fp, ex.weights_path, args.device), cfg.layout)
-        process_case(task)
-        writer.delete_case(out, case.case_id)
-        result["profile"] = {"what": f"process_case({case.case_id})",
-                             "functions": common.python_profile(lambda: process_case(task), top=20)}
-        shutil.rmtree(out, ignore_errors=True)
+        cases = s.cases[1:]
+        s2 = Setup(args, args.cases)
+        result["profile"] = {"what": f"run_pipelined({len(cases)} cases), main thread (the forward's)",
+                             "functions": common.python_profile(lambda: run_pipelined(s2.tasks(cases), lambda r: None),
+                                                                top=20)}
+        shutil.rmtree(s2.out, ignore_errors=True)
     return common.record("extraction", result, args.results)
 
 

@@ -122,6 +122,7 @@ class CaseResult:
     bytes_written: int = 0
     voxels: int = 0
     seconds: float = 0.0
+    stage_s: dict = field(default_factory=dict, compare=False)   # seconds in load / extract / write
 
     @property
     def ok(self) -> bool:
@@ -143,6 +144,9 @@ class ExtractSummary:
     stale: tuple[tuple[str, str], ...] = ()       # (case_id, what changed): complete cases re-extracted
     updated: int = 0                              # complete cases whose domain/split/subject were re-read
     partial_removed: int = 0                      # unfinished case folders of earlier runs that were removed
+    #: Busy seconds per stage summed over the cases (load = read + preprocess, extract = forward + statistics +
+    #: cast, write); with one worker the stages overlap, so their sum exceeds the wall time when the pipeline works.
+    stage_seconds: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -253,10 +257,12 @@ class _Stage:
     image: Any                 # (1, Z, Y, X) float32
     label: Any                 # (Z, Y, X) uint8 or None
     attrs: dict[str, Any]
-    features: Any = None       # (C, Z, Y, X) float32 once extracted
+    features: Any = None       # once extracted: a CPU tensor, or StoreFeatures made on the accelerator
+    stage_s: dict[str, float] = field(default_factory=dict)   # seconds spent in load / extract / write
 
     def failed(self, message: str) -> CaseResult:
-        return CaseResult(self.task.case.case_id, error=message, seconds=time.perf_counter() - self.t0)
+        return CaseResult(self.task.case.case_id, error=message, seconds=time.perf_counter() - self.t0,
+                          stage_s=dict(self.stage_s))
 
 
 def load_case(task: CaseTask) -> _Stage | CaseResult:
@@ -285,7 +291,7 @@ def load_case(task: CaseTask) -> _Stage | CaseResult:
         "normalization": pre.intensity,  # the rule this case got, its parameters and the input range it mapped
         INPUTS_ATTR: inputs,
     }
-    stage = _Stage(task, t0, pre.image, pre.label, attrs)
+    stage = _Stage(task, t0, pre.image, pre.label, attrs, stage_s={"load": time.perf_counter() - t0})
     lo, hi = float(pre.image.min()), float(pre.image.max())
     if not task.allow_constant and not hi > lo:
         return stage.failed(f"the image {case.image} is constant after preprocessing (every voxel {lo:g}, "
@@ -295,16 +301,22 @@ def load_case(task: CaseTask) -> _Stage | CaseResult:
 
 
 def extract_case(stage: _Stage) -> _Stage | CaseResult:
-    """Run the extractor of this process on the preprocessed image (second stage)."""
-    from maskgen.extract.inference import extract_volume
+    """Run the extractor of this process on the preprocessed image (second stage). On an accelerator the
+    statistics and the float16 cast happen there (`store_features`: half the bytes cross to the host); on the CPU
+    they are left to the write stage, off the thread that runs the forward."""
+    from maskgen.extract.inference import extract_tensor, store_features
 
+    t0 = time.perf_counter()
     try:
         extractor = worker_extractor(stage.task.extractor)
-        stage.features = extract_volume(extractor, stage.image, device=stage.task.extractor.device)
+        out = extract_tensor(extractor, stage.image, device=stage.task.extractor.device)
+        stage.features = out if out.device.type == "cpu" else store_features(out, stage.task.layout.dtype)
     except MaskgenError as e:
         return stage.failed(_reason(stage.task.case.case_id, e))
     except Exception as e:
         return stage.failed(f"feature extraction failed: {type(e).__name__}: {e}")
+    finally:
+        stage.stage_s["extract"] = time.perf_counter() - t0
     return stage
 
 
@@ -312,21 +324,31 @@ def write_stage(stage: _Stage) -> CaseResult:
     """Write the case group (third stage); a full disk or an unwritable store is named, the run goes on."""
     import numpy as np
 
+    from maskgen.extract.inference import FLOAT16_MAX, StoreFeatures, store_features
     from maskgen.store.writer import write_case
 
-    task, cid = stage.task, stage.task.case.case_id
+    task, cid, t0 = stage.task, stage.task.case.case_id, time.perf_counter()
     label = None if stage.label is None else np.asarray(stage.label)
+    feats = stage.features
+    if not isinstance(feats, StoreFeatures):  # CPU features: statistics and cast here, off the forward's thread
+        feats = store_features(feats, task.layout.dtype)
+    if task.layout.dtype == "float16" and FLOAT16_MAX < feats.absmax < float("inf"):  # inf/NaN: the writer names it
+        return stage.failed(f"features reach {feats.absmax:.3g}, beyond what float16 holds ({FLOAT16_MAX:g}); "
+                            "use --dtype int8 (scaled per channel) for this extractor")
     try:
-        nbytes = write_case(task.store, cid, image=stage.image, features=stage.features, label=label,
-                            attrs=stage.attrs, layout=task.layout)
+        nbytes = write_case(task.store, cid, image=stage.image, features=feats.values, label=label,
+                            attrs=stage.attrs, layout=task.layout, stats=(feats.mean, feats.std))
     except MaskgenError as e:
         return stage.failed(_reason(cid, e))
     except OSError as e:
         return stage.failed(os_error_message(task.store, e))
     except Exception as e:  # zarr/numcodecs errors: report the case, keep the run going
         return stage.failed(f"cannot write to {task.store}: {type(e).__name__}: {e}")
+    finally:
+        stage.stage_s["write"] = time.perf_counter() - t0
     voxels = int(np.prod(stage.image.shape[1:]))
-    return CaseResult(cid, bytes_written=nbytes, voxels=voxels, seconds=time.perf_counter() - stage.t0)
+    return CaseResult(cid, bytes_written=nbytes, voxels=voxels, seconds=time.perf_counter() - stage.t0,
+                      stage_s=dict(stage.stage_s))
 
 
 def process_case(task: CaseTask) -> CaseResult:
@@ -352,12 +374,42 @@ def os_error_message(store: Any, e: OSError) -> str:
 
 
 # ------------------------------------------------------------------------------------------- scheduling
+def run_pipelined(tasks: list[CaseTask], on_result: Callable[[CaseResult], None]) -> None:
+    """The cases in dataset order in this process, as a bounded three-stage pipeline: while case k runs through
+    the extractor (this thread), case k+1 is read and preprocessed (one reader thread) and case k-1 is written (one
+    writer thread). At most one case waits at each stage, so memory stays at three cases; NIfTI decompression,
+    resampling, zarr encoding and torch all release the GIL. Results come in dataset order."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if not tasks:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="maskgen-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="maskgen-write") as writer:
+        loading: Future = reader.submit(load_case, tasks[0])
+        writing: Future | None = None
+        for k in range(len(tasks)):
+            stage = loading.result()
+            if k + 1 < len(tasks):
+                loading = reader.submit(load_case, tasks[k + 1])
+            if isinstance(stage, _Stage):
+                stage = extract_case(stage)
+            if writing is not None:
+                on_result(writing.result())
+                writing = None
+            if isinstance(stage, _Stage):
+                writing = writer.submit(write_stage, stage)
+            else:
+                on_result(stage)
+        if writing is not None:
+            on_result(writing.result())
+
+
 def _run_local(tasks: list[CaseTask], cfg: ExtractConfig, on_result: Callable[[CaseResult], None]) -> None:
-    """One worker: the cases in dataset order in this process. More: dask's local threaded or process scheduler."""
+    """One worker: `run_pipelined` in this process. More: dask's local threaded or process scheduler, each task one
+    whole case (`process_case`)."""
     workers = min(cfg.workers, len(tasks))
     if workers <= 1:
-        for task in tasks:
-            on_result(process_case(task))
+        run_pipelined(tasks, on_result)
         return
 
     import dask
@@ -634,6 +686,7 @@ def _summary(plan: _Plan, extractor_name: str, results: list[CaseResult], todo: 
         stale=tuple(todo.stale),
         updated=todo.updated,
         partial_removed=todo.partial_removed,
+        stage_seconds={k: sum(r.stage_s.get(k, 0.0) for r in results) for k in ("load", "extract", "write")},
     )
 
 
