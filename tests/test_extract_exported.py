@@ -121,6 +121,35 @@ def test_exported_model_errors_name_the_file(tmp_path):
         build_extractor("mind", pad_multiple=8)
 
 
+def test_torch_export_program(dataset, tmp_path):
+    from torch.export import Dim, export, save
+
+    class Conv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv3d(1, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.a(x))
+
+    torch.manual_seed(0)
+    net = Conv().eval()
+    dims = {2: Dim("z", min=2, max=512), 3: Dim("y", min=2, max=512), 4: Dim("x", min=2, max=512)}
+    path = tmp_path / "conv.pt2"
+    save(export(net, (torch.rand(1, 1, 8, 8, 8),), dynamic_shapes={"x": dims}), str(path))
+    out = tmp_path / "e.zarr"
+    res = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", f"export:{path}",
+                              "--pad-multiple", "1"])
+    assert res.exit_code == 0, res.output
+    store = FeatureStore(out)
+    fp = store.extractor
+    assert fp["kind"] == "export" and fp["arch"] == {"type": "export", "pad_multiple": 1} and fp["out_channels"] == 3
+    data = store.read_case(store.cases()[0].case_id)
+    with torch.no_grad():
+        np.testing.assert_allclose(data["features"], net(torch.from_numpy(data["image"])[None])[0].numpy(), atol=3e-3)
+    assert rebuild_extractor(fp, extract_config=store.attrs["extract_config"]).fingerprint() == fp
+
+
 def test_onnx_extractor_matches_the_torch_model(dataset, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

@@ -1,7 +1,8 @@
 """Bring-your-own extractors: exported models (TorchScript, ONNX) that map a (1, 1, Z, Y, X) volume in [0, 1] to
 (1, C, Z, Y, X) features on the same grid.
 
-`--extractor torchscript:model.pt` / `--extractor onnx:model.onnx` (onnxruntime, optional extra `maskgen[onnx]`).
+`--extractor torchscript:model.pt`, `--extractor export:model.pt2` (a `torch.export` program with dynamic spatial
+dimensions) or `--extractor onnx:model.onnx` (onnxruntime, optional extra `maskgen[onnx]`).
 Inputs are padded (replicate) so that every spatial size is a multiple of `pad_multiple` (`--pad-multiple`, default
 16, what a 4-level UNet needs) and at least twice that, then cropped back. At load the model runs once on a
 (1, 1, 2m, 2m, 2m) volume of zeros to learn its channel count C; its output must keep the input's spatial size.
@@ -101,6 +102,38 @@ class TorchScriptExtractor(ExportedExtractor):
                 f"{(str(e).strip().splitlines() or [''])[0]} (save one with torch.jit.script(model).save(PATH))"
             ) from None
         self.module = module.eval()
+
+    def _run(self, x: torch.Tensor) -> Any:
+        return self.module(x)
+
+
+class ExportProgramExtractor(ExportedExtractor):
+    """A `torch.export` program saved with `torch.export.save` (`.pt2`; TorchScript's successor), exported with
+    dynamic spatial dimensions (`dynamic_shapes={"x": {2: Dim("z"), 3: Dim("y"), 4: Dim("x")}}`)."""
+
+    format_name = "export"
+
+    def _load(self) -> None:
+        try:
+            program = torch.export.load(str(self.path))
+            module = program.module()
+        except Exception as e:  # not a .pt2 archive, a newer serialisation format
+            raise MaskgenError(
+                f"cannot load torch.export program {self.path}: {type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0]} (save one with torch.export.save(torch.export.export("
+                "model, (x,), dynamic_shapes=...), PATH))"
+            ) from None
+        self.module = module
+
+    def train(self, mode: bool = True) -> "ExportProgramExtractor":  # noqa: ARG002 - frozen: always eval
+        # an exported program is already in inference form and refuses .train()/.eval(): set only this flag
+        self.training = False
+        return self
+
+    def freeze(self) -> "ExportProgramExtractor":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.train(False)
 
     def _run(self, x: torch.Tensor) -> Any:
         return self.module(x)

@@ -135,6 +135,12 @@ def _build_torchscript(req: Request) -> Any:
     return TorchScriptExtractor(str(req.path), req.pad_multiple)
 
 
+def _build_export(req: Request) -> Any:
+    from maskgen.extract.exported import ExportProgramExtractor
+
+    return ExportProgramExtractor(str(req.path), req.pad_multiple)
+
+
 def _build_onnx(req: Request) -> Any:
     from maskgen.extract.exported import OnnxExtractor
 
@@ -154,6 +160,9 @@ BUILTIN: tuple[ExtractorKind, ...] = (
                   candidates=_anatomix_candidates, download=_anatomix_download),
     ExtractorKind("torchscript", _build_torchscript, "an exported TorchScript model (1,1,Z,Y,X) -> (1,C,Z,Y,X)",
                   options=frozenset({"path", "pad_multiple"}), arch_types=("torchscript",), file_sha=True,
+                  candidates=_exported_candidates),
+    ExtractorKind("export", _build_export, "a torch.export program (.pt2, dynamic Z/Y/X) (1,1,Z,Y,X) -> (1,C,Z,Y,X)",
+                  options=frozenset({"path", "pad_multiple"}), arch_types=("export",), file_sha=True,
                   candidates=_exported_candidates),
     ExtractorKind("onnx", _build_onnx, "an ONNX model run by onnxruntime (optional extra maskgen[onnx])",
                   options=frozenset({"path", "pad_multiple"}), arch_types=("onnx",), file_sha=True,
