@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,16 +61,10 @@ def _run_padded(extractor: Extractor, x: torch.Tensor) -> torch.Tensor:
     return out[(slice(None), slice(None), *crop)].float()
 
 
-def extract_volume(
-    extractor: Extractor,
-    image: np.ndarray,
-    device: str | torch.device = "cpu",
-    window: int = DEFAULT_WINDOW,
-    threshold_voxels: int | None = DEFAULT_THRESHOLD_VOXELS,
-    overlap: float = DEFAULT_OVERLAP,
-    sw_batch_size: int = 1,
-) -> np.ndarray:
-    return extract_tensor(extractor, image, device, window, threshold_voxels, overlap, sw_batch_size).cpu().numpy()
+def extract_volume(extractor: Extractor, image: np.ndarray, device: str | torch.device = "cpu", **kwargs: Any
+                   ) -> np.ndarray:
+    """`extract_tensor` as a (C, Z, Y, X) float32 NumPy array (same options)."""
+    return extract_tensor(extractor, image, device, **kwargs).cpu().numpy()
 
 
 def extract_tensor(
