@@ -88,6 +88,12 @@ def _device_option() -> Any:
     return typer.Option("auto", "--device", help="auto | cpu | cuda.")
 
 
+def _empty_class_option() -> Any:
+    return typer.Option("ignore", "--empty-class",
+                        help="Dice of a class absent from the reference: ignore (not scored even if predicted; the "
+                             "paper's code, MONAI) | zero (scored 0 if predicted; nnU-Net).")
+
+
 def _quiet_option() -> Any:
     return typer.Option(False, "--quiet", help="No progress bar.")
 
@@ -107,6 +113,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = _checkpoint_option(),
         overlap: float = _overlap_option(),
         features: Optional[Path] = typer.Option(None, "--features", help="The run's store, if it moved (default: the path recorded in the run)."),
+        empty_class: str = _empty_class_option(),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
@@ -115,11 +122,13 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.report import rich_table
 
         with _progress(f"evaluate {run.name}", not quiet) as cb:
-            result = evaluate_run(run, split, checkpoint, overlap, device, features, progress=cb)
+            result = evaluate_run(run, split, checkpoint, overlap, device, features, progress=cb,
+                                  empty_class=empty_class)
         header, rows = summary_table(result)
         console = _console()
         console.print(rich_table(
-            f"{run.name}: {split} split, {checkpoint}.pt (step {result.settings['step']}), Dice x100 mean (s.e.)",
+            f"{run.name}: {split} split, {checkpoint}.pt (step {result.settings['step']}), Dice x100 mean (s.e.), "
+            f"empty classes: {empty_class}",
             header, rows))
         json_path, csv_path = eval_paths(run, split)
         console.print(f"wrote {json_path} and {csv_path}")
@@ -181,6 +190,7 @@ def register(app: typer.Typer) -> None:
         n_train: Optional[int] = typer.Option(None, "--n-train", help="Few-shot: K train cases."),
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        empty_class: str = _empty_class_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
         """Train and evaluate a grid of variants (mask rates, inputs, seeds, baselines) from one store; resumable."""
@@ -203,7 +213,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"sweep {out}: {len(variants)} variants: {', '.join(v.name for v in variants)}")
         split_list = _words(splits)
         run_sweep(features, out, variants, options, split_list, checkpoint, overlap, progress=not quiet,
-                  log=console.print)
+                  log=console.print, empty_class=empty_class)
         header, rows = results_markdown_rows(collect_results(out, variants, split_list))
         console.print(rich_table(f"sweep {out.name}: Dice x100, mean (s.e.)", header, rows))
         console.print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
@@ -216,6 +226,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = _checkpoint_option(),
         overlap: float = _overlap_option(),
         out: Optional[Path] = _out_option("Output folder (default: RUN/analysis)."),
+        empty_class: str = _empty_class_option(),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
@@ -224,7 +235,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.sensitivity import channel_sensitivity, sensitivity_table, write_sensitivity
 
         with _progress(f"sensitivity {run.name}", not quiet) as cb:
-            result = channel_sensitivity(run, split, checkpoint, overlap, device, progress=cb)
+            result = channel_sensitivity(run, split, checkpoint, overlap, device, progress=cb, empty_class=empty_class)
         paths = write_sensitivity(result, _analysis_dir(run, out), title=f"{run.name}: one-channel removal ({split})")
         header, rows = sensitivity_table(result)
         console = _console()
@@ -246,6 +257,7 @@ def register(app: typer.Typer) -> None:
         overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights, if not where the store was made from."),
         out: Optional[Path] = _out_option("Output folder (default: FIRST_RUN/analysis)."),
+        empty_class: str = _empty_class_option(),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
@@ -256,7 +268,7 @@ def register(app: typer.Typer) -> None:
         with _progress("robustness", not quiet) as cb:
             result = robustness_analysis(
                 runs, split, checkpoint, _floats(bias_levels, "--bias-levels"), _floats(gamma_levels, "--gamma-levels"),
-                draws, seed, overlap, device, weights, max_cases, progress=cb,
+                draws, seed, overlap, device, weights, max_cases, progress=cb, empty_class=empty_class,
             )
         paths = write_robustness(result, _analysis_dir(runs[0], out))
         console = _console()

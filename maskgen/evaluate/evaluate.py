@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from maskgen.errors import MaskgenError
-from maskgen.evaluate.metrics import CaseDice, Summary, dice_per_class, from_json_float, summarize_by_domain
+from maskgen.evaluate.metrics import CaseDice, Summary, from_json_float, summarize_by_domain
+from maskgen.train.dice import EMPTY_CLASS_TEXT, check_empty_class
 
 SPLITS = ("train", "val", "test")
-CONVENTION = (
-    "Dice per foreground class; a class absent from both prediction and reference is NaN (null) and excluded from "
-    "means; a case's Dice is the mean over its scored classes; summaries are mean and standard error "
-    "(sample std / sqrt(n)) over cases."
-)
+#: Evaluations written before the convention was recorded used nnU-Net's.
+LEGACY_EMPTY_CLASS = "zero"
+
+
+def convention_text(empty_class: str) -> str:
+    return (f"Dice per foreground class; {EMPTY_CLASS_TEXT[empty_class]}; classes without a score are null and "
+            "excluded from means; a case's Dice is the mean over its scored classes; summaries are mean and standard "
+            "error (sample std / sqrt(n)) over cases.")
 
 
 @dataclass
@@ -30,13 +34,15 @@ class EvalResult:
     overall: Summary
     by_domain: dict[str, Summary]
     settings: dict[str, Any] = field(default_factory=dict)
+    empty_class: str = "ignore"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.settings,
             "split": self.split,
             "classes": list(self.classes),
-            "convention": CONVENTION,
+            "empty_class": self.empty_class,
+            "convention": convention_text(self.empty_class),
             "summary": {
                 "all": self.overall.as_dict(self.classes),
                 "by_domain": {d: s.as_dict(self.classes) for d, s in self.by_domain.items()},
@@ -59,13 +65,17 @@ def evaluate_run(
     features: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     write: bool = True,
+    empty_class: str = "ignore",
 ) -> EvalResult:
-    """Predict every labelled case of `split` from the run's store and score it; writes the eval files."""
+    """Predict every labelled case of `split` from the run's store and score it (Dice convention `empty_class`,
+    see `maskgen.train.dice`); writes the eval files."""
     from maskgen.config import write_json_atomic
     from maskgen.evaluate.runs import _check_overlap, labelled_cases, open_run
+    from maskgen.train.dice import dice_per_class
 
     if split not in SPLITS:
         raise MaskgenError(f"--split {split!r} is not one of {', '.join(SPLITS)}.")
+    check_empty_class(empty_class)
     _check_overlap(overlap)
     run = open_run(run_dir, checkpoint, device, features)
     infos = labelled_cases(run.store, split)
@@ -75,7 +85,7 @@ def evaluate_run(
         data = run.store.read_case(info.case_id)
         pred = run.segment(data["image"], data["features"], run.stats(info), overlap)
         cases.append(CaseDice(info.case_id, info.domain,
-                              tuple(dice_per_class(pred, data["label"], run.num_foreground))))
+                              tuple(dice_per_class(pred, data["label"], run.num_foreground, empty_class))))
         if progress is not None:
             progress(i + 1, len(infos), info.case_id)
     overall, by_domain = summarize_by_domain(cases)
@@ -90,7 +100,7 @@ def evaluate_run(
         "seed": run.cfg.seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    result = EvalResult(split, run.classes, cases, overall, by_domain, settings)
+    result = EvalResult(split, run.classes, cases, overall, by_domain, settings, empty_class)
     if write:
         json_path, csv_path = eval_paths(run_dir, split)
         write_json_atomic(json_path, result.as_dict())
@@ -101,10 +111,11 @@ def evaluate_run(
 def write_eval_csv(path: Path, result: EvalResult) -> None:
     from maskgen.evaluate.report import write_csv
 
-    columns = ["case_id", "domain", "mean"] + [f"dice_{c}" for c in result.classes]
+    columns = ["case_id", "domain", "mean"] + [f"dice_{c}" for c in result.classes] + ["empty_class"]
     rows = []
     for c in result.cases:
-        row: dict[str, Any] = {"case_id": c.case_id, "domain": c.domain, "mean": c.mean}
+        row: dict[str, Any] = {"case_id": c.case_id, "domain": c.domain, "mean": c.mean,
+                               "empty_class": result.empty_class}
         row.update({f"dice_{name}": v for name, v in zip(result.classes, c.dice)})
         rows.append(row)
     write_csv(path, rows, columns)
@@ -125,8 +136,10 @@ def load_eval(path: str | Path) -> EvalResult:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MaskgenError(f"cannot read evaluation {path}: {e}; re-run `maskgen evaluate`.") from None
     overall, by_domain = summarize_by_domain(cases)
-    settings = {k: v for k, v in doc.items() if k not in ("split", "classes", "convention", "summary", "cases")}
-    return EvalResult(doc.get("split", ""), classes, cases, overall, by_domain, settings)
+    settings = {k: v for k, v in doc.items()
+                if k not in ("split", "classes", "convention", "summary", "cases", "empty_class")}
+    return EvalResult(doc.get("split", ""), classes, cases, overall, by_domain, settings,
+                      doc.get("empty_class", LEGACY_EMPTY_CLASS))
 
 
 def summary_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +18,8 @@ from maskgen.config import config_diff, format_diff, from_dict, to_dict, write_j
 from maskgen.errors import MaskgenError
 from maskgen.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from maskgen.train.config import TrainConfig, check_crop, default_run_name
-from maskgen.train.inference import autocast, dice_per_class, predict_volume
+from maskgen.train.dice import dice_per_class
+from maskgen.train.inference import autocast, predict_volume
 from maskgen.train.inputs import assemble_inputs, input_channels, uses_features
 from maskgen.train.loader import LoaderSpec, choose_train_cases, make_loader
 from maskgen.train.masking import view_mask
@@ -146,20 +148,22 @@ class Validator:
                 probs = predict_volume(
                     model, data["image"], data["features"], self.cfg, self.device, self.cfg.val_overlap, stats
                 )
-                scores = dice_per_class(probs.argmax(0), torch.from_numpy(np.asarray(data["label"])), self.num_classes)
+                scores = dice_per_class(probs.argmax(0), data["label"], self.num_classes - 1, self.cfg.empty_class)
                 per_case[info.case_id] = scores
         finally:
             model.train()
         if not per_case:
             return {}
         matrix = np.stack(list(per_case.values()))
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every val case: NaN, not a warning
             case_means = np.nanmean(matrix, axis=1)
             class_means = np.nanmean(matrix, axis=0)
         return {
             "val_dice": float(np.nanmean(case_means)),
             "val_dice_per_class": [None if math.isnan(v) else float(v) for v in class_means],
             "val_cases": len(per_case),
+            "val_empty_class": self.cfg.empty_class,
         }
 
 
