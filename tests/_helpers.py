@@ -34,3 +34,14 @@ def load_nifti(path: Path) -> tuple[np.ndarray, Any]:
 
     img = nib.load(path)
     return np.asarray(img.dataobj), img
+
+
+#: Options of a tiny training run (seconds on a CPU) on `synthetic_store` data.
+TINY_TRAIN = dict(steps=4, batch_size=2, channels=4, depth=2, val_every=2, num_workers=0, seed=3)
+
+
+def tiny_train_config(store: Path, out: Path, **changes: Any) -> Any:
+    """A TrainConfig of `TINY_TRAIN` with `changes`."""
+    from maskgen.train.config import TrainConfig
+
+    return TrainConfig(features=str(store), out=str(out), **{**TINY_TRAIN, **changes})

@@ -115,7 +115,7 @@ def test_evaluate_cli_matches_independent_dice(sweep_dir):
     from monai.networks.utils import one_hot
 
     from maskgen.train.inference import predict_volume
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
 
     run = sweep_dir / "both-mr50-s0"
     res = invoke(["evaluate", run, "--split", "test", "--checkpoint", "last", "--device", "cpu", "--quiet"])
@@ -378,7 +378,7 @@ def test_predict_refuses_an_extractor_with_other_weights(sweep_dir):
 
 
 def test_sweep_channel_dropout_baseline_trains_with_dropout_on_every_block(store, tmp_path):
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
 
     res = invoke(["sweep", "--features", store, "--out", tmp_path / "cd", "--method", "channel-dropout",
                   "--dropout-rate", "0.25", "--splits", "test", *TINY])

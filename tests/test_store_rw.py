@@ -116,7 +116,7 @@ def test_read_crop_reads_only_the_chunks_it_touches(store16, monkeypatch):
 
     path, _ = store16
     s = FeatureStore(path, backend="zarr")
-    s.read_case("c0")  # metadata opened
+    s.read_crop("c0", (0, 0, 0), (1, 1, 1))  # metadata opened
     chunks = s.array("c0", "features").chunks
     assert chunks == (3, 4, 7, 6)  # (4, 8, 8) balanced over (10, 13, 17)
     keys = []
@@ -337,3 +337,50 @@ def test_foreground_locations_sampled_once_and_cached_atomically(tmp_path):
     image, feats, lab = _case(7)
     writer.write_case(path, "c0", image=image, features=feats, label=lab, attrs={}, layout=StoreLayout())
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("bad", ["zarr.json", "ZARR.JSON", "Zarr.Json", ".zattrs", ".maskgen"])
+def test_reserved_case_ids_are_refused_by_the_writer(tmp_path, bad):
+    path = tmp_path / "s.zarr"
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout()))
+    image, feats, label = _case(0)
+    with pytest.raises(MaskgenError, match="rename the case file"):
+        writer.write_case(path, bad, image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+    assert sorted(p.name for p in (path / "cases").iterdir()) == ["zarr.json"]  # nothing written
+
+
+def test_verify_refuses_a_case_named_like_the_store_metadata(tmp_path):
+    """`maskgen verify` (the data stage's check) refuses a case id that would overwrite the store's zarr.json."""
+    from typer.testing import CliRunner
+
+    from maskgen.cli import app
+    from maskgen.demo.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "syn", n_cases=3, size=16)
+    old = "sub-000_a"
+    (root / "imagesTr" / f"{old}_0000.nii.gz").rename(root / "imagesTr" / "zarr.json_0000.nii.gz")
+    (root / "labelsTr" / f"{old}.nii.gz").rename(root / "labelsTr" / "zarr.json.nii.gz")
+    csv = root / "domains.csv"
+    csv.write_text(csv.read_text().replace(f"{old},", "zarr.json,"))
+    result = CliRunner().invoke(app, ["verify", "--dataset", str(root / "pipeline.toml")])
+    assert result.exit_code == 1, result.output
+    assert "'zarr.json' is a name the feature store uses itself" in " ".join(result.output.split())
+
+
+def test_case_is_not_marked_complete_unless_every_array_reads_back(tmp_path, monkeypatch):
+    """The completion marker comes after a read-back: a chunk deleted behind the writer's back (another process
+    rewriting the case) leaves the case absent, never complete without its data."""
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0",))
+    real = writer.write_arrays
+
+    def then_lose_a_chunk(group, *args, **kwargs):
+        real(group, *args, **kwargs)
+        victim = sorted((path / "cases" / "c1" / "image" / "c").rglob("*"))[-1]
+        victim.unlink()
+
+    monkeypatch.setattr(writer, "write_arrays", then_lose_a_chunk)
+    image, feats, label = _case(1)
+    with pytest.raises(MaskgenError, match=r"case c1: the image array has \d+ of \d+ chunks after writing"):
+        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+    assert meta.case_state(path, "c1") == "absent"

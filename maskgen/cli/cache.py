@@ -87,9 +87,11 @@ def register(app: typer.Typer) -> None:
     @cache_app.command("verify")
     @handle_errors
     def verify(path: str = typer.Argument(..., help="Feature store (.zarr folder).")) -> None:
-        """Read every complete case of a store: shapes, chunk files, finite values; exit 1 naming broken cases."""
+        """Read every complete case of a store: shapes, chunk files, checksums, values; exit 1 naming broken cases."""
         from rich.console import Console
         from rich.progress import Progress
+
+        from rich.markup import escape
 
         from maskgen.errors import MaskgenError
         from maskgen.store.inspect import verify_store
@@ -104,17 +106,25 @@ def register(app: typer.Typer) -> None:
             console.print(
                 f"[yellow]{len(report.incomplete)} incomplete case(s) ignored[/] "
                 "(re-run `maskgen extract` to finish): "
-                + ", ".join(report.incomplete[:10])
+                + escape(", ".join(report.incomplete[:10]))
                 + (" ..." if len(report.incomplete) > 10 else "")
             )
+        if report.unchecksummed:
+            console.print(
+                f"[yellow]{len(report.unchecksummed)} case(s) without checksums[/] (made before maskgen stored them): "
+                "chunks overwritten with finite values cannot be detected there; rebuild the store with "
+                "`maskgen extract --overwrite` to add them"
+            )
         if report.ok:
-            console.print(f"[green]OK[/]: {report.checked} complete case(s) of {report.path} are readable and finite")
+            console.print(f"[green]OK[/]: {report.checked} complete case(s) of {escape(str(report.path))} are readable, "
+                          "checksums match and values are valid")
             return
         broken = sorted({cid for cid, _ in report.problems})
         lines = "\n".join(f"  - {cid}: {why}" for cid, why in report.problems)
+        redo = " ".join(f"--redo {cid}" for cid in broken)
         raise MaskgenError(
             f"{len(broken)} of {report.checked} case(s) of {report.path} are broken:\n{lines}\n"
-            "Re-extract them: delete their folders under cases/ and re-run the same `maskgen extract` command."
+            f"Re-extract them: `maskgen extract {redo}` with the same --dataset and --out."
         )
 
     app.add_typer(cache_app, name="cache")

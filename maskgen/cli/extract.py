@@ -81,6 +81,13 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Delete the store and redo every case (default: skip complete cases)."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+        redo: Optional[list[str]] = typer.Option(
+            None, "--redo", help="Re-extract this case even if complete (repeatable), e.g. one `maskgen cache verify` "
+            "found damaged."
+        ),
+        wait: bool = typer.Option(
+            False, "--wait", help="If another process is writing the store, wait for it instead of exiting."
+        ),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
         from rich.console import Console
@@ -103,6 +110,8 @@ def register(app: typer.Typer) -> None:
             scheduler=scheduler,
             overwrite=overwrite,
             device=device,
+            redo=tuple(redo or ()),
+            wait=wait,
         )
         console = Console(highlight=False, soft_wrap=True)
         try:

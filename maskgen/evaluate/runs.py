@@ -1,6 +1,6 @@
 """A trained run ready for inference: model, TrainConfig, its feature store, and (on demand) its own extractor.
 
-`open_run` loads a run folder's checkpoint with `maskgen.train.loop.load_run` and opens the store recorded in the
+`open_run` loads a run folder's checkpoint with `maskgen.train.checkpoint.load_run` and opens the store recorded in the
 checkpoint (or one passed explicitly, which must have been made by the same extractor). `LoadedRun.segment`
 predicts a label map exactly as validation does during training (`maskgen.train.inference.predict_volume`: MONAI
 sliding windows of the training crop, Gaussian blending, inputs assembled per window by the train module).
@@ -107,7 +107,7 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
              features: str | Path | None = None) -> LoadedRun:
     """Load `run_dir/<checkpoint>.pt` and the run's feature store (`features` overrides the recorded path)."""
     from maskgen.store.reader import FeatureStore
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
     from maskgen.train.placement import resolve_device
 
     dev = resolve_device(device)

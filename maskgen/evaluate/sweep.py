@@ -19,7 +19,6 @@ pooled by averaging each case's Dice over the seeds, then mean (s.e.) over cases
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,17 +156,12 @@ def _eval_convention(path: Path) -> str | None:
 
 def _check_existing(run_dir: Path, cfg: Any) -> None:
     """A variant folder from an earlier invocation must have been trained with the same options."""
-    from maskgen.config import config_diff, from_dict
-    from maskgen.train.config import TrainConfig
-    from maskgen.train.loop import RUNTIME_FIELDS
+    from maskgen.config import config_diff
+    from maskgen.train.resume import RUNTIME_FIELDS, read_run_config
 
-    path = run_dir / "config.json"
-    if not path.is_file():
+    if not (run_dir / "config.json").is_file():
         return
-    try:
-        saved = from_dict(TrainConfig, json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError) as e:
-        raise MaskgenError(f"cannot read {path} ({e}); remove {run_dir} or use another --out.") from None
+    saved = read_run_config(run_dir)
     unset = ("crop_zyx",) if cfg.crop_zyx is None else ()
     diffs = [f"{k} {a!r} there, {b!r} now" for k, (a, b) in
              config_diff(saved, cfg, ignore=(*RUNTIME_FIELDS, "features", "out", "train_cases", *unset)).items()]

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout, chunks_for_crop
+from maskgen.store.lock import WriterLock
 
 PARALLEL_CHOICES = ("processes", "threads")
 DEVICE_CHOICES = ("cpu", "cuda")
@@ -48,6 +49,8 @@ class ExtractConfig:
     parallel: str = "threads"
     scheduler: str | None = None                  # address of a dask.distributed scheduler
     overwrite: bool = False
+    redo: tuple[str, ...] = ()                    # case ids re-extracted even when complete (e.g. damaged ones)
+    wait: bool = False                            # wait for another process's writer lock instead of exiting
     device: str = "cpu"
     allow_download: bool = True
 
@@ -57,6 +60,7 @@ class ExtractConfig:
 
         if not self.dataset:
             raise OptionError("dataset", self.dataset, "is empty: give a shipped pipeline name or a file.toml")
+        object.__setattr__(self, "redo", tuple(str(c) for c in self.redo))
         kind, _ = registry.parse_spec(self.extractor)
         if kind is not None:
             registry.check_options(kind, self.weights, self.layer, self.pad_multiple)
@@ -391,6 +395,13 @@ def _progress(enabled: bool) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- entry point
+def _note(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]Note:[/] {escape(message)}")
+
+
 def default_out(pipeline_name: str) -> Path:
     return Path("cache") / f"{pipeline_name}.zarr"
 
@@ -416,9 +427,14 @@ def _plan(config: ExtractConfig) -> _Plan:
     cases = discover_cases(pipeline, config.data_root)
     for case in cases:
         meta.check_case_id(case.case_id)
+    unknown = sorted(set(config.redo) - {c.case_id for c in cases})
+    if unknown:
+        raise MaskgenError(f"--redo {', '.join(unknown)}: no such case in {pipeline.name}; case ids look like "
+                           f"{', '.join(c.case_id for c in cases[:3])}")
     existing = meta.read_root_attrs(out)
-    if out.exists() and existing is None and not (out.is_dir() and not any(out.iterdir())):
-        raise MaskgenError(f"{out} exists and is not a maskgen feature store; choose another --out or remove it")
+    problem = meta.not_a_store_problem(out)
+    if problem:
+        raise MaskgenError(problem)
     return _Plan(pipeline, out, cases, existing)
 
 
@@ -454,7 +470,7 @@ def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractCo
     todo, skipped = [], 0
     for case in plan.cases:
         state = meta.case_state(plan.out, case.case_id)
-        if state == "complete" and not config.overwrite:
+        if state == "complete" and not config.overwrite and case.case_id not in config.redo:
             skipped += 1
             continue
         if state != "absent":
@@ -463,8 +479,10 @@ def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractCo
     return todo, skipped
 
 
-def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: str, progress: bool) -> list[CaseResult]:
-    """Run the tasks (locally or on the cluster) under a progress bar; failures are printed as they come."""
+def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: str, progress: bool,
+             check: Callable[[], None] = lambda: None) -> list[CaseResult]:
+    """Run the tasks (locally or on the cluster) under a progress bar; failures are printed as they come.
+    `check()` runs after each case (the writer lock's: it raises when the lock was lost)."""
     from rich.markup import escape
 
     results: list[CaseResult] = []
@@ -472,6 +490,7 @@ def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: st
         task_id = bar.add_task(title, total=len(todo))
 
         def on_result(res: CaseResult) -> None:
+            check()
             results.append(res)
             if not res.ok and progress:
                 bar.console.print(f"[bold red]failed[/] {res.case_id}: {escape(res.error or '')}", highlight=False)
@@ -521,14 +540,17 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     layout = config.layout_for(plan.pipeline, plan.existing)
     attrs = writer.root_attributes(plan.pipeline, fingerprint, layout, extract_config=to_dict(config))
     client = connect(config.scheduler) if config.scheduler else None
+    lock = WriterLock(plan.out, on_message=_note)
     try:
+        lock.acquire(wait=config.wait)  # one writer per store (`maskgen.store.lock`)
         _WORKER_EXTRACTORS.put(ref, extractor)  # in-process workers (threads, distributed processes=False) reuse it
         _prepare(plan, attrs, config)
         todo, skipped = _todo(plan, ref, layout, config)
         title = f"extract {plan.pipeline.name} ({fingerprint.get('name')})"
-        results = _execute(todo, config, client, title, progress)
+        results = _execute(todo, config, client, title, progress, check=lock.check)
         writer.consolidate(plan.out)
     finally:
+        lock.release()
         _WORKER_EXTRACTORS.drop(ref)
         if client is not None:
             client.close()

@@ -47,6 +47,9 @@ class StoreIO:
         if self._store is None:
             from zarr.storage import LocalStore
 
+            from maskgen.store.crc import use_fast_crc32c
+
+            use_fast_crc32c()  # every zarr read and write of a store goes through here
             self._store = LocalStore(self.local_path(), read_only=self.read_only)
         return self._store
 

@@ -27,12 +27,13 @@ def fg_key(case_id: str) -> str:
 
 
 def check_case_id(case_id: str) -> None:
-    """Case ids become zarr node names: no '/', not empty, not starting with '.' or '__'."""
-    if not case_id or "/" in case_id or "\\" in case_id or case_id.startswith((".", "__")):
-        raise MaskgenError(
-            f"case id {case_id!r} cannot be a store group name (no '/', must not start with '.' or '__'); "
-            "rename the case file"
-        )
+    """Case ids become zarr node names: MaskgenError for ids `maskgen.data.cases.case_id_problem` refuses (path
+    separators, '..', leading '.' or '__', names the store uses itself such as `zarr.json` or `c`)."""
+    from maskgen.data.cases import case_id_problem
+
+    problem = case_id_problem(case_id)
+    if problem:
+        raise MaskgenError(f"{problem}: case ids become store group names; rename the case file")
 
 
 def _json(raw: bytes | None) -> dict[str, Any] | None:
@@ -63,6 +64,16 @@ def root_attrs_of(doc: dict[str, Any] | None) -> dict[str, Any] | None:
 def read_root_attrs(store: Any) -> dict[str, Any] | None:
     """Root attributes of a maskgen store, or None if the location holds no zarr group with maskgen attributes."""
     return root_attrs_of(read_root_doc(store))
+
+
+def not_a_store_problem(store: Any) -> str | None:
+    """A message when the location holds something other than a maskgen store (None: a store, empty or absent)."""
+    io = as_io(store, read_only=True)
+    if read_root_attrs(io) is not None:
+        return None
+    if [n for n in io.list_dir("") if n != SIDECAR_DIR]:
+        return f"{io} exists and is not a maskgen feature store; choose another --out or remove it yourself"
+    return None
 
 
 def case_attrs_of(doc: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -19,9 +19,10 @@ import numpy as np
 from maskgen.data.intensity import describe_record
 from maskgen.errors import MaskgenError
 from maskgen.store import fg_cache
+from maskgen.store.integrity import TRANSIENT, ArrayReadError, CorruptStoreError, has_checksum, value_problem
 from maskgen.store.kv import StoreIO, as_io
 from maskgen.store.layout import CASES_GROUP, COMPLETE_ATTR, FEATURES, IMAGE, LABEL, StoreLayout, dequantize
-from maskgen.store.meta import case_folders, read_many_case_attrs, read_root_doc, root_attrs_of
+from maskgen.store.meta import case_folders, case_prefix, read_many_case_attrs, read_root_doc, root_attrs_of
 from maskgen.store.tensorstore_backend import TensorstoreBackend, tensorstore_available
 from maskgen.store.zarr_backend import ZarrBackend, configure_zarr_threads  # noqa: F401 - re-exported
 
@@ -101,6 +102,7 @@ class FeatureStore:
         self._cases: dict[str, CaseInfo] | None = None
         self._reader: Any = None
         self._zarr: ZarrBackend | None = None
+        self._checksummed: dict[tuple[str, str], bool] = {}
         self._pid = os.getpid()
         self._warned_fork = False
         self._used_consolidated = False
@@ -257,9 +259,42 @@ class FeatureStore:
                 )
         return self._zarr_backend()
 
-    def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]]) -> list[np.ndarray]:
-        """Read several (array name, selection) pairs of a case; tensorstore issues them concurrently."""
-        return self._backend().fetch(case_id, requests)
+    def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]], check_floats: bool = False
+               ) -> list[np.ndarray]:
+        """Read several (array name, selection) pairs of a case (tensorstore issues them concurrently) and check
+        the values; damage raises CorruptStoreError naming the case and array (see `maskgen.store.integrity`).
+
+        Labels are always range-checked (cheap). Image and features are checked for NaN/inf when `check_floats` (whole
+        cases: small next to what is done with them) or when the array has no checksums; checksummed chunks hold
+        exactly what the writer wrote, and the writer refuses non-finite values (crops skip the check: 15% of a
+        64^3 crop's read time)."""
+        try:
+            got = self._backend().fetch(case_id, requests)
+        except ArrayReadError as e:
+            if isinstance(e.cause, TRANSIENT):
+                raise MaskgenError(f"{self.path}: cannot read case {case_id}, array {e.name}: "
+                                   f"{type(e.cause).__name__}: {e.cause}") from None
+            raise CorruptStoreError.of(self.path, case_id, e.name, f"{type(e.cause).__name__}: {e.cause}") from None
+        for (name, _), arr in zip(requests, got):
+            # checksummed chunks cannot hold values the writer refused; without checksums, check floats here
+            floats = arr.dtype.kind == "f" and (check_floats or not self._has_checksum(case_id, name))
+            if floats or name == LABEL:
+                problem = value_problem(name, arr, self.num_classes)
+                if problem:
+                    raise CorruptStoreError.of(self.path, case_id, name, problem)
+        return got
+
+    def _has_checksum(self, case_id: str, name: str) -> bool:
+        key = (case_id, name)
+        if key not in self._checksummed:
+            import json
+
+            raw = self.io.get(f"{case_prefix(case_id)}/{name}/zarr.json")
+            try:
+                self._checksummed[key] = raw is not None and has_checksum(json.loads(raw))
+            except ValueError:
+                self._checksummed[key] = False
+        return self._checksummed[key]
 
     # -- reading ---------------------------------------------------------------------------------------
     def read_case(self, case_id: str, dtype: Any = np.float32) -> dict[str, np.ndarray | None]:
@@ -267,7 +302,7 @@ class FeatureStore:
         (None for a case stored without label)."""
         info = self.case(case_id)
         names = [IMAGE, FEATURES] + ([LABEL] if info.has_label else [])
-        got = self._fetch(case_id, [(n, (Ellipsis,)) for n in names])
+        got = self._fetch(case_id, [(n, (Ellipsis,)) for n in names], check_floats=True)
         image = got[0].astype(dtype, copy=False)
         feats = dequantize(got[1], _scale(info), dtype)
         label = got[2] if info.has_label else None

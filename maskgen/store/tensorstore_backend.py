@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from maskgen.store.integrity import ArrayReadError
 from maskgen.store.kv import StoreIO
 from maskgen.store.meta import case_prefix
 from maskgen.store.zarr_backend import DEFAULT_READ_THREADS, READ_THREADS_ENV
@@ -58,7 +59,8 @@ class TensorstoreBackend:
                 "data_copy_concurrency": {"limit": max(1, threads)},
                 "file_io_concurrency": {"limit": max(2, threads)},
             })
-        spec = {"driver": "zarr3", "kvstore": kvstore_spec(self.io, f"{case_prefix(case_id)}/{name}")}
+        spec = {"driver": "zarr3", "kvstore": kvstore_spec(self.io, f"{case_prefix(case_id)}/{name}"),
+                "fill_missing_data_reads": False}  # every chunk is written: a missing one is damage
         return ts.open(spec, read=True, open=True, context=self._context).result()
 
     def array(self, case_id: str, name: str) -> Any:
@@ -70,5 +72,16 @@ class TensorstoreBackend:
 
     def fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]]) -> list[np.ndarray]:
         self.used_in_pid = os.getpid()
-        futures = [self.array(case_id, name)[sel].read() for name, sel in requests]
-        return [np.asarray(f.result()) for f in futures]
+        futures = []
+        for name, sel in requests:
+            try:
+                futures.append((name, self.array(case_id, name)[sel].read()))
+            except Exception as e:
+                raise ArrayReadError(name, e) from e
+        out = []
+        for name, fut in futures:
+            try:
+                out.append(np.asarray(fut.result()))
+            except Exception as e:
+                raise ArrayReadError(name, e) from e
+        return out

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from maskgen.errors import MaskgenError
-from maskgen.store.kv import as_io
+from maskgen.store.kv import StoreIO, as_io
 from maskgen.store.layout import (
     CASES_GROUP,
     COMPLETE_ATTR,
@@ -25,11 +25,12 @@ from maskgen.store.layout import (
     FORMAT_VERSION,
     IMAGE,
     LABEL,
+    SIDECAR_DIR,
     StoreLayout,
     int8_scale,
     quantize_int8,
 )
-from maskgen.store.meta import case_prefix, check_case_id, fg_key, read_root_attrs
+from maskgen.store.meta import case_prefix, check_case_id, fg_key, not_a_store_problem, read_root_attrs
 
 _SLAB_BYTES = 256 * 2**20  # bound on the temporary copy made when converting a slab to the stored dtype
 
@@ -127,13 +128,12 @@ def prepare_store(
     import zarr
 
     io = as_io(store)
+    problem = not_a_store_problem(io)
+    if problem:
+        raise MaskgenError(problem)
     existing = read_root_attrs(io)
-    if existing is None and io.list_dir(""):
-        raise MaskgenError(
-            f"{io} exists and is not a maskgen feature store; choose another --out or remove it yourself"
-        )
     if existing is not None and overwrite:
-        io.delete_dir("")
+        clear_store(io)
         existing = None
     if existing is not None:
         problems = compatibility_problems(existing, attrs, extractor_problems)
@@ -154,6 +154,18 @@ def prepare_store(
         root = zarr.create_group(io.store, attributes={**attrs, "consolidated": False}, overwrite=False)
         root.create_group(CASES_GROUP)
     return True
+
+
+def clear_store(store: Any) -> None:
+    """Delete everything in the store but the writer lock (held by the caller)."""
+    io = as_io(store)
+    for name in io.list_dir(""):
+        if name == SIDECAR_DIR:
+            io.delete_dir(f"{SIDECAR_DIR}/fg")
+        elif io.exists(name):
+            io.delete(name)
+        else:
+            io.delete_dir(name)
 
 
 def consolidate(store: Any) -> None:
@@ -221,7 +233,10 @@ def check_case_arrays(case_id: str, image: np.ndarray, features: np.ndarray, lab
 def case_record(
     case_id: str, attrs: dict[str, Any], features: np.ndarray, has_label: bool, layout: StoreLayout
 ) -> dict[str, Any]:
-    """The case group's attributes: the caller's `attrs` plus shape, channel statistics and (int8) scales."""
+    """The case group's attributes: the caller's `attrs` plus shape, channel statistics, (int8) scales and the
+    OME-Zarr metadata that places the arrays in space (`maskgen.store.ome`)."""
+    from maskgen.store.ome import case_ome_attrs
+
     mean, std = channel_stats(features)
     info = {
         **attrs,
@@ -231,6 +246,8 @@ def case_record(
         "feature_mean": mean,
         "feature_std": std,
         "has_label": has_label,
+        "ome": case_ome_attrs([IMAGE, FEATURES] + ([LABEL] if has_label else []),
+                              attrs.get("spacing_zyx") or (1.0, 1.0, 1.0), attrs.get("geometry")),
     }
     if layout.dtype == "int8":
         info["feature_scale"] = [float(s) for s in int8_scale(features)]
@@ -288,6 +305,23 @@ def write_arrays(group: Any, image: np.ndarray, features: np.ndarray, label: np.
         _write_slabs(a_lab, label, 0, z_step, lambda s: s.astype(np.uint8))
 
 
+def check_readable(io: StoreIO, case_id: str, names: list[str]) -> None:
+    """MaskgenError unless every array of the case opens from the store and has all its chunks (run just before
+    the completion marker, so a case is never marked complete without its arrays)."""
+    import zarr
+
+    for name in names:
+        try:
+            arr = zarr.open_array(io.store, path=f"{case_prefix(case_id)}/{name}", mode="r")
+            stored, total = int(arr.nchunks_initialized), int(arr.nchunks)
+        except Exception as e:
+            raise MaskgenError(f"case {case_id}: the {name} array cannot be read back after writing "
+                               f"({type(e).__name__}: {e}); re-run the same command") from e
+        if arr.shards is None and stored < total:
+            raise MaskgenError(f"case {case_id}: the {name} array has {stored} of {total} chunks after writing "
+                               "(was it deleted by another process?); re-run the same command")
+
+
 def mark_complete(group: Any) -> None:
     """Write the case's completion marker: from now on readers see the case."""
     group.attrs.update({COMPLETE_ATTR: True})
@@ -322,6 +356,7 @@ def write_case(
             group = cases.create_group(case_id, attributes={**info, COMPLETE_ATTR: False})
             write_arrays(group, image, features, label, layout,
                          None if scale is None else np.asarray(scale, dtype=np.float32))
+            check_readable(io, case_id, [IMAGE, FEATURES] + ([LABEL] if label is not None else []))
             mark_complete(group)  # LAST: the case is now visible to readers
     except BaseException:
         try:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from maskgen.store.integrity import ArrayReadError, strict_chunks
 from maskgen.store.kv import StoreIO
 from maskgen.store.meta import case_prefix
 
@@ -34,7 +35,7 @@ def configure_zarr_threads(threads: int | None = None) -> None:
 
 
 class ZarrBackend:
-    """Reads (array name, selection) requests of a case with zarr-python."""
+    """Reads (array name, selection) requests of a case with zarr-python; a missing chunk raises (`strict_chunks`)."""
 
     name = "zarr"
 
@@ -42,6 +43,7 @@ class ZarrBackend:
         self.io = io
         self.read_threads = read_threads
         self._arrays: dict[tuple[str, str], Any] = {}
+        self._strict: Any = None
 
     def array(self, case_id: str, name: str) -> Any:
         """The zarr array `name` of a case, opened once and cached."""
@@ -51,9 +53,17 @@ class ZarrBackend:
             import zarr
 
             configure_zarr_threads(self.read_threads)
-            arr = zarr.open_array(self.io.store, path=f"{case_prefix(case_id)}/{name}", mode="r")
+            if self._strict is None:
+                self._strict = strict_chunks(self.io.store)
+            arr = zarr.open_array(self._strict, path=f"{case_prefix(case_id)}/{name}", mode="r")
             self._arrays[key] = arr
         return arr
 
     def fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]]) -> list[np.ndarray]:
-        return [self.array(case_id, name)[sel] for name, sel in requests]
+        out = []
+        for name, sel in requests:
+            try:
+                out.append(self.array(case_id, name)[sel])
+            except Exception as e:
+                raise ArrayReadError(name, e) from e
+        return out
