@@ -57,6 +57,10 @@ def test_sweep_writes_results(sweep_dir):
     assert rows[0].endswith(",empty_class") and all(r.endswith(",ignore") for r in rows[1:])
     assert "Dice convention (ignore: a class absent from the reference is not scored" in md
     assert (sweep_dir / "results.png").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(sweep_dir / "results.png") as png:  # the note printed under the bars is also its Description
+        assert "Error bars: \u00b11 standard error (s.e.) of the mean over cases" in png.text["Description"]
 
 
 def test_sweep_second_invocation_trains_nothing(sweep_dir, store, monkeypatch):
@@ -146,6 +150,50 @@ def test_evaluate_cli_matches_independent_dice(sweep_dir):
     assert overall["se"] == pytest.approx(means.std(ddof=1) / math.sqrt(len(means)), abs=1e-5)
     assert overall["n"] == 4
     assert load_eval(run / "eval-test.json").overall.overall.mean == pytest.approx(overall["mean"])
+
+
+def test_evaluate_writes_an_nnunet_style_summary_with_distances(sweep_dir, tmp_path):
+    import shutil
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    from maskgen.store.reader import FeatureStore
+    from maskgen.train.loop import load_run
+    from maskgen.train.inference import predict_volume
+
+    run = tmp_path / "run"
+    shutil.copytree(sweep_dir / "both-mr50-s0", run)
+    res = invoke(["evaluate", run, "--split", "test", "--checkpoint", "last", "--metrics", "dice,hd95,nsd",
+                  "--nsd-tolerance", "1.5", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "HD95" in res.output and "summary-test.json" in res.output.replace("\n", "")
+    doc = json.loads((run / "summary-test.json").read_text())
+    ev = json.loads((run / "eval-test.json").read_text())
+    assert doc["labels"] == {"1": "class1", "2": "class2"} and doc["nsd_tolerance_mm"] == 1.5
+    assert doc["empty_class"] == "ignore" and doc["metrics"] == ["dice", "hd95", "nsd"]
+    assert set(doc["mean_by_domain"]) == {"a", "b"} and set(doc["foreground_mean"]) >= {"Dice", "IoU", "HD95", "NSD"}
+    model, cfg, _ = load_run(run, "last")
+    store = FeatureStore(ev["store"])
+    for case, scored in zip(ev["cases"], doc["metric_per_case"]):
+        assert scored["case_id"] == case["case_id"] and scored["domain"] == case["domain"]
+        data = store.read_case(case["case_id"])
+        pred = predict_volume(model, data["image"], data["features"], cfg, "cpu", 0.5).argmax(0).numpy()
+        for label, name in (("1", "class1"), ("2", "class2")):
+            m = scored["metrics"][label]
+            assert m["Dice"] == pytest.approx(case["dice"][name], abs=1e-9)
+            p, r = pred == int(label), data["label"] == int(label)
+            assert (m["TP"], m["FP"], m["FN"]) == ((p & r).sum(), (p & ~r).sum(), (~p & r).sum())
+            assert m["n_pred"] == p.sum() and m["n_ref"] == r.sum()
+            assert m["IoU"] == pytest.approx(m["TP"] / (m["TP"] + m["FP"] + m["FN"]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hd = compute_hausdorff_distance(torch.from_numpy(p)[None, None], torch.from_numpy(r)[None, None],
+                                                include_background=True, percentile=95,
+                                                spacing=list(store.case(case["case_id"]).spacing_zyx))
+            assert m["HD95"] == pytest.approx(float(hd[0, 0]))
+            assert 0.0 <= m["NSD"] <= 1.0
+    assert doc["mean"]["1"]["Dice"] == pytest.approx(ev["summary"]["all"]["per_class"]["class1"]["mean"])
 
 
 def test_evaluate_cli_errors(sweep_dir, tmp_path):
@@ -365,6 +413,45 @@ def test_predict_with_the_real_model_and_errors(sweep_dir, tmp_path):
     empty.mkdir()
     res = invoke(["predict", sweep_dir / "image-s0", "--input", empty, "--out", tmp_path / "o2"])
     assert res.exit_code == 1 and "holds no .nii" in res.stderr
+
+
+def test_predict_keeps_the_input_xform_codes_and_saves_probabilities(sweep_dir, tmp_path):
+    """An input whose sform code is 2 (aligned) and qform code 4 (template), not nibabel's defaults: the label map
+    and the softmax keep both codes and matrices; the softmax is on the input grid and agrees with the labels."""
+    src = tmp_path / "src.nii.gz"
+    label, affine = _oblique_input(src)
+    img = nib.load(src)
+    img = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
+    img.set_sform(affine, code=2)
+    img.set_qform(affine, code=4)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    nib.save(img, inp / "codes_0000.nii.gz")
+    got = {}
+    for fmt in ("nifti", "npz"):
+        out = tmp_path / fmt
+        res = invoke(["predict", sweep_dir / "both-mr50-s0", "--input", inp, "--out", out, "--checkpoint", "last",
+                      "--save-probabilities", "--probabilities-format", fmt, "--device", "cpu", "--quiet"])
+        assert res.exit_code == 0, res.output
+        lab = nib.load(out / "codes.nii.gz")
+        assert (int(lab.header["sform_code"]), int(lab.header["qform_code"])) == (2, 4)
+        np.testing.assert_allclose(lab.header.get_sform(), affine, atol=1e-5)
+        np.testing.assert_allclose(lab.header.get_qform(), affine, atol=1e-5)
+        got["label"] = np.asarray(lab.dataobj)
+        if fmt == "nifti":
+            prob = nib.load(out / "codes_probabilities.nii.gz")
+            assert prob.shape == (*label.shape, 3) and prob.get_data_dtype() == np.float32
+            assert (int(prob.header["sform_code"]), int(prob.header["qform_code"])) == (2, 4)
+            np.testing.assert_allclose(prob.affine, affine, atol=1e-5)
+            got["nifti"] = np.asarray(prob.dataobj)
+        else:
+            with np.load(out / "codes.npz") as z:
+                got["npz"] = z["probabilities"]  # nnU-Net's layout: (class, z, y, x)
+    assert got["npz"].shape == (3, *label.shape[::-1])
+    np.testing.assert_allclose(got["npz"], got["nifti"].transpose(3, 2, 1, 0), atol=1e-6)
+    np.testing.assert_allclose(got["nifti"].sum(-1), 1.0, atol=1e-4)
+    # linear resampling of the softmax vs nearest resampling of its argmax: equal away from boundaries
+    assert (got["nifti"].argmax(-1) == got["label"]).mean() > 0.9
 
 
 def test_predict_refuses_an_extractor_with_other_weights(sweep_dir):

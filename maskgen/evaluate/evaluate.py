@@ -1,7 +1,9 @@
 """`evaluate_run`: Dice of a trained run on every case of one split of its store, summarised as the paper does.
 
-Writes `eval-<split>.json` (settings, every case's per-class Dice, summaries overall and per domain) and
-`eval-<split>.csv` (one row per case) into the run folder. Dice conventions: `maskgen.evaluate.metrics`.
+Writes into the run folder `eval-<split>.json` (settings, every case's per-class Dice, summaries overall and per
+domain), `eval-<split>.csv` (one row per case) and the nnU-Net-style `summary-<split>.json` (Dice, IoU, TP/FP/FN/TN,
+n_pred, n_ref and optionally HD95 / NSD per case and class; `maskgen.evaluate.summary`). Dice conventions:
+`maskgen.train.dice` and `maskgen.evaluate.metrics`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any, Callable, Sequence
 
 from maskgen.errors import MaskgenError
 from maskgen.evaluate.metrics import CaseDice, Summary, from_json_float, summarize_by_domain
+from maskgen.evaluate.summary import (
+    DEFAULT_NSD_TOLERANCE_MM, CaseMetrics, case_metrics, check_tolerance, parse_metrics, summary_document,
+)
 from maskgen.train.dice import EMPTY_CLASS_TEXT, check_empty_class
 
 SPLITS = ("train", "val", "test")
@@ -35,6 +40,7 @@ class EvalResult:
     by_domain: dict[str, Summary]
     settings: dict[str, Any] = field(default_factory=dict)
     empty_class: str = "ignore"
+    scored: list[CaseMetrics] = field(default_factory=list)   # every metric per case (summary-<split>.json)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +62,11 @@ def eval_paths(run_dir: str | Path, split: str) -> tuple[Path, Path]:
     return run_dir / f"eval-{split}.json", run_dir / f"eval-{split}.csv"
 
 
+def summary_path(run_dir: str | Path, split: str) -> Path:
+    """The nnU-Net-style `summary-<split>.json` (`maskgen.evaluate.summary`)."""
+    return Path(run_dir) / f"summary-{split}.json"
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
@@ -66,46 +77,57 @@ def evaluate_run(
     progress: Callable[[int, int, str], None] | None = None,
     write: bool = True,
     empty_class: str = "ignore",
+    metrics: str | Sequence[str] = ("dice",),
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> EvalResult:
     """Predict every labelled case of `split` from the run's store and score it (Dice convention `empty_class`,
-    see `maskgen.train.dice`); writes the eval files."""
-    from maskgen.config import write_json_atomic
+    see `maskgen.train.dice`; `metrics` adds "hd95" and/or "nsd" with `nsd_tolerance` in mm); writes
+    `eval-<split>.json`, `eval-<split>.csv` and `summary-<split>.json`."""
     from maskgen.evaluate.runs import _check_overlap, labelled_cases, open_run
-    from maskgen.train.dice import dice_per_class
 
     if split not in SPLITS:
         raise MaskgenError(f"--split {split!r} is not one of {', '.join(SPLITS)}.")
     check_empty_class(empty_class)
+    metrics = parse_metrics(metrics)
+    check_tolerance(nsd_tolerance)
     _check_overlap(overlap)
     run = open_run(run_dir, checkpoint, device, features)
     infos = labelled_cases(run.store, split)
     t0 = time.perf_counter()
-    cases = []
+    scored = []
     for i, info in enumerate(infos):
         data = run.store.read_case(info.case_id)
         pred = run.segment(data["image"], data["features"], run.stats(info), overlap)
-        cases.append(CaseDice(info.case_id, info.domain,
-                              tuple(dice_per_class(pred, data["label"], run.num_foreground, empty_class))))
+        scored.append(CaseMetrics(info.case_id, info.domain, case_metrics(
+            pred, data["label"], run.num_foreground, empty_class, metrics, info.spacing_zyx, nsd_tolerance)))
         if progress is not None:
             progress(i + 1, len(infos), info.case_id)
+    cases = [CaseDice(c.case_id, c.domain, c.dice()) for c in scored]
     overall, by_domain = summarize_by_domain(cases)
     settings = {
-        "run": str(Path(run_dir)),
-        "checkpoint": checkpoint,
-        "step": run.step,
-        "overlap": overlap,
-        "store": str(run.store.path),
-        "inputs": run.cfg.inputs,
-        "mask_rate": run.cfg.mask_rate,
-        "seed": run.cfg.seed,
+        "run": str(Path(run_dir)), "checkpoint": checkpoint, "step": run.step, "overlap": overlap,
+        "store": str(run.store.path), "inputs": run.cfg.inputs, "mask_rate": run.cfg.mask_rate, "seed": run.cfg.seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    result = EvalResult(split, run.classes, cases, overall, by_domain, settings, empty_class)
+    result = EvalResult(split, run.classes, cases, overall, by_domain, settings, empty_class, scored)
     if write:
-        json_path, csv_path = eval_paths(run_dir, split)
-        write_json_atomic(json_path, result.as_dict())
-        write_eval_csv(csv_path, result)
+        write_eval(run_dir, result, metrics, nsd_tolerance)
     return result
+
+
+def write_eval(run_dir: str | Path, result: EvalResult, metrics: Sequence[str], nsd_tolerance: float) -> None:
+    """The three evaluation files of one split in the run folder (each written atomically)."""
+    from maskgen.config import write_json_atomic
+
+    json_path, csv_path = eval_paths(run_dir, result.split)
+    write_json_atomic(json_path, result.as_dict())
+    write_eval_csv(csv_path, result)
+    settings = {**result.settings, "split": result.split, "empty_class": result.empty_class,
+                "convention": convention_text(result.empty_class), "metrics": list(metrics),
+                "distances": "mm, on the store's resampled grid (MONAI, voxel spacing of each case)"}
+    if "nsd" in metrics:
+        settings["nsd_tolerance_mm"] = nsd_tolerance
+    write_json_atomic(summary_path(run_dir, result.split), summary_document(result.scored, result.classes, settings))
 
 
 def write_eval_csv(path: Path, result: EvalResult) -> None:

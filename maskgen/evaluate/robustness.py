@@ -287,7 +287,7 @@ def write_robustness(result: RobustnessResult, out_dir: Path) -> dict[str, Path]
             "series": {run: ([result.stat(run, shift, i).mean for i in range(len(lv))],
                              [result.stat(run, shift, i).se for i in range(len(lv))]) for run in result.runs},
         })
-    line_plot(paths["png"], panels)
+    line_plot(paths["png"], panels, note="Bands: \u00b11 standard error (s.e.) of the mean over cases")
     return paths
 
 

@@ -113,7 +113,7 @@ def write_sensitivity(result: SensitivityResult, out_dir: Path, title: str = "")
     """`sensitivity-<split>.{json,csv,md,png}` in `out_dir`; returns the paths."""
     from maskgen.atomic import write_text_atomic
     from maskgen.config import write_json_atomic
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
+    from maskgen.evaluate.report import SE_BARS, grouped_bar_plot, markdown_table, write_csv
 
     stem = out_dir / f"sensitivity-{result.split}"
     paths = {ext: stem.with_suffix(f".{ext}") for ext in ("json", "csv", "md", "png")}
@@ -134,7 +134,7 @@ def write_sensitivity(result: SensitivityResult, out_dir: Path, title: str = "")
     deltas = [r.delta for r in result.rows] + [g.delta for g in result.groups if g.name != "image"]
     grouped_bar_plot(paths["png"], names, ["Delta Dice"], [[d.mean for d in deltas]], [[d.se for d in deltas]],
                      ylabel="Delta Dice (x100)", title=title or f"One-channel removal ({result.split})",
-                     zero_line=True)
+                     zero_line=True, note=SE_BARS)
     return paths
 
 

@@ -316,7 +316,7 @@ def collect_results(out_dir: Path, variants: Sequence[Variant], splits: Sequence
 def write_results(out_dir: str | Path, variants: Sequence[Variant], splits: Sequence[str]) -> dict[str, Path] | None:
     """results.csv, results.md, results.png from the eval files present; None when there is none yet."""
     from maskgen.atomic import write_text_atomic
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
+    from maskgen.evaluate.report import SE_BARS, grouped_bar_plot, markdown_table, write_csv
 
     out_dir = Path(out_dir)
     table = collect_results(out_dir, variants, splits)
@@ -339,7 +339,7 @@ def write_results(out_dir: str | Path, variants: Sequence[Variant], splits: Sequ
         paths["png"], [f"{s}: {d}" for s, d in table.columns], methods,
         [[_cell(table, m, s, d).mean for s, d in table.columns] for m in methods],
         [[_cell(table, m, s, d).se for s, d in table.columns] for m in methods],
-        title=f"Sweep: {out_dir.name}",
+        title=f"Sweep: {out_dir.name}", note=f"{SE_BARS} (each case's Dice averaged over seeds first)",
     )
     return paths
 
