@@ -19,6 +19,7 @@ pooled by averaging each case's Dice over the seeds, then mean (s.e.) over cases
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
