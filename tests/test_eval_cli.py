@@ -159,7 +159,7 @@ def test_evaluate_writes_an_nnunet_style_summary_with_distances(sweep_dir, tmp_p
     from monai.metrics import compute_hausdorff_distance
 
     from maskgen.store.reader import FeatureStore
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
     from maskgen.train.inference import predict_volume
 
     run = tmp_path / "run"
