@@ -158,7 +158,8 @@ def test_amos_ct_trains_and_mri_splits_into_val_and_test(tmp_path):
     assert {c.domain for c in cases if c.split == "train"} == {"ct"}
     assert {c.domain for c in cases if c.split != "train"} == {"mri"}
     amos = load_pipeline("amos")
-    assert amos.allow_flips is False and amos.intensity_rule("ct").rule == "ct" and amos.intensity_rule("mri").rule == "minmax"
+    assert amos.allow_flips is False
+    assert amos.intensity_rule("ct").rule == "ct" and amos.intensity_rule("mri").rule == "minmax"
 
 
 # ------------------------------------------------------------------------------------------------------- BraTS

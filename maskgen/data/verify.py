@@ -19,9 +19,11 @@ import numpy as np
 
 from maskgen.data.cases import Case, case_id_is_portable, case_id_problem
 from maskgen.data.labels import affine_mismatch, check_label
-from maskgen.data.layouts import discover_cases, layout_options, resolve_data_root
+from maskgen.data.layout_registry import LAYOUT_SPECS
+from maskgen.data.layouts import discover, layout_options
 from maskgen.data.nifti import load_header, read_all_channels, spatial_shape
-from maskgen.data.pipeline import Pipeline
+from maskgen.data.pipeline import Pipeline, split_rule
+from maskgen.data.splits import SPLITS
 from maskgen.errors import MaskgenError
 
 ERROR = "error"
@@ -42,6 +44,8 @@ class VerifyReport:
     data_root: Path
     cases: list[Case]
     problems: list[Problem] = field(default_factory=list)
+    left_out: list[Case] = field(default_factory=list)  # found by the layout, left out by the split rule / fold
+    layout_lines: list[str] = field(default_factory=list)  # what the layout says about itself (channels, folds)
 
     @property
     def errors(self) -> list[Problem]:
@@ -58,6 +62,40 @@ class VerifyReport:
     def counts(self) -> dict[tuple[str, str], int]:
         """Number of cases per (split, domain)."""
         return dict(Counter((c.split, c.domain) for c in self.cases))
+
+    def subjects(self) -> dict[tuple[str, str], int]:
+        """Number of subjects per (split, domain)."""
+        unique = {(c.split, c.domain, c.subject_id) for c in self.cases}
+        return dict(Counter((split, domain) for split, domain, _ in unique))
+
+    def summary_lines(self) -> list[str]:
+        """What the dataset gives, in words: classes, spacing and crop (and how they were chosen), the layout's own
+        notes, the subject and split rules, and what is left for training."""
+        p = self.pipeline
+        spec = LAYOUT_SPECS[p.layout]
+        rule = split_rule(p)
+        if rule is not None:
+            splits = "domain split by [splits]: " + "; ".join(
+                f"{s} = {list(rule['domains'][s])}" for s in SPLITS) + f" (seed {rule['seed']})"
+        else:
+            splits = "the layout's own splits (folders / CSV / fold), no domain rule"
+        train = [c for c in self.cases if c.split == "train"]
+        lines = [
+            f"pipeline: {p.description}" if p.description else f"pipeline: {p.name}",
+            "classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(p.classes, start=1)),
+            f"spacing (x, y, z): {' x '.join(f'{v:g}' for v in p.spacing)} mm; crop (x, y, z): "
+            f"{' x '.join(map(str, p.crop_size))} voxels",
+            *self.layout_lines,
+            f"subjects: {spec.subject_rule}; a subject never straddles splits",
+            f"splits: {splits}",
+            f"training: {len(train)} cases of {len({c.subject_id for c in train})} subjects, domains "
+            + (", ".join(sorted({c.domain for c in train})) or "none"),
+        ]
+        if self.left_out:
+            ids = sorted(c.case_id for c in self.left_out)
+            lines.append(f"left out by the split rule / fold: {len(ids)} cases ({', '.join(ids[:8])}"
+                         + (", ...)" if len(ids) > 8 else ")"))
+        return lines
 
 
 @dataclass
@@ -251,12 +289,15 @@ def verify_dataset(
     on_cases: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Discover the dataset's cases (tolerating bad ids, which it reports) and check every one."""
-    root = resolve_data_root(data_root, pipeline)
-    cases = discover_cases(pipeline, root, strict=False)
+    found = discover(pipeline, data_root, strict=False)
+    root, cases = found.root, found.cases
+    spec = LAYOUT_SPECS[pipeline.layout]
+    lines = spec.summary(root, layout_options(pipeline)) if spec.summary is not None else []
     if on_cases is not None:
         n_files = len({Path(c.image) for c in cases}) + len(
             {Path(c.label) for c in cases if c.label is not None and Path(c.label).exists()}
         )
         on_cases(n_files)
     problems = verify_cases(cases, pipeline, workers=workers, on_file_done=on_file_done)
-    return VerifyReport(pipeline=pipeline, data_root=root, cases=cases, problems=problems)
+    return VerifyReport(pipeline=pipeline, data_root=root, cases=cases, problems=problems, left_out=found.left_out,
+                        layout_lines=lines)
