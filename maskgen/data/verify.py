@@ -1,9 +1,10 @@
 """`maskgen verify`: read every case of a dataset and report all problems at once, each naming the file and the fix.
 
-Errors: unreadable / truncated / missing files, image-label shape or affine mismatch, non-integer or undeclared label
-values, NaN/Inf voxels, missing labels, duplicate case ids, case ids unsafe as storage keys. Warnings: empty
-foreground, unlabelled cases kept on purpose, case ids with unusual characters. Each file is read once even when
-several cases share it (BraTS channels), on a few threads (decompression releases the GIL).
+Errors: unreadable / truncated / missing files, files without read permission, image-label shape or affine mismatch,
+non-integer or undeclared label values, NaN/Inf voxels, missing labels, duplicate case ids, case ids unsafe as storage
+keys. Warnings: empty foreground, constant images (max = min), unlabelled cases kept on purpose, case ids with unusual
+characters. Each file is read once even when several cases share it (BraTS channels), on a few threads
+(decompression releases the GIL). The report also says what the dataset gives (`VerifyReport.summary_lines`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class _FileCheck:
     affine: np.ndarray | None = None
     error: str | None = None
     nonfinite: dict[int, int] = field(default_factory=dict)  # image: channel -> NaN/Inf count
+    constant: dict[int, float] = field(default_factory=dict)  # image: channel -> its only value (max == min)
     label_problems: list[str] = field(default_factory=list)  # label: value problems
     empty: bool = False  # label: no foreground after remapping
 
@@ -122,6 +124,10 @@ def _check_image_file(path: Path) -> _FileCheck:
             bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
             if bad:
                 check.nonfinite[c] = bad
+    vols = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
+    for c, vol in enumerate(vols):
+        if vol.size and c not in check.nonfinite and vol.min() == vol.max():
+            check.constant[c] = float(vol.flat[0])
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         check.error = f"{path} has a degenerate affine (zero or non-finite voxel axes); fix its header"
     return check
@@ -232,10 +238,14 @@ def _image_problems(case: Case, img: _FileCheck, add: _Add) -> tuple | None:
         return None
     channel = case.channel if len(img.shape) == 4 else 0
     bad = img.nonfinite.get(channel or 0, 0)
+    where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
     if bad:
-        where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
         add(image_path, ERROR, f"image {image_path}{where} has {bad} NaN/Inf voxels; replace them (e.g. with "
             "the background value) and save the file again")
+    if (channel or 0) in img.constant:
+        add(image_path, WARNING, f"image {image_path}{where} is constant (every voxel is "
+            f"{img.constant[channel or 0]:g}): normalisation turns it into zeros and it shows nothing to segment; "
+            "check that it is the right file and export")
     return img.shape[:3]
 
 
