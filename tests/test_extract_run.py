@@ -302,7 +302,7 @@ def test_cli_names_flags_in_option_errors(dataset, tmp_path):
     assert res.exit_code == 1 and "--pad-multiple 8 is not used by the 'anatomix' extractor" in res.stderr
     res = runner.invoke(app, [*base, "--extractor", "dino"])
     assert res.exit_code == 1 and "--extractor 'dino' is unknown; choose one of auto, mind, anatomix, " \
-        "torchscript:PATH, onnx:PATH" in res.stderr
+        "torchscript:PATH, export:PATH, onnx:PATH" in res.stderr
     assert not (tmp_path / "x.zarr").exists()
 
 
