@@ -9,7 +9,7 @@ from maskgen.errors import MaskgenError
 from maskgen.evaluate.corruptions import BiasFieldShift, GammaShift
 from maskgen.evaluate.report import markdown_table
 from maskgen.evaluate.stability import DomainPair, find_pairs, subject_of
-from maskgen.evaluate.sweep import Variant, plan_variants
+from maskgen.evaluate.sweep_plan import Variant, plan_variants
 
 
 def _image(seed=0, shape=(1, 12, 10, 8)):
