@@ -229,3 +229,18 @@ def test_rebuild_of_mind_and_identity_rules(tmp_path):
     assert rebuild_extractor(old).fingerprint() == fp
     with pytest.raises(MaskgenError, match=r"'dino' extractor, which is not installed.*maskgen\.extractors"):
         rebuild_extractor({**fp, "kind": "dino", "arch": {"type": "DINO"}})
+
+
+def test_resume_uses_the_identity_rule(tmp_path):
+    """train --resume accepts the same features under another name, refuses other weights naming both sha256."""
+    from types import SimpleNamespace
+
+    from maskgen.train.resume import check_same_extractor
+
+    fp = _fingerprint_of(_save_small(tmp_path / "a.pth", seed=1))
+    store = SimpleNamespace(extractor={**fp, "name": "maskgen-small"}, path="s.zarr")
+    check_same_extractor({"store": {"extractor": fp, "path": "s.zarr"}}, store, tmp_path)
+    other = _fingerprint_of(_save_small(tmp_path / "b.pth", seed=2))
+    with pytest.raises(MaskgenError) as info:
+        check_same_extractor({"store": {"extractor": other, "path": "old.zarr"}}, store, tmp_path)
+    assert fp["weights_sha256"] in str(info.value) and other["weights_sha256"] in str(info.value)

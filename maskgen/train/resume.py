@@ -62,10 +62,14 @@ def continued_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> T
 
 
 def check_same_extractor(ckpt: Mapping[str, Any], store: Any, run_dir: Path) -> None:
-    """A run continues only on features of the extractor it was trained on."""
+    """A run continues only on features of the extractor it was trained on (the registry's identity rule: the same
+    weights recorded under another name are the same features)."""
+    from maskgen.extract.registry import identity_problems
+
     made_by = (ckpt.get("store") or {}).get("extractor")
-    if made_by is not None and made_by != store.extractor:
+    problems = identity_problems(made_by, store.extractor, "the run's store has", "this store has") if made_by else []
+    if problems:
         raise MaskgenError(
             f"--resume of {run_dir}: {store.path} was made by another extractor than the run's store "
-            f"{(ckpt.get('store') or {}).get('path')}; resume with the same store."
+            f"{(ckpt.get('store') or {}).get('path')} ({'; '.join(problems)}); resume with the same store."
         )
