@@ -248,8 +248,8 @@ def kinds() -> dict[str, ExtractorKind]:
 
 
 def choices_help() -> str:
-    """The `--extractor` help: auto and the built-in kinds (plugins are listed by `maskgen extract --help` too
-    cheaply to matter, but the help text is built at import time, so only the built-ins appear here)."""
+    """The `--extractor` help text: `auto`, the built-in kinds and where plugins come from (the help is built when
+    the CLI starts, so installed plugins are not looked up for it; an unknown name's error lists them)."""
     names = [AUTO] + [k.name + (":PATH" if "path" in k.options else "") for k in BUILTIN]
     return " | ".join(names) + f" | a plugin (entry point group {ENTRY_POINT_GROUP})"
 
