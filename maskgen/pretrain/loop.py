@@ -134,7 +134,7 @@ def pretrain(
     synth = PairSynthesizer(
         cfg.crop_size,
         cfg.synth,
-        LabelFolder(cfg.label_dir, (cfg.crop_size,) * 3) if cfg.label_dir is not None else None,
+        LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3) if cfg.label_dir is not None else None,
     )
     net = build_network(cfg)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
@@ -183,10 +183,11 @@ def pretrain(
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                view1, view2, labels = synthesize_batch(synth, cfg.seed, step, cfg.batch_size)
+                view1, view2, labels, offsets = synthesize_batch(synth, cfg.seed, step, cfg.batch_size)
                 features = net(torch.cat([view1, view2]))
                 f1, f2 = features.chunk(2)
-                loss, stats = loss_fn(f1, f2, labels, _step_generator(cfg.seed, step))
+                loss, stats = loss_fn(f1, f2, labels, _step_generator(cfg.seed, step),
+                                      offsets=offsets if cfg.synth.max_view_shift else None)
                 if not torch.isfinite(loss):
                     raise MaskgenError(f"pretraining diverged at step {step + 1} (loss {loss.item()}); "
                                        f"lower --lr (now {cfg.lr}) and start a new run")
