@@ -8,7 +8,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 from maskgen.atomic import write_text_atomic
 
@@ -71,6 +71,29 @@ def _coerce(hint: Any, value: Any) -> Any:
     if hint is Path and isinstance(value, str):
         return Path(value)
     return value
+
+
+def config_diff(old: Any, new: Any, ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """The fields whose values differ between two configs, as {field: (old value, new value)} in field order.
+
+    `old` and `new` are config dataclasses or their `to_dict` form (e.g. a config read back from JSON); values are
+    compared in that JSON-safe form, so a tuple equals the list it was saved as. A field present on one side only
+    compares as None on the other. Fields in `ignore` are skipped. The one comparison used by resume checks and
+    existing-run checks (train, sweep, pretrain).
+    """
+    a, b = _as_dict(old), _as_dict(new)
+    skip = set(ignore)
+    names = list(a) + [k for k in b if k not in a]
+    return {k: (a.get(k), b.get(k)) for k in names if k not in skip and a.get(k) != b.get(k)}
+
+
+def format_diff(diff: dict[str, tuple[Any, Any]], old: str = "was", new: str = "now") -> str:
+    """`config_diff` output as text: "lr: saved 0.001, now 0.5; steps: saved 10, now 20" (old="saved", new="now")."""
+    return "; ".join(f"{k}: {old} {a!r}, {new} {b!r}" for k, (a, b) in diff.items())
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+    return to_dict(cfg) if not isinstance(cfg, dict) else to_dict(dict(cfg))
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -40,8 +40,9 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise MaskgenError(f"--steps {self.steps} must be >= 1.")
-        if not 0.0 <= self.mask_rate < 1.0:
-            raise MaskgenError(f"--mask-rate {self.mask_rate} must be in [0, 1).")
+        from maskgen.train.config import TrainConfig
+
+        TrainConfig(features=self.store, mask_rate=self.mask_rate)  # the one check of the rate (an OptionError)
         if not self.seeds:
             raise MaskgenError("--seeds is empty: give at least one seed.")
 

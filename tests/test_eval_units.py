@@ -117,7 +117,6 @@ def test_plan_channel_dropout():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"mask_rates": [1.0]}, "--mask-rate 1.0"),
         ({"inputs": ["pixels"]}, "--inputs 'pixels'"),
         ({"seeds": []}, "--seeds"),
         ({"methods": ["mixup"]}, "--method 'mixup'"),

@@ -32,12 +32,49 @@ def test_not_a_store(tmp_path):
     assert result.exit_code == 1 and "not a maskgen feature store" in result.stderr
 
 
-@pytest.mark.parametrize("rate", ["1.0", "-0.1"])
-def test_bad_mask_rate_names_the_value(store, tmp_path, rate):
-    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(tmp_path / "r"), "--mask-rate", rate])
+@pytest.mark.parametrize(
+    "option,value,says",
+    [("--mask-rate", "1.0", "is out of range: use a value in [0, 1)"), ("--mask-rate", "-0.1", "[0, 1)"),
+     ("--lr", "inf", "must be a finite number > 0"), ("--lr", "nan", "> 0"), ("--lr", "0", "> 0"),
+     ("--lr", "-1e-3", "> 0"), ("--weight-decay", "nan", "must be a finite number >= 0"),
+     ("--weight-decay", "-1", ">= 0"), ("--fg-fraction", "2", "[0, 1]"), ("--steps", "0", ">= 1"),
+     ("--inputs", "pixels", "'pixels' is not one of both, image, features")],
+)
+def test_bad_option_is_one_line_naming_the_flag_and_nothing_is_written(store, tmp_path, option, value, says):
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(out)] + TINY + [option, value])
     assert result.exit_code == 1
-    assert f"--mask-rate {rate}" in result.stderr and "[0, 1)" in result.stderr
-    assert not (tmp_path / "r").exists()
+    line = result.stderr.strip()
+    assert line.startswith(f"Error: {option} ") and says in line and "\n" not in line, line
+    assert "_" not in line.split(" ")[1]  # the flag, not the config field
+    assert not out.exists()
+
+
+def test_sweep_checks_every_rate_before_anything_is_written(store, tmp_path):
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", "--features", str(store), "--out", str(out), "--mask-rate", "0.5,1.0",
+                                 "--inputs", "both", "--steps", "1"])
+    assert result.exit_code == 1 and "--mask-rate 1.0 is out of range" in result.stderr
+    assert not out.exists()
+
+
+def test_error_messages_keep_bracketed_words():
+    """Rich markup must not eat `[label_map]` / `[layout]` in messages (the handler prints them literally)."""
+    import typer
+
+    from maskgen.cli._common import handle_errors
+    from maskgen.errors import MaskgenError
+
+    mini = typer.Typer()
+
+    @mini.command()
+    @handle_errors
+    def cmd() -> None:
+        raise MaskgenError("raw value 7 is not in [label_map]; set by [layout] csv ([bold]x[/bold])")
+
+    result = runner.invoke(mini, [])
+    assert result.exit_code == 1
+    assert "raw value 7 is not in [label_map]; set by [layout] csv ([bold]x[/bold])" in result.stderr
 
 
 def test_resume_without_checkpoint(store, tmp_path):
@@ -48,7 +85,9 @@ def test_resume_without_checkpoint(store, tmp_path):
 def test_bad_crop_size(store, tmp_path):
     result = runner.invoke(app, ["train", "--features", str(store), "--out", str(tmp_path / "r"),
                                  "--crop-size", "16,16,10"] + TINY)
-    assert result.exit_code == 1 and "16,16,10" in result.stderr and "2**depth=4" in result.stderr
+    assert result.exit_code == 1 and "2**depth=4" in result.stderr
+    assert "--crop-size 16,16,10 must have" in result.stderr and "e.g. --crop-size 16,16,8 or a smaller --depth" \
+        in result.stderr
 
 
 def test_train_then_refuse_then_resume(store, tmp_path):

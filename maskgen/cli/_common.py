@@ -3,29 +3,73 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import typer
 
-from maskgen.errors import MaskgenError
+from maskgen.errors import MaskgenError, OptionError, show_value
+
+#: config field -> (command parameter, how its value is written on the command line), for fields whose option has
+#: another name or format than the field (e.g. `crop_zyx` is `--crop-size x,y,z`).
+FieldAliases = Mapping[str, tuple[str, Callable[[Any], str] | None]]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error message to stderr (rich, red) and return the typer.Exit to raise."""
+    """Print an error message to stderr (rich, red; the message itself is printed literally, so bracketed words
+    such as `[label_map]` survive) and return the typer.Exit to raise."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {escape(message)}")
     return typer.Exit(code)
 
 
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for command bodies: MaskgenError -> message on stderr + exit code 1 (no traceback)."""
+def option_flags(fn: Callable[..., Any]) -> dict[str, str]:
+    """{parameter name: its long flag} of a typer command function (`mask_rate` -> `--mask-rate`)."""
+    out = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        decls = getattr(param.default, "param_decls", None) or ()
+        longs = [d for d in decls if isinstance(d, str) and d.startswith("--")]
+        if longs:
+            out[name] = longs[0]
+    return out
+
+
+def render_option_error(error: OptionError, flags: Mapping[str, str], aliases: FieldAliases | None = None) -> str:
+    """An OptionError in the words of a command line: each field named by its flag (the field name itself when the
+    command has no such option), the value as it would be typed."""
+    aliases = aliases or {}
+
+    def name(field: str) -> str:
+        param = aliases[field][0] if field in aliases else field
+        return flags.get(param, field)
+
+    def show(field: str, value: Any) -> str:
+        fmt = aliases[field][1] if field in aliases else None
+        return fmt(value) if fmt is not None else show_value(value)
+
+    return error.render(name, show)
+
+
+def handle_errors(fn: Callable[..., Any] | None = None, *, fields: FieldAliases | None = None) -> Any:
+    """Decorator for command bodies: MaskgenError -> message on stderr + exit code 1 (no traceback).
+
+    An `OptionError` (a config's check of one field) is shown with the command's flag for that field: options map to
+    fields by name (`--mask-rate` <-> `mask_rate`); `fields` lists the others (`{"crop_zyx": ("crop_size", fmt)}`).
+    Use as `@handle_errors` or `@handle_errors(fields=...)`.
+    """
+    if fn is None:
+        return lambda f: handle_errors(f, fields=fields)
+    flags = option_flags(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except OptionError as e:
+            raise fail(render_option_error(e, flags, fields)) from None
         except MaskgenError as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from maskgen.cli._common import handle_errors
+from maskgen.train.config import xyz_text
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -155,7 +156,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"wrote {len(ok)} label map(s) to {out}")
 
     @app.command("sweep")
-    @handle_errors
+    @handle_errors(fields={"crop_zyx": ("crop_size", xyz_text)})
     def sweep(
         features: Path = typer.Option(..., "--features", help="Feature store made by `maskgen extract` (never re-extracted)."),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run folder per variant, results.{csv,md,png}."),

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from maskgen.cli._common import handle_errors
+from maskgen.train.config import xyz_text
 
 # option name (python) -> TrainConfig field, for options that map one to one
 _FIELDS = (
@@ -20,7 +21,7 @@ def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
 
     @app.command("train")
-    @handle_errors
+    @handle_errors(fields={"crop_zyx": ("crop_size", xyz_text)})
     def train_command(
         ctx: typer.Context,
         features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract`."),

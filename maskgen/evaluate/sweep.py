@@ -96,10 +96,7 @@ def plan_variants(
     for i in inputs:
         if i not in INPUT_ORDER:
             raise MaskgenError(f"--inputs {i!r} is not one of {', '.join(INPUT_ORDER)}.")
-    rates = _unique(float(r) for r in mask_rates)
-    for r in rates:
-        if not 0.0 <= r < 1.0:
-            raise MaskgenError(f"--mask-rate {r} is out of range: use rates in [0, 1).")
+    rates = _unique(float(r) for r in mask_rates)  # each rate is checked by TrainConfig (run_sweep, before training)
     seeds = _unique(int(s) for s in seeds)
     if not seeds:
         raise MaskgenError("--seeds is empty: give at least one seed.")
@@ -158,7 +155,7 @@ def variant_state(run_dir: Path, splits: Sequence[str]) -> str:
 
 def _check_existing(run_dir: Path, cfg: Any) -> None:
     """A variant folder from an earlier invocation must have been trained with the same options."""
-    from maskgen.config import from_dict
+    from maskgen.config import config_diff, from_dict
     from maskgen.train.config import TrainConfig
     from maskgen.train.loop import RUNTIME_FIELDS
 
@@ -169,15 +166,9 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
         saved = from_dict(TrainConfig, json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError) as e:
         raise MaskgenError(f"cannot read {path} ({e}); remove {run_dir} or use another --out.") from None
-    diffs = []
-    for name in TrainConfig.__dataclass_fields__:
-        if name in RUNTIME_FIELDS or name in ("features", "out", "train_cases"):
-            continue
-        a, b = _as_tuples(getattr(saved, name)), _as_tuples(getattr(cfg, name))
-        if name == "crop_zyx" and b is None:
-            continue
-        if a != b:
-            diffs.append(f"{name} {a!r} there, {b!r} now")
+    unset = ("crop_zyx",) if cfg.crop_zyx is None else ()
+    diffs = [f"{k} {a!r} there, {b!r} now" for k, (a, b) in
+             config_diff(saved, cfg, ignore=(*RUNTIME_FIELDS, "features", "out", "train_cases", *unset)).items()]
     if Path(saved.features).resolve() != Path(cfg.features).resolve():
         diffs.append(f"store {saved.features} there, {cfg.features} now")
     if diffs:
@@ -202,10 +193,6 @@ def _check_splits(store: Path, splits: Sequence[str], checkpoint: str) -> None:
             raise MaskgenError(f"--splits {split!r} is not one of {', '.join(SPLITS)}.")
         if not any(c.has_label for c in fs.cases(split=split)):
             raise MaskgenError(f"{store} has no labelled case in split {split!r}; drop it from --splits.")
-
-
-def _as_tuples(v: Any) -> Any:
-    return tuple(_as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def run_sweep(
@@ -242,11 +229,13 @@ def run_sweep(
     reserved = {"features", "out", "inputs", "mask_rate", "seed", "dropout"} & set(train_options)
     if reserved:
         raise MaskgenError(f"train options {sorted(reserved)} are set by the sweep itself.")
+    # every variant's options are checked (TrainConfig) before anything is trained or written
+    configs = [TrainConfig(features=str(store), out=str(out_dir / v.name), **train_options, **v.train_changes())
+               for v in variants]
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, list[str]] = {"trained": [], "skipped": [], "evaluated": []}
-    for i, v in enumerate(variants):
+    for i, (v, cfg) in enumerate(zip(variants, configs)):
         run_dir = out_dir / v.name
-        cfg = TrainConfig(features=str(store), out=str(run_dir), **train_options, **v.train_changes())
         state = variant_state(run_dir, splits)
         if state != "new":
             _check_existing(run_dir, cfg)

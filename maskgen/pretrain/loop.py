@@ -25,7 +25,7 @@ import torch
 
 from maskgen import __version__
 from maskgen.atomic import atomic_path, write_text_atomic
-from maskgen.config import from_dict, to_dict, write_json_atomic
+from maskgen.config import config_diff, format_diff, from_dict, to_dict, write_json_atomic
 from maskgen.errors import MaskgenError
 from maskgen.pretrain.config import PretrainConfig
 from maskgen.pretrain.contrastive import VoxelContrastiveLoss
@@ -74,11 +74,6 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in records))
-
-
-def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted((set(saved) | set(current)) - set(_RESUME_FREE))
-    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -145,10 +140,11 @@ def pretrain(
     elapsed = 0.0
     if resume:
         state = load_state(last_path)
-        diffs = _config_differences(state["config"], current)
+        diffs = config_diff(state["config"], current, ignore=_RESUME_FREE)
         if diffs:
             raise MaskgenError(f"cannot resume {state_dir}: the settings differ from the saved run ("
-                               + "; ".join(diffs) + "); use the original settings or start a new run with another --out")
+                               + format_diff(diffs, "saved", "now")
+                               + "); use the original settings or start a new run with another --out")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])

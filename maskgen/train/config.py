@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
-from maskgen.errors import MaskgenError
+from maskgen.errors import MaskgenError, OptionError
 
 INPUT_MODES = ("both", "image", "features")
 FEATURE_NORMS = ("crop", "volume")
@@ -49,39 +51,25 @@ class TrainConfig:
     dropout: float = 0.0                           # channel dropout after every UNet block (paper Table 5 baseline)
 
     def __post_init__(self) -> None:
-        _choice("--inputs", self.inputs, INPUT_MODES)
-        _choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
-        _choice("--aug-device", self.aug_device, AUG_DEVICES)
-        _choice("--device", self.device, DEVICES)
-        if not (0.0 <= self.mask_rate < 1.0):
-            raise MaskgenError(
-                f"--mask-rate {self.mask_rate} is out of range: use a rate in [0, 1) "
-                "(0 disables view masking; the paper uses 0.25-0.75, 0.5 untuned)."
-            )
-        _positive("--steps", self.steps)
-        _positive("--batch-size", self.batch_size)
-        _positive("--channels", self.channels)
-        _positive("--depth", self.depth)
-        if not self.lr > 0:
-            raise MaskgenError(f"--lr {self.lr} must be > 0.")
-        if self.weight_decay < 0:
-            raise MaskgenError(f"--weight-decay {self.weight_decay} must be >= 0.")
-        if not (0.0 <= self.fg_fraction <= 1.0):
-            raise MaskgenError(f"--fg-fraction {self.fg_fraction} must be in [0, 1].")
-        if not (0.0 <= self.dropout < 1.0):
-            raise MaskgenError(f"--dropout {self.dropout} must be in [0, 1) (0 disables channel dropout).")
-        if not (0.0 <= self.aug_prob <= 1.0):
-            raise MaskgenError(f"--aug-prob {self.aug_prob} must be in [0, 1].")
-        if not (0.0 <= self.val_overlap < 1.0):
-            raise MaskgenError(f"validation overlap {self.val_overlap} must be in [0, 1).")
-        if self.val_every < 0:
-            raise MaskgenError(f"--val-every {self.val_every} must be >= 0 (0 = validate at the end only).")
-        if self.n_train is not None and self.n_train < 1:
-            raise MaskgenError(f"--n-train {self.n_train} must be >= 1.")
-        if self.seed < 0:
-            raise MaskgenError(f"--seed {self.seed} must be >= 0.")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise MaskgenError(f"--num-workers {self.num_workers} must be >= 0.")
+        for name, allowed in (("inputs", INPUT_MODES), ("feature_norm", FEATURE_NORMS), ("aug_device", AUG_DEVICES),
+                              ("device", DEVICES)):
+            _choice(name, getattr(self, name), allowed)
+        _fraction("mask_rate", self.mask_rate, upper_open=True,
+                  hint="(0 disables view masking; the paper uses 0.25-0.75, 0.5 untuned)")
+        for name in ("steps", "batch_size", "channels", "depth"):
+            _at_least(name, getattr(self, name), 1)
+        _finite("lr", self.lr, positive=True)
+        _finite("weight_decay", self.weight_decay, positive=False)
+        _fraction("fg_fraction", self.fg_fraction)
+        _fraction("dropout", self.dropout, upper_open=True, hint="(0 disables channel dropout)")
+        _fraction("aug_prob", self.aug_prob)
+        _fraction("val_overlap", self.val_overlap, upper_open=True)
+        _at_least("val_every", self.val_every, 0, hint="(0 = validate at the end only)")
+        _at_least("seed", self.seed, 0)
+        if self.n_train is not None:
+            _at_least("n_train", self.n_train, 1)
+        if self.num_workers is not None:
+            _at_least("num_workers", self.num_workers, 0)
         if self.crop_zyx is not None:
             check_crop(self.crop_zyx, self.depth)
 
@@ -93,12 +81,17 @@ def check_crop(crop_zyx: tuple[int, ...], depth: int) -> None:
     """Every crop side must be a positive multiple of 2**depth so the UNet's skips line up."""
     m = 2**depth
     if len(crop_zyx) != 3 or any(int(c) <= 0 or int(c) % m for c in crop_zyx):
-        xyz = ",".join(str(c) for c in tuple(crop_zyx)[::-1])
-        raise MaskgenError(
-            f"crop size (x,y,z)={xyz} must have 3 positive sides divisible by 2**depth={m} "
-            f"(depth {depth}); pass e.g. --crop-size {','.join(str(max(m, round(int(c) / m) * m)) for c in tuple(crop_zyx)[::-1])} "
-            "or a smaller --depth."
+        fixed = tuple(max(m, round(int(c) / m) * m) for c in crop_zyx)
+        raise OptionError(
+            "crop_zyx", tuple(crop_zyx),
+            f"must have 3 positive sides divisible by 2**depth={m} (depth {depth}); pass e.g. {{crop_zyx}} "
+            f"{xyz_text(fixed)} or a smaller {{depth}}.",
         )
+
+
+def xyz_text(crop_zyx: tuple[int, ...]) -> str:
+    """A (z, y, x) crop as the command line writes it: "x,y,z"."""
+    return ",".join(str(int(c)) for c in tuple(crop_zyx)[::-1])
 
 
 def parse_crop_size(text: str) -> tuple[int, int, int]:
@@ -123,11 +116,24 @@ def default_run_name(store_path: str, inputs: str, mask_rate: float, seed: int) 
     return f"{name}-{inputs}-mr{round(mask_rate * 100)}-s{seed}"
 
 
-def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise MaskgenError(f"{flag} {value!r} is not one of {', '.join(allowed)}.")
+        raise OptionError(name, value, f"is not one of {', '.join(allowed)}.")
 
 
-def _positive(flag: str, value: int) -> None:
-    if int(value) < 1:
-        raise MaskgenError(f"{flag} {value} must be >= 1.")
+def _at_least(name: str, value: int, low: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise OptionError(name, value, f"must be an integer >= {low}{' ' + hint if hint else ''}.")
+
+
+def _finite(name: str, value: float, positive: bool) -> None:
+    ok = isinstance(value, numbers.Real) and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise OptionError(name, value, f"must be a finite number {'> 0' if positive else '>= 0'}.")
+
+
+def _fraction(name: str, value: float, upper_open: bool = False, hint: str = "") -> None:
+    ok = isinstance(value, numbers.Real) and 0.0 <= value and (value < 1.0 if upper_open else value <= 1.0)
+    if not ok:
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise OptionError(name, value, f"is out of range: use a value in {interval}{' ' + hint if hint else ''}.")

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from maskgen.config import from_dict, to_dict, write_json_atomic
+from maskgen.config import config_diff, format_diff, from_dict, to_dict, write_json_atomic
 from maskgen.errors import MaskgenError
 from maskgen.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from maskgen.train.config import TrainConfig, check_crop, default_run_name
@@ -68,17 +68,9 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
     )
 
 
-def _config_conflicts(saved: TrainConfig, given: TrainConfig) -> list[str]:
-    out = []
-    for name in TrainConfig.__dataclass_fields__:
-        if name in RUNTIME_FIELDS or name in ("features", "out"):
-            continue
-        a, b = getattr(saved, name), getattr(given, name)
-        if name in ("crop_zyx", "train_cases") and not b:
-            continue  # not given: filled from the store
-        if a != b:
-            out.append(f"{name}: run has {a!r}, given {b!r}")
-    return out
+def _config_conflicts(saved: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    unset = [k for k in ("crop_zyx", "train_cases") if not getattr(given, k)]  # not given: filled from the store
+    return config_diff(saved, given, ignore=(*RUNTIME_FIELDS, "features", "out", *unset))
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -227,7 +219,8 @@ def train(
         conflicts = _config_conflicts(saved, cfg)
         if conflicts:
             raise MaskgenError(
-                f"--resume of {run_dir}: options differ from the run's config ({'; '.join(conflicts)}); "
+                f"--resume of {run_dir}: options differ from the run's config "
+                f"({format_diff(conflicts, 'run has', 'given')}); "
                 "drop them to continue the run as it was, or start a new run."
             )
         cfg = saved.replace(**{k: getattr(cfg, k) for k in RUNTIME_FIELDS}, features=cfg.features)
