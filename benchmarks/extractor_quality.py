@@ -69,21 +69,21 @@ class ImageIdentity:
     name = "image"
 
 
-def build_extractors(weights: Path | None, anatomix_weights: Path | None) -> dict[str, object]:
+def build_extractors(weights: Path | None, anatomix_weights: Path | None, layer: str = "final") -> dict[str, object]:
     from maskgen.extract.anatomix import AnatomixExtractor
     from maskgen.extract.registry import build_extractor
     from maskgen.extract.weights import load_anatomix_net, read_checkpoint
 
     extractors: dict[str, object] = {"image": ImageIdentity(), "mind": build_extractor("mind")}
     if weights is not None:
-        extractors["pretrained"] = build_extractor("anatomix", weights=str(weights), allow_download=False)
+        extractors["pretrained"] = build_extractor("anatomix", weights=str(weights), layer=layer, allow_download=False)
         _, arch = read_checkpoint(weights)
         from maskgen.extract.anatomix import AnatomixUNet
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = AnatomixUNet(**(arch or load_anatomix_net(weights).arch())).eval()
-        extractors["untrained"] = AnatomixExtractor(net, name="untrained-control")
+        extractors["untrained"] = AnatomixExtractor(net, layer=layer, name="untrained-control")
     if anatomix_weights is not None:
         extractors["anatomix"] = build_extractor("anatomix", weights=str(anatomix_weights), allow_download=False)
     return extractors
@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="probe training steps")
     parser.add_argument("--crop", type=int, default=32, help="probe training crop edge")
     parser.add_argument("--max-voxels", type=int, default=50000, help="voxels per stability comparison")
+    parser.add_argument("--layer", default="final", choices=("final", "penultimate"),
+                        help="feature layer of the pretrained (and untrained) network")
+    parser.add_argument("--extractors", default=None, help="comma-separated subset of: image, mind, pretrained, "
+                        "untrained, anatomix (default: all available)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results.jsonl")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -191,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cases = load_demo(args.demo)
     num_classes = int(max(int(c["label"].max()) for c in cases.values())) + 1
-    extractors = build_extractors(args.weights, args.anatomix_weights)
+    extractors = build_extractors(args.weights, args.anatomix_weights, args.layer)
+    if args.extractors:
+        wanted = [e.strip() for e in args.extractors.split(",") if e.strip()]
+        unknown = sorted(set(wanted) - set(extractors))
+        if unknown:
+            parser.error(f"--extractors: {unknown} not available (have {sorted(extractors)})")
+        extractors = {k: v for k, v in extractors.items() if k in wanted}
     common = {
         "benchmark": "extractor_quality",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": {"path": str(args.demo), "dataset_json_sha256": _sha256(args.demo / "dataset.json"),
                     "cases": len(cases)},
         "probe": {"seeds": args.seeds, "steps": args.steps, "crop": args.crop},
+        "layer": args.layer,
     }
     rows = []
     for name, extractor in extractors.items():

@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="maskgen-pretrained weights (maskgen pretrain)")
     parser.add_argument("--anatomix-weights", type=Path, default=None, help="public anatomix.pth, if available")
+    parser.add_argument("--layer", default="final", choices=("final", "penultimate"),
+                        help="feature layer of the pretrained (and untrained) network")
     parser.add_argument("--extractors", default=None, help="comma-separated subset of: image, mind, pretrained, "
                         "untrained, anatomix (default: all available)")
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds")
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     volumes = real_volumes()
-    extractors = build_extractors(args.weights, args.anatomix_weights)
+    extractors = build_extractors(args.weights, args.anatomix_weights, args.layer)
     if args.extractors:
         wanted = [e.strip() for e in args.extractors.split(",") if e.strip()]
         unknown = sorted(set(wanted) - set(extractors))
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, extractor in extractors.items():
         t0 = time.perf_counter()
         res = evaluate(extractor, volumes, args.seeds, args.steps, args.crop, args.max_voxels)
-        line = {"extractor": name, "weights_sha256": getattr(extractor, "weights_sha256", None),
+        line = {"extractor": name, "layer": args.layer, "weights_sha256": getattr(extractor, "weights_sha256", None),
                 "probe": {"seeds": args.seeds, "steps": args.steps, "crop": args.crop}, "results": res,
                 "seconds": round(time.perf_counter() - t0, 1)}
         summary = "  ".join(
