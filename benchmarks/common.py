@@ -185,7 +185,7 @@ def settings(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 # -- data and stores ------------------------------------------------------------------------------------------------
 def ensure_demo(path: str | os.PathLike, subjects: int = 12, seed: int = 0) -> Path:
     """The demo dataset (`maskgen demo-data`), generated once; a complete folder with the same config is reused."""
-    from maskgen.data.demo import DemoConfig, generate_demo_dataset
+    from maskgen.demo.dataset import DemoConfig, generate_demo_dataset
 
     summary = generate_demo_dataset(path, DemoConfig(subjects=subjects, seed=seed))
     if not getattr(summary, "reused", False):

@@ -61,8 +61,8 @@ def per_case(args: Any, n_cases: int) -> dict[str, Any]:
     from maskgen.data.pipeline import load_pipeline
     from maskgen.data.preprocess import preprocess_case
     from maskgen.extract.inference import extract_volume
-    from maskgen.extract.run import CaseTask, ExtractConfig, ExtractorSpec, process_case, worker_extractor
     from maskgen.extract.registry import build_extractor
+    from maskgen.extract.run import CaseTask, ExtractConfig, ExtractorRef, process_case, worker_extractor
     from maskgen.store import writer
 
     demo = common.ensure_demo(args.demo)
@@ -71,18 +71,18 @@ def per_case(args: Any, n_cases: int) -> dict[str, Any]:
     name, weights = common.extractor_choice(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        extractor = build_extractor(name, weights, "final", args.device, allow_download=False)
+        extractor = build_extractor(name, weights, None, args.device, allow_download=False)
     fingerprint = extractor.fingerprint()
     cfg = ExtractConfig(dataset="demo", data_root=str(demo), extractor=name, weights=weights, device=args.device,
                         allow_download=False)
     out = Path(args.workdir) / "extraction-per-case.zarr"
     shutil.rmtree(out, ignore_errors=True)
     writer.prepare_store(out, writer.root_attributes(pipeline, fingerprint, cfg.layout, extract_config=to_dict(cfg)))
-    spec = ExtractorSpec(name, weights, "final", args.device)
-    worker_extractor(spec, fingerprint)  # built once per process, as in a dask worker
+    ref = ExtractorRef(fingerprint, extractor.weights_path, args.device)
+    worker_extractor(ref)  # built once per process, as in a dask worker
     rows = []
     for i, case in enumerate(cases):
-        task = CaseTask(str(out), case, pipeline, spec, fingerprint, cfg.layout)
+        task = CaseTask(str(out), case, pipeline, ref, cfg.layout)
         t_pre, pre = common.timed(lambda: preprocess_case(case, pipeline))
         bare = _bare_forward(extractor, pre.image, args.device)
         t_bare, _ = common.timed(bare, args.device)
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.profile:
         from maskgen.data.layouts import discover_cases
         from maskgen.data.pipeline import load_pipeline
-        from maskgen.extract.run import CaseTask, ExtractConfig, ExtractorSpec, process_case
         from maskgen.config import to_dict
+        from maskgen.extract.run import CaseTask, ExtractConfig, ExtractorRef, process_case
         from maskgen.store import writer
 
         pipeline = load_pipeline("demo")
@@ -168,12 +168,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             from maskgen.extract.registry import build_extractor
 
-            fp = build_extractor(name, weights, "final", args.device, allow_download=False).fingerprint()
+            ex = build_extractor(name, weights, None, args.device, allow_download=False)
+            fp = ex.fingerprint()
         cfg = ExtractConfig(dataset="demo", data_root=args.demo, extractor=name, weights=weights, device=args.device)
         out = Path(args.workdir) / "extraction-profile.zarr"
         shutil.rmtree(out, ignore_errors=True)
         writer.prepare_store(out, writer.root_attributes(pipeline, fp, cfg.layout, extract_config=to_dict(cfg)))
-        task = CaseTask(str(out), case, pipeline, ExtractorSpec(name, weights, "final", args.device), fp, cfg.layout)
+        task = CaseTask(str(out), case, pipeline, ExtractorRef(fp, ex.weights_path, args.device), cfg.layout)
         process_case(task)
         writer.delete_case(out, case.case_id)
         result["profile"] = {"what": f"process_case({case.case_id})",

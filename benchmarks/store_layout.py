@@ -81,7 +81,7 @@ def load_source(demo: str | None, extractor_name: str) -> tuple[dict, str]:
         pre = preprocess_case(case, pipe)
         image, label, what = pre.image, pre.label, f"demo case {case.case_id} ({demo})"
     else:
-        from maskgen.data.demo_template import load_template
+        from maskgen.demo.template import load_template
 
         t = load_template(1)
         margin = 12  # air around the brain, as in a head scan
@@ -109,7 +109,7 @@ def _starts(shape_zyx, crop: int, n: int, rng: np.random.Generator) -> list[tupl
 
 def write_config(name: str, kwargs: dict, data: dict, workdir: Path) -> dict:
     """Write one case with maskgen's writer; bytes and write time."""
-    from maskgen.store import writer
+    from maskgen.store import meta, writer
     from maskgen.store.layout import FEATURES, StoreLayout
 
     layout = StoreLayout(**kwargs)
@@ -125,7 +125,7 @@ def write_config(name: str, kwargs: dict, data: dict, workdir: Path) -> dict:
     write_s = time.perf_counter() - t0
     c, z, y, x = data["features"].shape
     voxels = z * y * x
-    feat_bytes = writer.dir_size(writer.case_dir(path, "case") / FEATURES)
+    feat_bytes = writer.as_io(path).size_prefix(f"{meta.case_prefix('case')}/{FEATURES}")
     raw_itemsize = 1 if layout.dtype == "int8" else 2
     return {
         "config": name,

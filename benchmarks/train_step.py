@@ -4,12 +4,12 @@ features (the frozen extractor run every step on the augmented crop, `maskgen tr
 Target (issue 6): the cached path costs at most +5% over ERM; the paper's on-the-fly method costs +25.8%
 (Table 13, RTX 6000 Ada, BraTS).
 
-Two measurements, both with maskgen's own training pieces (`maskgen.train.loop._train_step`, `TrainBatches`,
+Two measurements, both with maskgen's own training pieces (`maskgen.train.step.train_step`, `TrainBatches`,
 `make_loader`, `build_online_extractor`), not a re-implementation:
 - `compute`: one optimisation step on a ready batch (the batches are built beforehand by the real loader code and,
   on CUDA, pinned), variants interleaved round by round (ABC, BCA, CAB, ...), the device synchronised around every
   step. This is the cost the GPU sees when the loader keeps up.
-- `end_to_end`: steps through the real DataLoader (default number of workers) and `_train_step`, in blocks of
+- `end_to_end`: steps through the real DataLoader (default number of workers) and `train_step`, in blocks of
   steps interleaved across variants; includes waiting for data, so it shows whether the loader keeps up.
 - references (interleaved with `compute`): a bare UNet step on a fixed input already on the device, with 1 and
   1+C input channels, in the layout PyTorch picks and in channels_last_3d. They split the cached overhead into the
@@ -43,7 +43,7 @@ CACHED_OVERHEAD_TARGET_PCT = 5.0
 
 @dataclass
 class Trainer:
-    """Everything `maskgen.train.loop.train` builds for one run, exposed so a benchmark can drive single steps."""
+    """Everything `maskgen.train.setup.setup` builds for one run, exposed so a benchmark can drive single steps."""
 
     name: str
     cfg: Any
@@ -57,9 +57,9 @@ class Trainer:
     spec: Any
 
     def step(self, batch: dict[str, Any], step: int) -> float:
-        from maskgen.train.loop import _train_step
+        from maskgen.train.step import train_step
 
-        return _train_step(self.model, self.optimizer, self.loss_fn, batch, self.cfg, step, self.device,
+        return train_step(self.model, self.optimizer, self.loss_fn, batch, self.cfg, step, self.device,
                            self.aug_device, self.extractor)
 
     def batches(self, start: int, count: int) -> list[dict[str, Any]]:
@@ -104,11 +104,12 @@ def variant_config(name: str, base: Any, mask_rate: float) -> Any:
 def build_trainer(name: str, cfg: Any, store: Any) -> Trainer:
     """The model, optimiser, loss, loader spec and (online) extractor exactly as `train()` sets them up."""
     import torch
-    from monai.losses import DiceCELoss
 
     from maskgen.train.inputs import input_channels
-    from maskgen.train.loop import build_online_extractor, loader_spec, resolve_config
+    from maskgen.train.online import build_online_extractor
     from maskgen.train.placement import resolve_aug_device, resolve_device
+    from maskgen.train.setup import loader_spec, resolve_config
+    from maskgen.train.step import make_loss
     from maskgen.train.unet import UNet
 
     cfg = resolve_config(cfg, store)
@@ -120,7 +121,7 @@ def build_trainer(name: str, cfg: Any, store: Any) -> Trainer:
                      cfg.depth).place(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
+    loss_fn = make_loss()
     extractor = build_online_extractor(store, cfg, device) if cfg.online_features else None
     spec = loader_spec(cfg, bool(pipeline.allow_flips), aug_device)
     return Trainer(name, cfg, store, device, aug_device, model, optimizer, loss_fn, extractor, spec)
@@ -188,7 +189,7 @@ REFERENCES = {  # name: (variant whose model is copied, channels_last)
 def measure_compute(
     trainers: dict[str, Any], repeats: int, warmup: int, n_batches: int, references: bool
 ) -> dict[str, list[float]]:
-    """Seconds per `_train_step` on prebuilt batches, interleaved across variants (and the bare-UNet references)."""
+    """Seconds per `train_step` on prebuilt batches, interleaved across variants (and the bare-UNet references)."""
     batches = {n: t.batches(0, n_batches) for n, t in trainers.items()}
     device = next(iter(trainers.values())).device
 

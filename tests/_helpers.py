@@ -12,7 +12,7 @@ import numpy as np
 def synthetic_store(folder: Path, n_cases: int = 4, size: int = 32) -> Path:
     """`folder/store.zarr`: MIND features of `make_synthetic_dataset(folder / "data", n_cases, size)`, made by
     `run_extract`. A complete store already there is reused, so test files asking for the same folder share it."""
-    from maskgen.data.synthetic import make_synthetic_dataset
+    from maskgen.demo.synthetic import make_synthetic_dataset
     from maskgen.extract.run import ExtractConfig, run_extract
 
     path = folder / "store.zarr"
@@ -34,3 +34,14 @@ def load_nifti(path: Path) -> tuple[np.ndarray, Any]:
 
     img = nib.load(path)
     return np.asarray(img.dataobj), img
+
+
+#: Options of a tiny training run (seconds on a CPU) on `synthetic_store` data.
+TINY_TRAIN = dict(steps=4, batch_size=2, channels=4, depth=2, val_every=2, num_workers=0, seed=3)
+
+
+def tiny_train_config(store: Path, out: Path, **changes: Any) -> Any:
+    """A TrainConfig of `TINY_TRAIN` with `changes`."""
+    from maskgen.train.config import TrainConfig
+
+    return TrainConfig(features=str(store), out=str(out), **{**TINY_TRAIN, **changes})

@@ -157,7 +157,9 @@ def test_amos_ct_trains_and_mri_splits_into_val_and_test(tmp_path):
     assert sorted(splits["val"] + splits["test"]) == [f"amos_{i:04d}" for i in mr_tr + mr_va]
     assert {c.domain for c in cases if c.split == "train"} == {"ct"}
     assert {c.domain for c in cases if c.split != "train"} == {"mri"}
-    assert load_pipeline("amos").allow_flips is False and load_pipeline("amos").normalization == "ct"
+    amos = load_pipeline("amos")
+    assert amos.allow_flips is False
+    assert amos.intensity_rule("ct").rule == "ct" and amos.intensity_rule("mri").rule == "minmax"
 
 
 # ------------------------------------------------------------------------------------------------------- BraTS
@@ -322,3 +324,44 @@ def test_unsafe_ids_raise_in_strict_discovery(tmp_path):
 def test_empty_folder_explains_expected_layout(tmp_path):
     with pytest.raises(MaskgenError, match="BRATS_001"):
         discover_cases(load_pipeline("brats"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ the layout registry
+def test_registry_checks_layout_options_by_the_defaults_types():
+    from maskgen.data.layout_registry import LAYOUTS, check_layout_options, layout_defaults
+
+    assert LAYOUTS[:2] == ("nnunet", "csv") and "amos" in LAYOUTS and "pattern" in LAYOUTS
+    check_layout_options("amos", {"mri_first_id": 400, "missing_data_hint": "download it"}, "here")
+    assert layout_defaults("amos", {"mri_first_id": 400})["mri_first_id"] == 400
+    with pytest.raises(MaskgenError, match=r"here: unknown key\(s\) \['mri_first'\]"):
+        check_layout_options("amos", {"mri_first": 400}, "here")
+    with pytest.raises(MaskgenError, match="mri_first_id = True must be an integer"):
+        check_layout_options("amos", {"mri_first_id": True}, "here")
+    with pytest.raises(MaskgenError, match="needs `image_pattern = ...`"):
+        check_layout_options("pattern", {"label_pattern": "{case}.nii.gz"}, "here")
+    with pytest.raises(MaskgenError, match="must contain {case}"):
+        check_layout_options("pandg", {"image_pattern": "{center}/x.nii.gz"}, "here")
+
+
+def test_hvsmr_severity_reader_accepts_its_column_spellings(tmp_path):
+    from maskgen.data.public_layouts import read_severity
+
+    path = tmp_path / "severity.csv"
+    path.write_text("Patient_ID,Category\n12,Severe\npat3,mild\n")
+    assert read_severity(path) == {"pat12": "severe", "pat3": "mild"}
+    path.write_text("pat,grade\npat1,mild\n")
+    with pytest.raises(MaskgenError, match="severity column"):
+        read_severity(path)
+
+
+def test_domain_csv_keeps_a_cases_own_domain_when_asked(tmp_path):
+    from maskgen.data.cases import Case
+    from maskgen.data.generic_layouts import apply_domain_csv
+
+    cases = [Case("a_t1", tmp_path / "a.nii.gz", None, "t1", "train", subject="a"),
+             Case("b_t1", tmp_path / "b.nii.gz", None, "t1", "val", subject="b")]
+    (tmp_path / "d.csv").write_text("case,domain,split\nb_t1,site2,test\n")
+    kept = apply_domain_csv(cases, tmp_path / "d.csv", None)
+    assert [(c.domain, c.split, c.subject) for c in kept] == [("t1", "train", "a"), ("site2", "test", "b")]
+    replaced = apply_domain_csv(cases, tmp_path / "d.csv", "default")
+    assert [(c.domain, c.subject) for c in replaced] == [("default", "a"), ("site2", None)]  # as before

@@ -41,11 +41,15 @@ def test_shipped_pipelines_match_the_paper():
         p = load_pipeline(name)
         assert (p.spacing, p.crop_size) == (spacing, crop), name
         assert p.spacing_zyx == spacing[::-1] and p.crop_zyx == crop[::-1]
-        assert p.normalization == ("ct" if name in ("amos", "topcow") else "minmax"), name
+        assert p.normalization == "minmax", name  # the paper's code: min-max for everything but CT
         assert p.allow_flips == (name not in ("amos", "topcow")), name
         assert split_rule(p) is not None, name
     assert load_pipeline("amos").num_classes == 16 and load_pipeline("brats").num_classes == 4
     assert load_pipeline("amos").ct_window == (-1024.0, 1024.0)
+    for name, ct, other in (("amos", "ct", "mri"), ("topcow", "cta", "mra")):
+        p = load_pipeline(name)
+        assert p.intensity_rule(ct).describe() == "ct [-1024, 1024]", name
+        assert p.intensity_rule(other).rule == "minmax" and p.intensity_rule(None).rule == "minmax", name
     rule = split_rule(load_pipeline("brats"))
     assert rule["domains"]["train"] == ("t1w", "t1gd", "t2w") and rule["domains"]["test"] == ("flair",)
 
@@ -55,6 +59,19 @@ def test_pipeline_survives_the_store_round_trip():
         p = load_pipeline(name)
         back = from_dict(Pipeline, json.loads(json.dumps(to_dict(p))))
         assert back == p and hash(back) == hash(p) and back.option("csv") == p.option("csv")
+
+
+def test_normalization_per_domain_table(tmp_path):
+    text = ('layout = "csv"\npercentiles = [1, 99]\n' + BASE.replace('normalization = "minmax"\n', "")
+            + '[normalization]\nct = "ct"\nmri = "percentile"\ndefault = "minmax"\n')
+    p = load_pipeline(write(tmp_path, text))
+    assert p.normalization == "minmax" and p.normalization_by_domain == (("ct", "ct"), ("mri", "percentile"))
+    assert p.intensity_rule("mri").percentiles == (1.0, 99.0) and p.intensity_rule("pet").rule == "minmax"
+    assert p.describe_normalization() == "ct: ct [-1024, 1024]; mri: percentile [1, 99]; other domains: minmax"
+    assert p.normalization_spec() == {"default": "minmax",
+                                      "domains": {"ct": "ct [-1024, 1024]", "mri": "percentile [1, 99]"}}
+    no_default = load_pipeline(write(tmp_path, text.replace('default = "minmax"\n', "").replace('"csv"', '"nnunet"')))
+    assert no_default.normalization == "minmax"
 
 
 def test_pipeline_by_path_and_layout_string(tmp_path):
@@ -87,6 +104,9 @@ def test_pipeline_by_path_and_layout_string(tmp_path):
         (BASE + '[layout]\nkind = "pattern"\nimage_pattern = "{site}/{case}.nii.gz"\n'
          'label_pattern = "{site}/{cas}_seg.nii.gz"\n[splits]\ntrain = ["a"]\n', "cas"),
         ('layout = "csv"\nspacing = [1, 1, 1\n', "not valid TOML"),
+        ('layout = "csv"\n' + BASE.replace('normalization = "minmax"\n', "") + '[normalization]\nmri = "z"\n',
+         "[normalization] mri = 'z'"),
+        ('layout = "csv"\npercentiles = [1, 101]\n' + BASE, "percentiles"),
     ],
 )
 def test_bad_pipeline_files_name_the_problem(tmp_path, text, needle):

@@ -53,3 +53,14 @@ def test_bad_options_exit_2(tmp_path):
 def test_help_lists_demo_data():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "demo-data" in result.stdout
+
+
+def test_build_demo_data_turns_bad_settings_into_a_message(tmp_path):
+    import pytest
+
+    from maskgen.demo.console import build_demo_data
+    from maskgen.errors import MaskgenError
+
+    with pytest.raises(MaskgenError, match="subjects must be an integer >= 4"):
+        build_demo_data(tmp_path / "x", subjects=3)
+    assert not (tmp_path / "x").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from _helpers import domains_rows, load_nifti
-from maskgen.data.demo import DemoConfig, generate_demo_dataset, plan_splits
+from maskgen.demo.dataset import DemoConfig, generate_demo_dataset, plan_splits
 from maskgen.errors import MaskgenError
 
 SMALL = DemoConfig(subjects=4, seed=0, spacing=4)

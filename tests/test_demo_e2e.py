@@ -7,7 +7,7 @@ import csv
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.demo import DemoSettings, run_demo
+from maskgen.demo.run import DemoSettings, run_demo
 
 runner = CliRunner()
 

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from maskgen.data.demo_contrast import FLAIR, T1, T2, ContrastSpec, MRContrast
-from maskgen.data.demo_deform import AnatomyParams, RandomAnatomy, upsample_control_grid
-from maskgen.data.demo_template import load_template
+from maskgen.demo.contrast import FLAIR, T1, T2, ContrastSpec, MRContrast
+from maskgen.demo.deform import AnatomyParams, RandomAnatomy, upsample_control_grid
+from maskgen.demo.template import load_template
 
 
 @pytest.fixture(scope="module")

@@ -168,3 +168,110 @@ def test_robustness_rejects_max_cases_below_one():
 
     with pytest.raises(MaskgenError, match="--max-cases 0 must be >= 1"):
         robustness_analysis(["no-such-run"], max_cases=0)
+
+
+# -- predict: inputs and output names -------------------------------------------------------------------------------
+def test_predict_inputs_and_output_names(tmp_path):
+    from maskgen.evaluate.predict import input_files, output_name, output_names
+
+    for name in ("b_0000.nii.gz", "a.nii", "._a.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files = input_files(tmp_path)
+    assert [f.name for f in files] == ["a.nii", "b_0000.nii.gz"]  # sorted, hidden and non-NIfTI files skipped
+    assert input_files(tmp_path / "a.nii") == [tmp_path / "a.nii"]
+    assert [output_name(f) for f in files] == ["a.nii.gz", "b.nii.gz"]  # nnU-Net's channel suffix dropped
+    assert output_name(tmp_path / "c_0001.nii.gz") == "c_0001.nii.gz"    # only channel 0000 is the image itself
+    with pytest.raises(MaskgenError, match="is not a NIfTI file"):
+        input_files(tmp_path / "notes.txt")
+    with pytest.raises(MaskgenError, match="does not exist"):
+        input_files(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MaskgenError, match="holds no .nii"):
+        input_files(empty)
+    clash = [tmp_path / "x_0000.nii.gz", tmp_path / "x.nii"]
+    with pytest.raises(MaskgenError, match=r"x_0000\.nii\.gz and .*x\.nii would both be written to .*x\.nii\.gz"):
+        output_names(clash, tmp_path / "out")
+    assert output_names(files, tmp_path) == ["a.nii.gz", "b.nii.gz"]
+
+
+# -- runs: statistics of freshly computed features --------------------------------------------------------------------
+def test_fresh_stats_only_for_volume_normalised_runs():
+    from types import SimpleNamespace
+
+    from maskgen.evaluate.runs import LoadedRun
+
+    feats = np.stack([np.full((2, 2, 2), 3.0), np.arange(8.0).reshape(2, 2, 2)]).astype(np.float32)
+
+    def run(norm):
+        return LoadedRun(None, "last", None, SimpleNamespace(feature_norm=norm), {}, None, None)
+
+    assert run("crop").fresh_stats(feats) is None
+    assert run("volume").fresh_stats(None) is None
+    mean, std = run("volume").fresh_stats(feats)
+    np.testing.assert_allclose(mean, [3.0, 3.5], atol=1e-6)
+    np.testing.assert_allclose(std, [0.0, np.arange(8.0).std()], atol=1e-3)
+
+
+# -- sensitivity: zeroing channels and the tables -----------------------------------------------------------------
+def test_zero_channels_zeroes_exactly_the_given_channels():
+    import torch
+
+    from maskgen.evaluate.sensitivity import ZeroChannels
+
+    seen = []
+    wrapped = ZeroChannels(lambda z: seen.append(z) or z.sum(), [0, 2])
+    x = torch.ones(2, 4, 3, 3, 3)
+    wrapped(x)
+    z = seen[0]
+    assert (z[:, [0, 2]] == 0).all() and (z[:, [1, 3]] == 1).all()
+    assert (x == 1).all()  # the caller's tensor is untouched
+
+
+def test_sensitivity_tables_and_files(tmp_path):
+    from maskgen.evaluate.metrics import Stat
+    from maskgen.evaluate.sensitivity import SensitivityResult, SensitivityRow, sensitivity_table, write_sensitivity
+
+    full = Stat(0.8, 0.01, 3)
+    rows = [SensitivityRow("image", (0,), Stat(0.5, 0.02, 3), Stat(-0.3, 0.015, 3)),
+            SensitivityRow("feature 0", (1,), Stat(0.81, 0.01, 3), Stat(0.01, float("nan"), 3))]
+    groups = [SensitivityRow("image", (0,), rows[0].dice, rows[0].delta),
+              SensitivityRow("all features", (1,), Stat(0.7, 0.0, 3), Stat(-0.1, 0.0, 3))]
+    result = SensitivityResult("val", full, rows, groups, {"run": "r"})
+    header, table = sensitivity_table(result)
+    assert header == ["channel", "Dice", "Delta Dice"]
+    assert table == [["image", "50.0 (2.0)", "-30.0 (1.5)"], ["feature 0", "81.0 (1.0)", "+1.0 (-)"]]
+    paths = write_sensitivity(result, tmp_path)
+    assert sorted(p.name for p in paths.values()) == [f"sensitivity-val.{e}" for e in ("csv", "json", "md", "png")]
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert csv_lines[1] == "image,0.5,0.02,-0.3,0.015,3"
+    md = paths["md"].read_text()
+    assert "Full input: Dice 80.0 (1.0) over 3 cases" in md and "| all features | 70.0 (0.0) | -10.0 (0.0) |" in md
+
+
+# -- robustness: the plan of shifts and the series names ------------------------------------------------------------
+def test_robustness_shift_plan_and_series_names(tmp_path):
+    from pathlib import Path
+
+    from maskgen.evaluate.robustness import _level, _shift_plan, series_names
+
+    plan = _shift_plan([0, 0.2], [1, 2], draws=3)
+    assert [(n, [_level(s) for s in shs], d) for n, shs, d in plan] == [("bias", [0.0, 0.2], 3),
+                                                                          ("gamma", [1.0, 2.0], 1)]
+    assert [n for n, _, _ in _shift_plan([], [0.5], 3)] == ["gamma"]
+    assert series_names([Path("a/erm"), Path("a/mg")]) == ["erm", "mg"]
+    assert series_names([Path("a/run"), Path("b/run")]) == ["a/run", "b/run"]
+
+
+# -- evaluate: the printed summary table ---------------------------------------------------------------------------
+def test_summary_table_rows_per_domain_then_all():
+    from maskgen.evaluate.evaluate import EvalResult, summary_table
+    from maskgen.evaluate.metrics import CaseDice, summarize_by_domain
+
+    cases = [CaseDice("c1", "t2", (0.8, 0.6)), CaseDice("c2", "t2", (0.4, 0.2)), CaseDice("c3", "flair", (0.5, 0.5))]
+    overall, by_domain = summarize_by_domain(cases)
+    header, rows = summary_table(EvalResult("test", ("a", "b"), cases, overall, by_domain))
+    assert header == ["domain", "cases", "Dice", "a", "b"]
+    assert [r[:3] for r in rows] == [["t2", "2", "50.0 (20.0)"], ["flair", "1", "50.0 (-)"], ["all", "3", "50.0 (11.5)"]]
+    one = summarize_by_domain(cases[:2])
+    assert [r[0] for r in summary_table(EvalResult("test", ("a", "b"), cases[:2], *one))[1]] == ["t2"]

@@ -24,7 +24,7 @@ def _nothing_installed(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(W, "_hub_cache_lookup", lambda: None)
 
-    def no_download():
+    def no_download(timeout):
         raise AssertionError("tests must never download")
 
     monkeypatch.setattr(W, "_hub_download", no_download)
@@ -54,7 +54,8 @@ def test_resolution_order_flag_env_cache_download(tmp_path, monkeypatch):
                                      for i, n in enumerate(["flag", "env", "cached", "dl"]))
     monkeypatch.setenv(W.ENV_VAR, str(env))
     monkeypatch.setattr(W, "_hub_cache_lookup", lambda: cached)
-    monkeypatch.setattr(W, "_hub_download", lambda: downloaded)
+    monkeypatch.setattr(W, "_hub_download", lambda timeout: downloaded)
+    monkeypatch.setattr(W, "_hub_probe", lambda timeout: None)  # the hub answers
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(W, "_hub_offline", lambda: False)
     assert W.find_anatomix_weights(flag) == W.WeightsFile(flag, "--weights")
@@ -138,15 +139,93 @@ def test_auto_prefers_a_shipped_pretrained_extractor_over_mind(tmp_path, monkeyp
 
 
 def test_bad_names_and_options():
-    with pytest.raises(MaskgenError, match="unknown extractor 'dino'.*auto, anatomix, mind"):
+    with pytest.raises(MaskgenError, match="extractor 'dino' is unknown; choose one of auto, mind, anatomix"):
         build_extractor("dino")
-    with pytest.raises(MaskgenError, match="only used by anatomix"):
+    with pytest.raises(MaskgenError, match=r"weights 'x\.pth' is not used by the 'mind' extractor.*anatomix"):
         build_extractor("mind", weights="x.pth")
-    with pytest.raises(MaskgenError, match="anatomix only"):
+    with pytest.raises(MaskgenError, match="layer 'penultimate' is not used by the 'mind' extractor"):
         build_extractor("mind", layer="penultimate")
+    with pytest.raises(MaskgenError, match="takes no ':PATH'"):
+        build_extractor("mind:/x.pt")
 
 
 def test_mind_on_device_is_frozen():
     ex = build_extractor("mind", device="cpu")
     ex.train()
     assert not ex.training and ex.out_channels == 12
+
+
+# -- rebuilding a store's extractor from its fingerprint (training --online-features, evaluate, predict, workers) --
+def _fingerprint_of(path, **kwargs):
+    return build_extractor("anatomix", weights=path, **kwargs).fingerprint()
+
+
+def test_rebuild_finds_the_weights_with_the_recorded_sha256(tmp_path, monkeypatch):
+    """Other weights in $MASKGEN_ANATOMIX_WEIGHTS, the right ones only in the shipped folder: the lookup skips the
+    first because its sha256 differs, and builds the second with the recorded layer."""
+    from maskgen.extract.registry import rebuild_extractor
+
+    right = _save_small(tmp_path / "right.pth", seed=1)
+    fp = _fingerprint_of(right, layer="penultimate")
+    assert fp["kind"] == "anatomix"
+    monkeypatch.setenv(W.ENV_VAR, str(_save_small(tmp_path / "other.pth", seed=2)))
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "small.pth").write_bytes(right.read_bytes())
+    (shipped / "default.json").write_text(json.dumps({"file": "small.pth", "name": "maskgen-small"}))
+    monkeypatch.setattr(W, "SHIPPED_DIR", shipped)
+    ex = rebuild_extractor(fp)
+    assert ex.fingerprint()["weights_sha256"] == fp["weights_sha256"] and ex.layer == "penultimate"
+    assert ex.weights_path == str(shipped / "small.pth")
+    # the file named in the store's extract_config comes first
+    ex = rebuild_extractor(fp, extract_config={"weights": str(right)})
+    assert ex.weights_path == str(right)
+
+
+def test_rebuild_refuses_other_weights_naming_both_sha256(tmp_path, monkeypatch):
+    from maskgen.extract.registry import rebuild_extractor
+
+    right, other = _save_small(tmp_path / "right.pth", seed=1), _save_small(tmp_path / "other.pth", seed=2)
+    fp = _fingerprint_of(right)
+    with pytest.raises(MaskgenError) as info:
+        rebuild_extractor(fp, weights=other, purpose="predict needs it")
+    text = str(info.value)
+    assert text.startswith("predict needs it") and W.sha256_file(right) in text and W.sha256_file(other) in text
+    monkeypatch.setenv(W.ENV_VAR, str(other))
+    with pytest.raises(MaskgenError, match=rf"(?s){W.sha256_file(other)}.*--weights"):
+        rebuild_extractor(fp)
+    monkeypatch.delenv(W.ENV_VAR)
+    with pytest.raises(MaskgenError, match="no anatomix weights found"):
+        rebuild_extractor(fp)  # nothing found, and never a download (the fixture's _hub_download raises)
+
+
+def test_rebuild_downloads_only_when_asked(tmp_path, monkeypatch):
+    from maskgen.extract.registry import rebuild_extractor
+
+    right = _save_small(tmp_path / "right.pth", seed=1)
+    fp = _fingerprint_of(right)
+    calls = []
+    monkeypatch.setattr(W, "_hub_offline", lambda: False)
+    monkeypatch.setattr(W, "_hub_probe", lambda timeout: None)
+    monkeypatch.setattr(W, "_hub_download", lambda timeout: calls.append(1) or right)
+    with pytest.raises(MaskgenError):
+        rebuild_extractor(fp)
+    assert calls == []
+    assert rebuild_extractor(fp, allow_download=True).weights_path == str(right) and calls == [1]
+
+
+def test_rebuild_of_mind_and_identity_rules(tmp_path):
+    from maskgen.extract.registry import identity_problems, rebuild_extractor
+
+    fp = build_extractor("mind").fingerprint()
+    assert rebuild_extractor(fp, weights=tmp_path / "ignored.pth").fingerprint() == fp
+    # the name is informative: the same weights under another name make the same features
+    assert identity_problems(fp, {**fp, "name": "other", "kind": "other"}) == []
+    problems = identity_problems(fp, {**fp, "out_channels": 8})
+    assert problems[0].startswith("extractor: store has 'mind' (weights sha256 none)")
+    assert problems[1] == "number of feature channels: store has 12, this run has 8"
+    # records made before `kind` existed are recognised by their architecture
+    old = {k: v for k, v in fp.items() if k != "kind"}
+    assert rebuild_extractor(old).fingerprint() == fp
+    with pytest.raises(MaskgenError, match=r"'dino' extractor, which is not installed.*maskgen\.extractors"):
+        rebuild_extractor({**fp, "kind": "dino", "arch": {"type": "DINO"}})

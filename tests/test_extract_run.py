@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.errors import MaskgenError
 from maskgen.extract import run as R
+from maskgen.store import meta as store_meta
 from maskgen.store import writer
 from maskgen.store.reader import FeatureStore
 
@@ -86,7 +87,7 @@ def test_rerun_skips_complete_cases_and_overwrite_redoes_all(reference, dataset,
     assert chunk.stat().st_mtime_ns == before
     assert FeatureStore(out).used_consolidated
     # an incomplete case (never marked) is redone
-    victim = writer.case_dir(out, FeatureStore(out).cases()[1].case_id)
+    victim = out / store_meta.case_prefix(FeatureStore(out).cases()[1].case_id)
     shutil.rmtree(victim / "label")
     meta = victim / "zarr.json"
     meta.write_text(meta.read_text().replace('"complete": true', '"complete": false'))
@@ -99,15 +100,26 @@ def test_rerun_skips_complete_cases_and_overwrite_redoes_all(reference, dataset,
     assert_same_store(ref, out)
 
 
-def test_threads_scheduler_builds_the_extractor_once(reference, dataset, tmp_path):
+def test_threads_scheduler_builds_the_extractor_once(reference, dataset, tmp_path, monkeypatch):
+    from maskgen.extract import registry
+
     ref, _ = reference
     out = tmp_path / "t.zarr"
-    before = R.BUILD_COUNT["n"]
+    built = []
+    real = registry.build_extractor
+
+    def counting(*args, **kwargs):
+        built.append(args[0] if args else kwargs.get("name"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "build_extractor", counting)
     R.run_extract(R.ExtractConfig(dataset=str(dataset), out=str(out), extractor="mind", workers=2,
                                   parallel="threads"), progress=False)
-    assert R.BUILD_COUNT["n"] - before == 1  # in the calling process only; 4 cases
+    assert built == ["mind"]  # in the calling process only; 4 cases on 2 threads reuse it
     assert_same_store(ref, out)
-    assert not R._EXTRACTORS  # released after the run
+    # released after the run: a worker of a later run rebuilds it from the store's fingerprint
+    ref_ = R.ExtractorRef(FeatureStore(out).extractor, None, "cpu")
+    assert R.worker_extractor(ref_).fingerprint() == FeatureStore(out).extractor and built == ["mind", "mind"]
 
 
 def test_local_processes_equal_serial(reference, dataset, tmp_path):
@@ -190,7 +202,7 @@ def test_failed_cases_are_named_and_the_rest_is_intact(reference, dataset, tmp_p
     s = FeatureStore(out)
     assert [c.case_id for c in s.cases()] == [cases[3].case_id] and s.used_consolidated
     for c in cases[:3]:
-        assert writer.case_state(out, c.case_id) == "absent"
+        assert store_meta.case_state(out, c.case_id) == "absent"
     np.testing.assert_array_equal(s.read_case(cases[3].case_id)["features"],
                                   FeatureStore(ref).read_case(cases[3].case_id)["features"])
     # fixed: the same command completes the store, skipping the complete case
@@ -205,6 +217,7 @@ def test_failed_cases_are_named_and_the_rest_is_intact(reference, dataset, tmp_p
 def test_refuses_a_store_made_with_other_settings(reference, dataset, tmp_path):
     import torch
 
+    from maskgen.extract import weights as W
     from maskgen.extract.anatomix import AnatomixUNet
     from maskgen.extract.weights import save_anatomix_checkpoint
 
@@ -216,7 +229,8 @@ def test_refuses_a_store_made_with_other_settings(reference, dataset, tmp_path):
     result = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", "anatomix",
                                  "--weights", str(weights)])
     assert result.exit_code == 1
-    assert "extractor: store has 'mind', this run has 'anatomix'" in result.stderr
+    assert "extractor: store has 'mind' (weights sha256 none), this run has 'anatomix' (weights sha256 " \
+        f"{W.sha256_file(weights)})" in result.stderr
     assert "number of feature channels: store has 12, this run has 4" in result.stderr
     assert "--overwrite" in result.stderr
     result = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", "mind",
@@ -273,3 +287,55 @@ def test_config_checks_name_the_bad_value():
         with pytest.raises(MaskgenError) as info:
             R.ExtractConfig(dataset="x", **kwargs)
         assert needle in str(info.value)
+
+
+def test_cli_names_flags_in_option_errors(dataset, tmp_path):
+    """Options the chosen extractor does not take are refused by the registry's table, in the CLI's words."""
+    base = ["extract", "--dataset", str(dataset), "--out", str(tmp_path / "x.zarr")]
+    res = runner.invoke(app, [*base, "--extractor", "mind", "--layer", "penultimate"])
+    assert res.exit_code == 1
+    assert "--layer 'penultimate' is not used by the 'mind' extractor (it applies to anatomix); drop --layer" \
+        in res.stderr
+    res = runner.invoke(app, [*base, "--extractor", "anatomix", "--pad-multiple", "8"])
+    assert res.exit_code == 1 and "--pad-multiple 8 is not used by the 'anatomix' extractor" in res.stderr
+    res = runner.invoke(app, [*base, "--extractor", "dino"])
+    assert res.exit_code == 1 and "--extractor 'dino' is unknown; choose one of auto, mind, anatomix, " \
+        "torchscript:PATH, onnx:PATH" in res.stderr
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_store_accepts_the_same_weights_under_another_name(dataset, tmp_path, monkeypatch):
+    """The store's compatibility check is the registry's identity rule: a store made by `auto` from the shipped
+    default ('maskgen-small') is completed by `--extractor anatomix --weights` of the same file, not by other
+    weights."""
+    import json
+
+    import torch
+
+    from maskgen.extract import weights as W
+    from maskgen.extract.anatomix import AnatomixUNet
+
+    monkeypatch.delenv(W.ENV_VAR, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(W, "_hub_cache_lookup", lambda: None)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    torch.manual_seed(0)
+    W.save_anatomix_checkpoint(AnatomixUNet(output_nc=4, ngf=4, num_downs=2), shipped / "small.pt")
+    (shipped / "default.json").write_text(json.dumps({"file": "small.pt", "name": "maskgen-small"}))
+    monkeypatch.setattr(W, "SHIPPED_DIR", shipped)
+    out = tmp_path / "s.zarr"
+    first = R.run_extract(R.ExtractConfig(dataset=str(dataset), out=str(out)), progress=False)
+    assert first.extractor == "maskgen-small" and FeatureStore(out).extractor["kind"] == "anatomix"
+    victim = FeatureStore(out).cases()[0].case_id
+    writer.delete_case(out, victim)
+    again = R.run_extract(R.ExtractConfig(dataset=str(dataset), out=str(out), extractor="anatomix",
+                                          weights=str(shipped / "small.pt")), progress=False)
+    assert (again.cases_written, again.cases_skipped) == (1, 3)
+    torch.manual_seed(1)
+    other = W.save_anatomix_checkpoint(AnatomixUNet(output_nc=4, ngf=4, num_downs=2), tmp_path / "other.pt")
+    with pytest.raises(MaskgenError, match=rf"extractor: store has 'maskgen-small' \(weights sha256 "
+                                           rf"{W.sha256_file(shipped / 'small.pt')}\), this run has 'anatomix' "
+                                           rf"\(weights sha256 {W.sha256_file(other)}\)"):
+        R.run_extract(R.ExtractConfig(dataset=str(dataset), out=str(out), extractor="anatomix", weights=str(other)),
+                      progress=False)

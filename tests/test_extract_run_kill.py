@@ -7,17 +7,35 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from maskgen.data.layouts import discover_cases
 from maskgen.data.pipeline import load_pipeline
-from maskgen.data.synthetic import make_synthetic_dataset
+from maskgen.demo.synthetic import make_synthetic_dataset
 from maskgen.extract.run import ExtractConfig, run_extract
-from maskgen.store import writer
+from maskgen.store import meta
 from maskgen.store.reader import FeatureStore
+
+
+# The subprocess runs the real CLI with one test-only change: the writer's completion step sleeps for one case, after
+# every array of that case is written (injected here, from the test; production code has no hook for it).
+_SLOW_COMPLETE = """
+import sys, time
+from maskgen.store import writer
+target = sys.argv.pop(1)
+real = writer.mark_complete
+def slow(group):
+    if group.attrs.get("case_id") == target:
+        print("ARRAYS WRITTEN", target, file=sys.stderr, flush=True)
+        time.sleep(600)
+    real(group)
+writer.mark_complete = slow
+from maskgen.cli import main
+sys.argv[0] = "maskgen"
+main()
+"""
 
 
 def _command(*args: str) -> list[str]:
@@ -36,19 +54,19 @@ def test_sigkill_mid_case_then_rerun_equals_uninterrupted(tmp_path):
 
     out = tmp_path / "killed.zarr"
     args = ["extract", "--dataset", str(toml), "--out", str(out), "--extractor", "mind"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", writer.SLEEP_BEFORE_COMPLETE_ENV: f"{ids[1]}:60"}
-    proc = subprocess.Popen(_command(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_COMPLETE, ids[1], *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        second = writer.case_dir(out, ids[1])
-        # one worker processes the cases in dataset order: wait until the first case is complete and the second has
-        # all its arrays but no complete marker
-        while not (writer.case_state(out, ids[0]) == "complete" and (second / "label" / "zarr.json").exists()
-                   and any((second / "label" / "c").rglob("*"))):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "extraction did not reach the second case in time"
-            time.sleep(0.1)
-        time.sleep(0.2)
+        # one worker processes the cases in dataset order: the first case is complete when the second one's arrays
+        # are all written and its completion marker is not
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("ARRAYS WRITTEN"):
+                break
+        assert lines and lines[-1].startswith("ARRAYS WRITTEN"), "".join(lines)
+        assert all(FeatureStore(out).array(ids[1], name).nchunks_initialized > 0 for name in ("image", "label"))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -58,7 +76,7 @@ def test_sigkill_mid_case_then_rerun_equals_uninterrupted(tmp_path):
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
-    assert writer.case_state(out, ids[1]) == "incomplete"
+    assert meta.case_state(out, ids[1]) == "incomplete"
     store = FeatureStore(out)
     complete = [c.case_id for c in store.cases()]
     assert complete == [ids[0]] and not store.used_consolidated

@@ -63,27 +63,63 @@ def test_verify_healthy_store(store):
     assert result.exit_code == 0 and "OK: 4 complete case(s)" in result.stdout
 
 
+def _chunk_files(store, case, name):
+    return sorted(p for p in (store / "cases" / case / name / "c").rglob("*") if p.is_file())
+
+
 def test_verify_names_each_broken_case(store):
     import zarr
 
-    # c0: a missing chunk file; c1: a non-finite feature; c2: a truncated chunk; c3: a label beyond the classes
-    sorted(p for p in (store / "cases" / "c0" / "features" / "c").rglob("*") if p.is_file())[-1].unlink()
-    feats = zarr.open_array(str(store / "cases" / "c1" / "features"), mode="r+")
-    feats[1, 3, 4, 5] = np.nan
-    chunk = next(p for p in (store / "cases" / "c2" / "image" / "c").rglob("*") if p.is_file())
+    # damage to chunk files: c0 a missing chunk, c1 NaN bytes (checksum kept), c2 a truncated chunk, c3 finite
+    # garbage of the right size
+    _chunk_files(store, "c0", "features")[-1].unlink()
+    chunk = _chunk_files(store, "c1", "features")[0]
+    raw = chunk.read_bytes()
+    chunk.write_bytes(np.full((len(raw) - 4) // 2, np.nan, np.float16).tobytes() + raw[-4:])
+    chunk = _chunk_files(store, "c2", "image")[0]
     chunk.write_bytes(chunk.read_bytes()[:100])
+    chunk = _chunk_files(store, "c3", "features")[0]
+    garbage = np.random.default_rng(1).normal(size=len(chunk.read_bytes()) // 2).astype(np.float16)
+    chunk.write_bytes(garbage.tobytes())
+    # values written through zarr itself (checksums valid): a NaN feature in c2, a label beyond the classes in c3
+    feats = zarr.open_array(str(store / "cases" / "c2" / "features"), mode="r+")
+    feats[1, 3, 4, 5] = np.nan
     label = zarr.open_array(str(store / "cases" / "c3" / "label"), mode="r+")
     label[0, 0, 0] = 7
     report = verify_store(store)
-    problems = dict(report.problems)
+    problems = {cid: " | ".join(p for c, p in report.problems if c == cid) for cid, _ in report.problems}
     assert set(problems) == {"c0", "c1", "c2", "c3"}
     assert "features is missing 1 of" in problems["c0"]
-    assert "features has 1 non-finite value(s)" in problems["c1"]
-    assert "cannot be read" in problems["c2"]
+    assert "features chunk c/0/0/0/0 cannot be read (ValueError: Stored and computed checksum do not match" \
+        in problems["c1"]
+    assert "image chunk c/0/0/0/0 cannot be read" in problems["c2"]
+    assert "features has 1 non-finite value(s)" in problems["c2"]
+    assert "features chunk c/0/0/0/0 cannot be read (ValueError: Stored and computed checksum" in problems["c3"]
     assert "label has value 7 but the pipeline has 2 classes" in problems["c3"]
+    assert report.unchecksummed == ()
     result = runner.invoke(app, ["cache", "verify", str(store)])
     assert result.exit_code == 1
-    assert "4 of 4 case(s)" in result.stderr and "- c1: features has 1 non-finite" in result.stderr
+    assert "4 of 4 case(s)" in result.stderr and "- c2: features has 1 non-finite" in result.stderr
+    assert "maskgen extract --redo c0" in " ".join(result.stderr.split())
+
+
+def test_verify_without_checksums_reports_them_and_still_finds_nan(tmp_path):
+    """A store made before checksums existed: verify says overwritten chunks are undetectable there."""
+    path = tmp_path / "old.zarr"
+    layout = StoreLayout(chunks_zyx=(8, 8, 8), checksum="none")
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, layout))
+    shape = (12, 10, 9)
+    rng = np.random.default_rng(0)
+    writer.write_case(path, "c0", image=rng.random((1, *shape)).astype(np.float32),
+                      features=rng.normal(size=(2, *shape)).astype(np.float32),
+                      label=rng.integers(0, 3, shape).astype(np.uint8), attrs={"split": "train"}, layout=layout)
+    chunk = _chunk_files(path, "c0", "features")[0]
+    chunk.write_bytes(np.full(len(chunk.read_bytes()) // 2, np.inf, np.float16).tobytes())
+    report = verify_store(path)
+    assert report.unchecksummed == ("c0",)
+    assert any("features has" in p and "non-finite" in p for _, p in report.problems)
+    result = runner.invoke(app, ["cache", "verify", str(path)])
+    assert result.exit_code == 1 and "without checksums" in " ".join(result.stdout.split())
 
 
 def test_verify_checks_shapes_and_stats(store):

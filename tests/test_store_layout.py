@@ -50,11 +50,24 @@ def test_attrs_round_trip():
 
 
 def test_compressors():
-    assert StoreLayout().compressors(2) is None
-    (codec,) = StoreLayout(codec="blosc-lz4").compressors(2)
+    from zarr.codecs import Crc32cCodec  # maskgen's hardware implementation is a subclass (same format)
+
+    assert StoreLayout(checksum="none").compressors(2) is None
+    assert [isinstance(c, Crc32cCodec) for c in StoreLayout().compressors(2)] == [True]  # default: a checksum per chunk
+    codec, crc = StoreLayout(codec="blosc-lz4").compressors(2)
     assert codec.cname.value == "lz4" and codec.shuffle.value == "shuffle" and codec.typesize == 2
-    (codec,) = StoreLayout(codec="blosc-zstd").compressors(1)
+    assert isinstance(crc, Crc32cCodec)  # the checksum covers the compressed bytes
+    (codec,) = StoreLayout(codec="blosc-zstd", checksum="none").compressors(1)
     assert codec.shuffle.value == "noshuffle"
+    with pytest.raises(ValueError, match="md5"):
+        StoreLayout(checksum="md5")
+
+
+def test_layout_of_a_store_made_before_checksums_reads_as_none():
+    old = StoreLayout().to_attrs()
+    del old["checksum"]
+    assert StoreLayout.from_attrs(old).checksum == "none"
+    assert StoreLayout.from_attrs(StoreLayout().to_attrs()).checksum == "crc32c"
 
 
 def test_int8_round_trip_error_is_half_a_step():
@@ -78,3 +91,20 @@ def test_chunks_follow_the_crop_size():
     assert chunks_for_crop((16, 32, 96)) == (32, 32, 64)
     with pytest.raises(ValueError, match=r"\(0, 64, 64\)"):
         chunks_for_crop((0, 64, 64))
+
+
+def test_chunks_carry_a_standard_crc32c(tmp_path):
+    """maskgen's hardware CRC32C writes the bytes zarr's own codec (google-crc32c) expects: stores stay portable."""
+    import google_crc32c
+    import zarr
+
+    from maskgen.store.kv import StoreIO
+
+    io = StoreIO(tmp_path / "a.zarr")
+    arr = zarr.create_array(io.store, shape=(6, 6), chunks=(3, 3), dtype="float16",
+                            compressors=StoreLayout().compressors(2))
+    arr[:] = np.arange(36, dtype=np.float16).reshape(6, 6)
+    raw = (tmp_path / "a.zarr" / "c" / "1" / "0").read_bytes()
+    assert len(raw) == 3 * 3 * 2 + 4
+    assert raw[-4:] == np.uint32(google_crc32c.value(raw[:-4])).tobytes()
+    np.testing.assert_array_equal(np.frombuffer(raw[:-4], np.float16), np.arange(36).reshape(6, 6)[3:, :3].ravel())

@@ -12,9 +12,10 @@ import pytest
 
 from maskgen.data.pipeline import Pipeline
 from maskgen.errors import MaskgenError
-from maskgen.store import writer
+from maskgen.store import meta, writer
 from maskgen.store.layout import StoreLayout
-from maskgen.store.reader import FeatureStore, tensorstore_available
+from maskgen.store.reader import FeatureStore
+from maskgen.store.tensorstore_backend import tensorstore_available
 
 PIPE = Pipeline(name="toy", layout="nnunet", spacing=(1.0, 1.0, 2.0), crop_size=(16, 16, 8), normalization="minmax",
                 classes=("a", "b"))
@@ -115,7 +116,7 @@ def test_read_crop_reads_only_the_chunks_it_touches(store16, monkeypatch):
 
     path, _ = store16
     s = FeatureStore(path, backend="zarr")
-    s.read_case("c0")  # metadata opened
+    s.read_crop("c0", (0, 0, 0), (1, 1, 1))  # metadata opened
     chunks = s.array("c0", "features").chunks
     assert chunks == (3, 4, 7, 6)  # (4, 8, 8) balanced over (10, 13, 17)
     keys = []
@@ -157,19 +158,19 @@ def test_incomplete_cases_are_ignored(tmp_path):
     assert FeatureStore(path).used_consolidated
     # A new run first drops the consolidated copy, then (here) gets killed while rewriting c1.
     writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout()))
-    meta = path / "cases" / "c1" / "zarr.json"
-    doc = json.loads(meta.read_text())
+    meta_file = path / "cases" / "c1" / "zarr.json"
+    doc = json.loads(meta_file.read_text())
     doc["attributes"]["complete"] = False
-    meta.write_text(json.dumps(doc))
-    assert writer.case_state(path, "c1") == "incomplete"
+    meta_file.write_text(json.dumps(doc))
+    assert meta.case_state(path, "c1") == "incomplete"
     s = FeatureStore(path)
     assert [c.case_id for c in s.cases()] == ["c0"] and not s.used_consolidated
     assert "c1" in s.case_folders() and "c1" not in s
     # a case folder without metadata (killed right after mkdir) and one with a damaged zarr.json are ignored too
     (path / "cases" / "c9").mkdir()
-    meta.write_text("{trunc")
+    meta_file.write_text("{trunc")
     assert [c.case_id for c in FeatureStore(path).cases()] == ["c0"]
-    assert writer.case_state(path, "c1") == "incomplete"
+    assert meta.case_state(path, "c1") == "incomplete"
 
 
 def test_consolidated_metadata_stale_when_folders_change(tmp_path):
@@ -189,7 +190,7 @@ def test_non_finite_features_write_nothing(tmp_path):
     feats[1, 2, 3, 4] = np.nan
     with pytest.raises(MaskgenError, match=r"case bad: 1 non-finite .* channel\(s\) \[1\]"):
         writer.write_case(path, "bad", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
-    assert writer.case_state(path, "bad") == "absent"
+    assert meta.case_state(path, "bad") == "absent"
 
 
 def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
@@ -210,7 +211,7 @@ def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
     image, feats, label = _case(1)
     with pytest.raises(OSError):
         writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
-    assert writer.case_state(path, "c1") == "absent"
+    assert meta.case_state(path, "c1") == "absent"
     assert [c.case_id for c in FeatureStore(path).cases()] == ["c0"]
 
 
@@ -227,7 +228,7 @@ def test_backend_choice(tmp_path, monkeypatch):
 def test_case_ids_must_be_group_names(tmp_path):
     for bad in ("a/b", ".hidden", "__x", ""):
         with pytest.raises(MaskgenError, match="case id"):
-            writer.check_case_id(bad)
+            meta.check_case_id(bad)
 
 
 def test_prepare_store_refuses_other_settings_and_foreign_folders(tmp_path):
@@ -237,14 +238,16 @@ def test_prepare_store_refuses_other_settings_and_foreign_folders(tmp_path):
                      normalization="ct", classes=("a", "b"))
     attrs = writer.root_attributes(other, {**FP, "weights_sha256": "abc", "layer": "penultimate"},
                                    StoreLayout(dtype="int8"))
+    from maskgen.extract.registry import identity_problems  # the extractor rule comes from the registry
+
     with pytest.raises(MaskgenError) as info:
-        writer.prepare_store(path, attrs)
+        writer.prepare_store(path, attrs, extractor_problems=identity_problems)
     msg = str(info.value)
     for needle in ("spacing", "normalisation", "feature layer", "weights (sha256)", "feature dtype", "--overwrite"):
         assert needle in msg, msg
-    assert writer.case_state(path, "c0") == "complete"  # untouched
+    assert meta.case_state(path, "c0") == "complete"  # untouched
     writer.prepare_store(path, attrs, overwrite=True)
-    assert writer.case_state(path, "c0") == "absent"
+    assert meta.case_state(path, "c0") == "absent"
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -262,7 +265,7 @@ def test_pickled_store_reads_in_another_process(store16, backend):
     s = FeatureStore(path, backend=backend)
     s.read_case("c0")  # open handles before pickling
     clone = pickle.loads(pickle.dumps(s))
-    assert clone._root is None and clone._arrays == {} and clone._ts_arrays == {} and clone.backend == backend
+    assert clone._reader is None and clone._zarr is None and clone.io._store is None and clone.backend == backend
     np.testing.assert_array_equal(clone.read_crop("c1", (0, 0, 0), (4, 4, 4))["label"], data["c1"][2][:4, :4, :4])
 
 
@@ -316,8 +319,8 @@ def test_foreground_locations_sampled_once_and_cached_atomically(tmp_path):
     with ctx.Pool(2) as pool:  # two DataLoader-like workers racing on the same cache file
         results = pool.map(_fg_worker, [(str(path), "c0")] * 4)
     assert all(r == results[0] for r in results)
-    cache = writer.fg_cache_path(path, "c0")
-    assert cache.is_file() and not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+    cache = path / meta.fg_key("c0")
+    assert cache.is_file() and [p.name for p in cache.parent.iterdir()] == ["c0.npz"]  # no temporary files left
     s = FeatureStore(path)
     locs = s.foreground_locations("c0", max_per_class=50, seed=3)
     assert set(locs) == {1, 2}
@@ -334,3 +337,50 @@ def test_foreground_locations_sampled_once_and_cached_atomically(tmp_path):
     image, feats, lab = _case(7)
     writer.write_case(path, "c0", image=image, features=feats, label=lab, attrs={}, layout=StoreLayout())
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("bad", ["zarr.json", "ZARR.JSON", "Zarr.Json", ".zattrs", ".maskgen"])
+def test_reserved_case_ids_are_refused_by_the_writer(tmp_path, bad):
+    path = tmp_path / "s.zarr"
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout()))
+    image, feats, label = _case(0)
+    with pytest.raises(MaskgenError, match="rename the case file"):
+        writer.write_case(path, bad, image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+    assert sorted(p.name for p in (path / "cases").iterdir()) == ["zarr.json"]  # nothing written
+
+
+def test_verify_refuses_a_case_named_like_the_store_metadata(tmp_path):
+    """`maskgen verify` (the data stage's check) refuses a case id that would overwrite the store's zarr.json."""
+    from typer.testing import CliRunner
+
+    from maskgen.cli import app
+    from maskgen.demo.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "syn", n_cases=3, size=16)
+    old = "sub-000_a"
+    (root / "imagesTr" / f"{old}_0000.nii.gz").rename(root / "imagesTr" / "zarr.json_0000.nii.gz")
+    (root / "labelsTr" / f"{old}.nii.gz").rename(root / "labelsTr" / "zarr.json.nii.gz")
+    csv = root / "domains.csv"
+    csv.write_text(csv.read_text().replace(f"{old},", "zarr.json,"))
+    result = CliRunner().invoke(app, ["verify", "--dataset", str(root / "pipeline.toml")])
+    assert result.exit_code == 1, result.output
+    assert "'zarr.json' is a name the feature store uses itself" in " ".join(result.output.split())
+
+
+def test_case_is_not_marked_complete_unless_every_array_reads_back(tmp_path, monkeypatch):
+    """The completion marker comes after a read-back: a chunk deleted behind the writer's back (another process
+    rewriting the case) leaves the case absent, never complete without its data."""
+    path = tmp_path / "s.zarr"
+    _make(path, cases=("c0",))
+    real = writer.write_arrays
+
+    def then_lose_a_chunk(group, *args, **kwargs):
+        real(group, *args, **kwargs)
+        victim = sorted((path / "cases" / "c1" / "image" / "c").rglob("*"))[-1]
+        victim.unlink()
+
+    monkeypatch.setattr(writer, "write_arrays", then_lose_a_chunk)
+    image, feats, label = _case(1)
+    with pytest.raises(MaskgenError, match=r"case c1: the image array has \d+ of \d+ chunks after writing"):
+        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+    assert meta.case_state(path, "c1") == "absent"

@@ -115,3 +115,19 @@ def test_default_run_folder(store, tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--features", str(store), "--seed", "7"] + TINY)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "store-both-mr50-s7" / "last.pt").is_file()
+
+
+def test_command_line_defaults_are_the_configs():
+    """`maskgen train` without options trains TrainConfig's defaults (the paper's), not values of its own."""
+    import dataclasses
+    import inspect
+
+    from maskgen.cli.train import _FIELDS
+    from maskgen.train.config import TrainConfig
+
+    command = next(c for c in app.registered_commands if c.name == "train").callback
+    params = inspect.signature(command).parameters
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    differ = {n: (params[n].default.default, defaults[n]) for n in _FIELDS
+              if params[n].default.default != defaults[n]}
+    assert differ == {}

@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import synthetic_store
+from _helpers import synthetic_store, tiny_train_config
 from maskgen.errors import MaskgenError
-from maskgen.train.config import TrainConfig
-from maskgen.train.loop import load_run, train
-
-TINY = dict(steps=4, batch_size=2, channels=4, depth=2, val_every=2, num_workers=0, seed=3)
-
+from maskgen.train.checkpoint import load_run
+from maskgen.train.loop import train
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return synthetic_store(tmp_path_factory.getbasetemp() / "train-tiny-store")  # shared with test_train_*.py
-
-
-def _cfg(store, out, **kw) -> TrainConfig:
-    return TrainConfig(features=str(store), out=str(out), **{**TINY, **kw})
 
 
 def _weights(run: Path, name: str = "last.pt") -> dict:
@@ -37,11 +30,11 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_gives_the_same_weights_as_one_run(store, tmp_path, workers):
-    one = train(_cfg(store, tmp_path / "one", num_workers=workers), progress=False)
+    one = train(tiny_train_config(store, tmp_path / "one", num_workers=workers), progress=False)
     two = tmp_path / "two"
-    train(_cfg(store, two, num_workers=workers), stop_at=2, progress=False)
+    train(tiny_train_config(store, two, num_workers=workers), stop_at=2, progress=False)
     assert torch.load(two / "last.pt", weights_only=True)["step"] == 2
-    train(_cfg(store, two, num_workers=workers), resume=True, progress=False)
+    train(tiny_train_config(store, two, num_workers=workers), resume=True, progress=False)
     assert _same(_weights(one), _weights(two))
     ck_one = torch.load(one / "last.pt", weights_only=True)
     ck_two = torch.load(two / "last.pt", weights_only=True)
@@ -49,7 +42,7 @@ def test_resume_gives_the_same_weights_as_one_run(store, tmp_path, workers):
     steps = [r["step"] for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == [1, 2, 3, 4]
     # a different seed trains differently (the comparison above can fail)
-    other = train(_cfg(store, tmp_path / "other", seed=4), progress=False)
+    other = train(tiny_train_config(store, tmp_path / "other", seed=4), progress=False)
     assert not _same(_weights(one), _weights(other))
 
 
@@ -57,7 +50,7 @@ def test_run_folder_checkpoints_and_load_run(store, tmp_path):
     from maskgen.store.reader import FeatureStore
     from maskgen.train.inference import predict_volume
 
-    run = train(_cfg(store, tmp_path / "run", n_train=1), progress=False)
+    run = train(tiny_train_config(store, tmp_path / "run", n_train=1), progress=False)
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "progress.png", "best.pt", "last.pt"}
     config = json.loads((run / "config.json").read_text())
     assert len(config["train_cases"]) == 1 and config["crop_zyx"] == [16, 16, 16] and config["n_train"] == 1
@@ -67,9 +60,10 @@ def test_run_folder_checkpoints_and_load_run(store, tmp_path):
     assert [r["step"] for r in train_rec] == [1, 2, 3, 4] and [r["step"] for r in val_rec] == [2, 4]
     assert all({"loss", "lr", "crops_per_s"} <= set(r) for r in train_rec)
     assert train_rec[0]["lr"] == pytest.approx(2e-4) and all(0 <= r["val_dice"] <= 1 for r in val_rec)
+    assert torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert {"model", "optimizer", "step", "rng", "config", "model_config", "store", "best_val_dice"} <= set(ckpt)
-    assert {"torch", "numpy", "python"} <= set(ckpt["rng"]) and ckpt["step"] == 4
+    assert {"torch", "cuda"} == set(ckpt["rng"]) and ckpt["step"] == 4
     assert ckpt["store"]["extractor"]["name"] == "mind" and ckpt["model_config"]["in_channels"] == 13
 
     model, cfg, best = load_run(run, "best")
@@ -90,17 +84,17 @@ def test_new_run_refuses_a_non_empty_folder_and_resume_needs_a_checkpoint(store,
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     with pytest.raises(MaskgenError, match="not empty.*--resume.*--overwrite"):
-        train(_cfg(store, run, steps=1), progress=False)
-    train(_cfg(store, run, steps=1), overwrite=True, progress=False)
+        train(tiny_train_config(store, run, steps=1), progress=False)
+    train(tiny_train_config(store, run, steps=1), overwrite=True, progress=False)
     assert (run / "notes.txt").exists() and (run / "last.pt").exists()  # --overwrite removes only run files
     with pytest.raises(MaskgenError, match="no checkpoint"):
-        train(_cfg(store, tmp_path / "fresh"), resume=True, progress=False)
+        train(tiny_train_config(store, tmp_path / "fresh"), resume=True, progress=False)
     with pytest.raises(MaskgenError, match="mask_rate: run has 0.5, given 0.25"):
-        train(_cfg(store, run, steps=1, mask_rate=0.25), resume=True, progress=False)
+        train(tiny_train_config(store, run, steps=1, mask_rate=0.25), resume=True, progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
-    import maskgen.train.loop as loop
+    import maskgen.train.step as loop
 
     real = loop.assemble_inputs
     calls = {"n": 0}
@@ -113,7 +107,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
     monkeypatch.setattr(loop, "assemble_inputs", poisoned)
     run = tmp_path / "run"
     with pytest.raises(MaskgenError, match=r"non-finite \(nan\) at step 3.*step 2\) is untouched"):
-        train(_cfg(store, run), progress=False)
+        train(tiny_train_config(store, run), progress=False)
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -133,7 +127,7 @@ def test_training_never_runs_the_extractor_unless_online(store, tmp_path, monkey
     monkeypatch.setattr(registry, "build_extractor", forbidden)
     monkeypatch.setattr(inference, "extract_batch", forbidden)
     monkeypatch.setattr(base.Extractor, "forward", forbidden)
-    train(_cfg(store, tmp_path / "cached", steps=2), progress=False)
+    train(tiny_train_config(store, tmp_path / "cached", steps=2), progress=False)
     monkeypatch.undo()
 
     calls = {"build": 0, "batch": 0}
@@ -150,7 +144,7 @@ def test_training_never_runs_the_extractor_unless_online(store, tmp_path, monkey
 
     monkeypatch.setattr(registry, "build_extractor", build)
     monkeypatch.setattr(inference, "extract_batch", batch)
-    run = train(_cfg(store, tmp_path / "online", steps=2, online_features=True), progress=False)
+    run = train(tiny_train_config(store, tmp_path / "online", steps=2, online_features=True), progress=False)
     assert calls == {"build": 1, "batch": 2}
     assert json.loads((run / "config.json").read_text())["online_features"] is True
 
@@ -159,7 +153,7 @@ def test_training_never_runs_the_extractor_unless_online(store, tmp_path, monkey
     "inputs,norm,aug_device", [("image", "crop", "cpu"), ("features", "volume", "device"), ("both", "volume", "device")]
 )
 def test_input_modes_normalisations_and_device_augmentation(store, tmp_path, inputs, norm, aug_device):
-    run = train(_cfg(store, tmp_path / "run", steps=2, val_every=0, inputs=inputs, feature_norm=norm,
+    run = train(tiny_train_config(store, tmp_path / "run", steps=2, val_every=0, inputs=inputs, feature_norm=norm,
                      aug_device=aug_device, mask_rate=0.0 if inputs == "image" else 0.5), progress=False)
     model, cfg, ckpt = load_run(run, "last")
     assert ckpt["model_config"]["in_channels"] == {"image": 1, "features": 12, "both": 13}[inputs]

@@ -46,3 +46,20 @@ def test_rate_zero_is_identity_and_bad_rates_raise():
             view_mask(z, p)
     with pytest.raises(ValueError, match="shape"):
         view_mask(torch.rand(2, 3, 4), 0.5)
+
+
+def test_masks_from_an_explicit_generator_are_a_pure_function_of_seed_and_step():
+    from maskgen.train.masking import mask_generator
+
+    z = torch.rand(16, 17, 2, 2, 2) + 0.5
+    state = torch.get_rng_state()
+    a = view_mask(z, 0.5, mask_generator(3, 10))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not drawn from
+    assert torch.equal(a, view_mask(z, 0.5, mask_generator(3, 10)))
+    assert not torch.equal(a, view_mask(z, 0.5, mask_generator(3, 11)))
+    assert not torch.equal(a, view_mask(z, 0.5, mask_generator(4, 10)))
+    dropped = (a.flatten(2) == 0).all(2)
+    assert ((a.flatten(2) == 0).all(2) | (a.flatten(2) != 0).all(2)).all()
+    assert abs(dropped.float().mean().item() - 0.5) < 0.1
+    kept = ~dropped[:, :, None, None, None].expand_as(z)
+    torch.testing.assert_close(a[kept], z[kept] * 2, rtol=1e-6, atol=0)

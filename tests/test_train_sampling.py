@@ -167,3 +167,20 @@ def test_choose_train_cases():
     assert choose_train_cases(ids, None, 0) == tuple(ids)
     with pytest.raises(MaskgenError, match="--n-train 11"):
         choose_train_cases(ids, 11, 0)
+
+
+def test_work_splits_by_rank_then_worker():
+    """Data-parallel ranks train on disjoint slots of each step's global batch: the batches of ranks 0 and 1 of
+    world size 2 are, together, the batch of one process with twice the batch size."""
+    from maskgen.train.loader import rank_slots, worker_steps
+
+    assert list(worker_steps(3, 10, 1, 3)) == [4, 7] and list(rank_slots(2, 4)) == [8, 9, 10, 11]
+    store = _store()
+    whole = next(iter(TrainBatches(store, _spec(store, batch_size=4), 2, 3)))
+    parts = [next(iter(TrainBatches(store, _spec(store, batch_size=2, rank=r, world_size=2), 2, 3))) for r in (0, 1)]
+    for key in ("image", "features", "label"):
+        assert torch.equal(torch.cat([p[key] for p in parts]), whole[key])
+    assert parts[0]["case_ids"] + parts[1]["case_ids"] == whole["case_ids"]
+    assert not torch.equal(parts[0]["image"], parts[1]["image"])
+    with pytest.raises(ValueError, match="rank 2"):
+        _spec(store, rank=2, world_size=2)

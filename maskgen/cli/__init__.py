@@ -32,12 +32,13 @@ def _root(
 # Order follows the data flow: data -> extract/store -> train -> evaluate -> pretrain -> demo.
 from maskgen.cli import data as _data  # noqa: E402
 from maskgen.cli import extract as _extract  # noqa: E402
+from maskgen.cli import cache as _cache  # noqa: E402
 from maskgen.cli import train as _train  # noqa: E402
 from maskgen.cli import evaluate as _evaluate  # noqa: E402
 from maskgen.cli import pretrain as _pretrain  # noqa: E402
 from maskgen.cli import demo as _demo  # noqa: E402
 
-for _module in (_data, _extract, _train, _evaluate, _pretrain, _demo):
+for _module in (_data, _extract, _cache, _train, _evaluate, _pretrain, _demo):
     _module.register(app)
 
 

@@ -1,4 +1,4 @@
-"""CLI commands of the 'extract' stage: `maskgen extract` and `maskgen cache info|verify`.
+"""CLI command of the 'extract' stage: `maskgen extract` (the store's `maskgen cache` commands: cli/cache.py).
 
 Light module: heavy imports (torch, zarr, numpy, dask) happen inside command bodies.
 """
@@ -10,15 +10,10 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from maskgen.cli._common import handle_errors
-
-cache_app = typer.Typer(
-    name="cache",
-    help="Inspect and check feature stores made by `maskgen extract`.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
+from maskgen.extract.registry import choices_help
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
     from maskgen.errors import MaskgenError
@@ -35,14 +30,6 @@ def _parse_chunks(text: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000.0
-    return f"{n:.2f} TB"
-
-
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
 
@@ -50,7 +37,12 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def extract(
         dataset: str = typer.Option(
-            ..., "--dataset", "-d", help="Shipped pipeline name (e.g. demo, amos) or path/to/pipeline.toml."
+            ..., "--dataset", "-d", help="Shipped pipeline name (e.g. demo, amos), path/to/pipeline.toml, or an "
+            "nnU-Net v2 dataset folder path/to/Dataset123_Name (with dataset.json; no pipeline file needed)."
+        ),
+        fold: Optional[int] = typer.Option(
+            None, "--fold", min=0, help="nnU-Net v2 datasets: the fold of splits_final.json (or of nnU-Net's default "
+            "5-fold split) whose train / val cases to use [default: 0]."
         ),
         data_root: Optional[Path] = typer.Option(
             None, "--data-root", help="Dataset folder (default: $MASKGEN_DATA_ROOT or the pipeline's default)."
@@ -59,13 +51,18 @@ def register(app: typer.Typer) -> None:
             None, "--out", "-o", help="Store to create or complete (default: cache/<pipeline name>.zarr)."
         ),
         extractor: str = typer.Option(
-            "auto", "--extractor", help="auto (anatomix if its weights are found, else a fallback) | anatomix | mind."
+            "auto", "--extractor", help=f"{escape(choices_help())}. auto: anatomix if its weights are found, else "
+            "a fallback (named on stderr)."
         ),
         weights: Optional[Path] = typer.Option(
             None, "--weights", help="anatomix weights (default: $MASKGEN_ANATOMIX_WEIGHTS or the Hugging Face hub)."
         ),
-        layer: str = typer.Option(
-            "final", "--layer", help="anatomix feature layer: final (official code) | penultimate (paper text)."
+        layer: Optional[str] = typer.Option(
+            None, "--layer", help="anatomix feature layer: final (official code, default) | penultimate (paper text)."
+        ),
+        pad_multiple: Optional[int] = typer.Option(
+            None, "--pad-multiple", min=1, help="torchscript/onnx models: pad each spatial size to a multiple of this "
+            "[default: 16]."
         ),
         dtype: str = typer.Option(
             "float16", "--dtype", help="Stored feature dtype: float16 | int8 (per-channel scale, half the bytes)."
@@ -89,6 +86,13 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Delete the store and redo every case (default: skip complete cases)."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+        redo: Optional[list[str]] = typer.Option(
+            None, "--redo", help="Re-extract this case even if complete (repeatable), e.g. one `maskgen cache verify` "
+            "found damaged."
+        ),
+        wait: bool = typer.Option(
+            False, "--wait", help="If another process is writing the store, wait for it instead of exiting."
+        ),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
         from rich.console import Console
@@ -97,11 +101,13 @@ def register(app: typer.Typer) -> None:
 
         config = ExtractConfig(
             dataset=dataset,
+            fold=fold,
             out=None if out is None else str(out),
             data_root=None if data_root is None else str(data_root),
             extractor=extractor,
             weights=None if weights is None else str(weights),
             layer=layer,
+            pad_multiple=pad_multiple,
             dtype=dtype,
             chunks=None if chunks is None else _parse_chunks(chunks),
             codec=codec,
@@ -110,8 +116,11 @@ def register(app: typer.Typer) -> None:
             scheduler=scheduler,
             overwrite=overwrite,
             device=device,
+            redo=tuple(redo or ()),
+            wait=wait,
         )
         console = Console(highlight=False, soft_wrap=True)
+        _print_derived_pipeline(console, dataset, fold)
         try:
             summary = run_extract(config)
         except ExtractFailed as e:
@@ -119,93 +128,16 @@ def register(app: typer.Typer) -> None:
             raise
         _print_summary(console, summary)
 
-    @cache_app.command("info")
-    @handle_errors
-    def info(path: Path = typer.Argument(..., help="Feature store (.zarr folder).")) -> None:
-        """Show a feature store's cases per split and domain, extractor, layout and size on disk."""
-        from rich.console import Console
-        from rich.table import Table
 
-        from maskgen.store.inspect import store_info
 
-        s = store_info(path)
-        console = Console(highlight=False, soft_wrap=True)
-        ex = s.extractor
-        weights = ex.get("weights_sha256")
-        console.print(
-            f"[bold]{s.path}[/]  (format {s.format_version}, maskgen {s.maskgen_version}, created {s.created})"
-        )
-        console.print(
-            f"pipeline      {s.pipeline}   spacing (z,y,x) {tuple(s.spacing_zyx)} mm   normalisation {s.normalization}"
-        )
-        console.print(
-            f"extractor     {ex.get('name')}  layer {ex.get('layer')}  {s.num_features} channels  "
-            f"weights sha256 {weights[:16] + '...' if weights else '-'}"
-        )
-        lay = s.layout
-        shards = lay.get("shards_zyx")
-        console.print(
-            f"layout        {lay.get('dtype')} features, chunks <= {tuple(lay.get('chunks_zyx') or ())} "
-            f"({'balanced' if lay.get('balance', True) else 'clipped'}), codec {lay.get('codec')}"
-            + (f", shards {tuple(shards)}" if shards else "")
-        )
-        console.print(
-            f"size on disk  {_fmt_bytes(s.size_bytes)}   {s.bytes_per_voxel:.2f} bytes/voxel over "
-            f"{s.voxels:,} voxels   metadata {'consolidated' if s.consolidated else 'not consolidated'}"
-        )
-        table = Table(title=f"{s.cases} complete case(s)", show_edge=False)
-        domains = sorted(s.by_domain)
-        table.add_column("split")
-        for d in domains:
-            table.add_column(d or "-", justify="right")
-        table.add_column("total", justify="right", style="bold")
-        order = {"train": 0, "val": 1, "test": 2}
-        for split in sorted(s.by_split, key=lambda x: (order.get(x, 9), x)):
-            row = [str(s.by_split_domain.get((split, d), 0)) for d in domains]
-            table.add_row(split, *row, str(s.by_split[split]))
-        table.add_row("total", *[str(s.by_domain[d]) for d in domains], str(s.cases), style="bold")
-        console.print(table)
-        if s.incomplete:
-            console.print(
-                f"[yellow]{len(s.incomplete)} incomplete case(s)[/] (re-run the same `maskgen extract` to finish): "
-                + ", ".join(s.incomplete[:10])
-                + (" ..." if len(s.incomplete) > 10 else "")
-            )
+def _print_derived_pipeline(console, dataset: str, fold: Optional[int]) -> None:  # noqa: ANN001 - rich Console
+    """For an nnU-Net v2 folder: the spacing and crop maskgen derived (also recorded in the store's pipeline)."""
+    from maskgen.data.nnunet_v2 import is_nnunet_v2_folder
 
-    @cache_app.command("verify")
-    @handle_errors
-    def verify(path: Path = typer.Argument(..., help="Feature store (.zarr folder).")) -> None:
-        """Read every complete case of a store: shapes, chunk files, finite values; exit 1 naming broken cases."""
-        from rich.console import Console
-        from rich.progress import Progress
+    if is_nnunet_v2_folder(dataset):
+        from maskgen.data.pipeline import load_pipeline
 
-        from maskgen.errors import MaskgenError
-        from maskgen.store.inspect import verify_store
-        from maskgen.store.reader import FeatureStore
-
-        console = Console(highlight=False, soft_wrap=True)
-        total = len(FeatureStore(path).cases())
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("verify", total=total)
-            report = verify_store(path, on_case=lambda cid, problems: bar.advance(task))
-        if report.incomplete:
-            console.print(
-                f"[yellow]{len(report.incomplete)} incomplete case(s) ignored[/] "
-                "(re-run `maskgen extract` to finish): "
-                + ", ".join(report.incomplete[:10])
-                + (" ..." if len(report.incomplete) > 10 else "")
-            )
-        if report.ok:
-            console.print(f"[green]OK[/]: {report.checked} complete case(s) of {report.path} are readable and finite")
-            return
-        broken = sorted({cid for cid, _ in report.problems})
-        lines = "\n".join(f"  - {cid}: {why}" for cid, why in report.problems)
-        raise MaskgenError(
-            f"{len(broken)} of {report.checked} case(s) of {report.path} are broken:\n{lines}\n"
-            "Re-extract them: delete their folders under cases/ and re-run the same `maskgen extract` command."
-        )
-
-    app.add_typer(cache_app, name="cache")
+        console.print(load_pipeline(dataset, fold=fold).description, markup=False)
 
 
 def _print_summary(console, summary) -> None:  # noqa: ANN001 - rich Console, ExtractSummary

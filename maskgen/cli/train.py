@@ -69,33 +69,25 @@ def register(app: typer.Typer) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
         from pathlib import Path
 
-        from maskgen.config import from_dict
         from maskgen.errors import MaskgenError
         from maskgen.train.config import TrainConfig, parse_crop_size
-        from maskgen.train.loop import run_dir_for, train
+        from maskgen.train.loop import train
+        from maskgen.train.resume import resume_config
 
-        given = dict(locals())
-        values = {name: given[name] for name in _FIELDS}
+        values = {name: ctx.params[name] for name in _FIELDS}
         values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
         if not Path(features).exists():
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
-        if resume:
-            # continue the run as configured; only options given on this command line may change (and are checked)
-            # (compared by name: typer vendors its own click, whose ParameterSource is not click's)
-            explicit = {n for n in _FIELDS if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
-            if crop_size:
-                explicit.add("crop_zyx")
-            probe = TrainConfig(features=features, out=out or "", **values)
-            config_json = run_dir_for(probe) / "config.json"
-            base = probe
-            if config_json.is_file():
-                import json
-
-                base = from_dict(TrainConfig, json.loads(config_json.read_text()))
-            cfg = base.replace(features=features, **{k: values[k] for k in explicit})
-            if out:
-                cfg = cfg.replace(out=out)
+        if resume:  # the run continues as recorded; only options given on this command line may change
+            cfg = resume_config(features, out, {k: values[k] for k in _explicit(ctx)})
         else:
             cfg = TrainConfig(features=features, out=out or "", **values)
         run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet)
         typer.echo(str(run_dir))
+
+
+def _explicit(ctx: typer.Context) -> set[str]:
+    """The TrainConfig fields given on the command line (compared by name: typer vendors its own click, whose
+    ParameterSource is not click's)."""
+    given = {n for n in (*_FIELDS, "crop_size") if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+    return {("crop_zyx" if n == "crop_size" else n) for n in given}

@@ -40,13 +40,17 @@ class Case:
 @dataclass(frozen=True)
 class LayoutSpec:
     """How one layout kind finds cases. `discover(root, options)` returns cases with domain, subject and (for layouts
-    with explicit splits) split set; `defaults` lists every option the `[layout]` table may set."""
+    with explicit splits) split set; `defaults` lists every option the `[layout]` table may set; `summary(root,
+    options)` adds what `maskgen verify` should say about the layout (channels, where splits come from)."""
 
     discover: Callable[[Path, dict[str, Any]], list[Case]]
     defaults: dict[str, Any]
     explicit_splits: bool
     expected: str  # one line describing the folder layout, for error messages
     required: tuple[str, ...] = ()
+    subject_rule: str = "the case id"  # what a case's subject is (splits never share a subject), for `verify`
+    summary: Callable[[Path, dict[str, Any]], list[str]] | None = None  # extra lines for `verify`
+    unassigned: str = "error"  # cases the layout leaves without a split: "error" (say so) or "drop" (left out)
 
 
 def nifti_stem(name: str) -> str | None:
@@ -82,10 +86,19 @@ def normalize_split(value: str, where: str) -> str:
     return split
 
 
+#: Names a case group would collide with in the feature store (`cases/<id>`): the Zarr v3 group metadata `zarr.json`
+#: of `cases/`, the Zarr v2 metadata names, maskgen's own `.maskgen` folder. Compared case-insensitively (macOS,
+#: Windows). Other store names (`c`, `image`, ...) live one level deeper, inside a case, and cannot collide.
+RESERVED_CASE_IDS = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata", ".maskgen")
+
+
 def case_id_problem(case_id: str) -> str | None:
     """Why `case_id` cannot be a storage key (Zarr group name, file name), or None when it is safe."""
     if not case_id or not case_id.strip():
         return "the case id is empty"
+    if case_id.casefold() in RESERVED_CASE_IDS:
+        return (f"case id {case_id!r} is a name the feature store uses itself (reserved: "
+                f"{', '.join(RESERVED_CASE_IDS)})")
     if "/" in case_id or "\\" in case_id:
         return f"case id {case_id!r} contains a path separator"
     if ".." in case_id:

@@ -7,7 +7,7 @@ onto the original voxel grid with the original affine (nearest neighbour, any or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from maskgen.data.cases import Case
+from maskgen.data.intensity import normalize
 from maskgen.data.labels import affine_mismatch, check_label
 from maskgen.data.nifti import orientation, read_volume
 from maskgen.data.pipeline import Pipeline
@@ -72,19 +73,12 @@ class Preprocessed:
     label: np.ndarray | None  # (Z, Y, X) uint8, values 0..K
     geometry: Geometry
     spacing_zyx: tuple[float, float, float]
+    intensity: dict[str, Any] = field(default_factory=dict)  # the normalisation applied: rule, parameters, range
 
 
-def normalize_intensity(image: np.ndarray, pipeline: Pipeline) -> np.ndarray:
-    """CT: clip to the window and scale it to [0, 1]; min-max: scale the volume's range to [0, 1] (MONAI)."""
-    from monai.transforms import ScaleIntensity, ScaleIntensityRange
-
-    if pipeline.normalization == "ct":
-        lo, hi = pipeline.ct_window
-        t = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
-    else:
-        t = ScaleIntensity(minv=0.0, maxv=1.0, dtype=np.float32)
-    out = t(image)
-    return np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float32)
+def normalize_intensity(image: np.ndarray, pipeline: Pipeline, domain: str | None = None) -> np.ndarray:
+    """The image scaled to [0, 1] by the pipeline's rule for `domain` (see `maskgen.data.intensity`)."""
+    return normalize(image, pipeline.intensity_rule(domain))[0]
 
 
 def _resample(image_xyz: np.ndarray, label_xyz: np.ndarray | None, affine: np.ndarray, pipeline: Pipeline):
@@ -111,7 +105,7 @@ def _resample(image_xyz: np.ndarray, label_xyz: np.ndarray | None, affine: np.nd
 
 
 def _preprocess(
-    image_path: Path, label_path: Path | None, channel: int | None, pipeline: Pipeline, what: str
+    image_path: Path, label_path: Path | None, channel: int | None, pipeline: Pipeline, what: str, domain: str | None
 ) -> Preprocessed:
     image, affine = read_volume(image_path, channel)
     image = np.asarray(image, dtype=np.float32)
@@ -143,22 +137,28 @@ def _preprocess(
         resampled_affine=_nested(out_affine),
         resampled_shape_xyz=tuple(int(s) for s in out_image.shape),  # type: ignore[arg-type]
     )
-    image_zyx = np.ascontiguousarray(normalize_intensity(out_image, pipeline).transpose(2, 1, 0)[None])
+    scaled, intensity = normalize(out_image, pipeline.intensity_rule(domain))
+    image_zyx = np.ascontiguousarray(scaled.transpose(2, 1, 0)[None])
     label_zyx = None
     if out_label is not None:
         label_zyx = np.ascontiguousarray(np.rint(out_label).astype(np.uint8).transpose(2, 1, 0))
-    return Preprocessed(image=image_zyx, label=label_zyx, geometry=geometry, spacing_zyx=pipeline.spacing_zyx)
+    return Preprocessed(image=image_zyx, label=label_zyx, geometry=geometry, spacing_zyx=pipeline.spacing_zyx,
+                        intensity=intensity)
 
 
 def preprocess_case(case: Case, pipeline: Pipeline) -> Preprocessed:
-    """Load, reorient to RAS, resample to the pipeline spacing, normalise; label checked and remapped to 0..K."""
+    """Load, reorient to RAS, resample to the pipeline spacing, normalise by the rule of the case's domain; label
+    checked and remapped to 0..K."""
     label = Path(case.label) if case.label is not None else None
-    return _preprocess(Path(case.image), label, case.channel, pipeline, f"case {case.case_id}")
+    return _preprocess(Path(case.image), label, case.channel, pipeline, f"case {case.case_id}", case.domain)
 
 
-def preprocess_image_file(path: str | Path, pipeline: Pipeline, channel: int | None = None) -> Preprocessed:
-    """The same for an image without a label (for `maskgen predict`)."""
-    return _preprocess(Path(path), None, channel, pipeline, f"image {path}")
+def preprocess_image_file(
+    path: str | Path, pipeline: Pipeline, channel: int | None = None, domain: str | None = None
+) -> Preprocessed:
+    """The same for an image without a label (for `maskgen predict`); `domain` picks the normalisation rule (None:
+    the pipeline's default rule)."""
+    return _preprocess(Path(path), None, channel, pipeline, f"image {path}", domain)
 
 
 def resample_to_original(volume_czyx: np.ndarray, geometry: Geometry | dict, mode: str = "nearest") -> np.ndarray:

@@ -48,6 +48,17 @@ def output_name(path: Path) -> str:
     return f"{stem}.nii.gz"
 
 
+def output_names(files: list[Path], out_dir: Path) -> list[str]:
+    """The output file name of each input; MaskgenError when two inputs would write the same file."""
+    names = [output_name(f) for f in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        clash = [str(f) for f, n in zip(files, names) if n == dup[0]]
+        raise MaskgenError(f"{' and '.join(clash)} would both be written to {Path(out_dir) / dup[0]}; "
+                           "predict them into different --out folders.")
+    return names
+
+
 def predict_files(
     run_dir: str | Path,
     input_path: str | Path,
@@ -66,21 +77,18 @@ def predict_files(
 
     _check_overlap(overlap)
     files = input_files(input_path)
+    names = output_names(files, Path(out_dir))
     run = open_run(run_dir, checkpoint, device)
     extractor = run_extractor(run, weights) if run.uses_features else None
     pipeline = run.store.pipeline
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [output_name(f) for f in files]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise MaskgenError(f"several inputs would write the same output {dup[0]} in {out_dir}; predict them apart.")
     results = []
     for i, (path, name) in enumerate(zip(files, names)):
         try:
             pre = preprocess_image_file(path, pipeline, channel)
             feats = features_for(run, extractor, pre.image)
-            label = run.segment(pre.image, feats, _volume_stats(run, feats), overlap)
+            label = run.segment(pre.image, feats, run.fresh_stats(feats), overlap)
             out = out_dir / name
             save_nifti_atomic(label_to_original(label, pre.geometry), out)
             results.append(Prediction(path, out))
@@ -90,12 +98,3 @@ def predict_files(
             progress(i + 1, len(files), path.name)
     return results
 
-
-def _volume_stats(run: object, feats: object) -> tuple | None:
-    """Per-volume feature statistics of freshly computed features, for runs trained with `--feature-norm volume`
-    (computed as the store computes them at extraction)."""
-    from maskgen.store.writer import channel_stats
-
-    if feats is None or run.cfg.feature_norm != "volume":  # type: ignore[attr-defined]
-        return None
-    return channel_stats(feats)  # type: ignore[arg-type]

@@ -96,9 +96,8 @@ def robustness_analysis(
     max_cases: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> RobustnessResult:
-    from maskgen.evaluate.runs import (
-        FEATURE_IDENTITY, _check_overlap, features_for, labelled_cases, open_run, run_extractor,
-    )
+    """Dice of every run on the split's cases under each shift level (see the module docstring)."""
+    from maskgen.evaluate.runs import _check_overlap
 
     _check_overlap(overlap)
     if max_cases is not None and max_cases < 1:
@@ -108,6 +107,38 @@ def robustness_analysis(
         raise MaskgenError("give at least one run folder.")
     run_paths = [Path(r) for r in run_dirs]
     names = series_names(run_paths)
+    runs, infos = _open_runs(run_paths, names, split, checkpoint, device, max_cases)
+    scorers = [_RunScorer(r, name, e, overlap) for r, name, e in zip(runs, names, _extractors(runs, weights))]
+    shifts = _shift_plan(bias_levels, gamma_levels, draws)
+    levels = {name: tuple(_level(sh) for sh in shs) for name, shs, _ in shifts}
+    per_case: dict[str, dict[str, list[list[float]]]] = {n: {s: [[] for _ in levels[s]] for s in levels} for n in names}
+    total = len(infos) * sum(sum(1 if sh.identity else d for sh in shs) for _, shs, d in shifts)
+    tick = _Ticker(progress, total)
+    stores = {str(r.store.path): r.store for r in runs}
+    t0 = time.perf_counter()
+    for info in infos:
+        originals = {sp: st.read_case(info.case_id) for sp, st in stores.items()}
+        for shift_name, shift_list, n_draws in shifts:
+            for li, sh in enumerate(shift_list):
+                dice = _score_level(scorers, originals, sh, 1 if sh.identity else n_draws,
+                                    [seed, zlib.crc32(info.case_id.encode()), SHIFTS.index(shift_name), li],
+                                    lambda: tick(f"{info.case_id} {shift_name} {_level(sh):g}"))
+                for name in names:
+                    per_case[name][shift_name][li].append(dice[name])
+    settings = {"runs": [str(p) for p in run_paths], "split": split, "checkpoint": checkpoint, "draws": draws,
+                "seed": seed, "overlap": overlap, "seconds": round(time.perf_counter() - t0, 3),
+                "bias": "exp(Legendre polynomial field, degree 3), coefficients uniform in [-level, level]; "
+                        "image rescaled to [0, 1]",
+                "gamma": "x ** gamma on the [0, 1] image (MONAI AdjustContrast)"}
+    return RobustnessResult(names, levels, per_case, [c.case_id for c in infos], settings)
+
+
+def _open_runs(run_paths: Sequence[Path], names: Sequence[str], split: str, checkpoint: str, device: str,
+               max_cases: int | None) -> tuple[list[Any], list[Any]]:
+    """The loaded runs and the labelled cases of `split` (from the first run's store) that every run's store holds;
+    MaskgenError when the runs segment different classes or a store lacks a case."""
+    from maskgen.evaluate.runs import labelled_cases, open_run
+
     runs = [open_run(r, checkpoint, device) for r in run_paths]
     store = runs[0].store
     for r, name in zip(runs[1:], names[1:]):
@@ -118,83 +149,98 @@ def robustness_analysis(
         missing = [c.case_id for c in infos if c.case_id not in r.store]
         if missing:
             raise MaskgenError(f"run {name}'s store {r.store.path} lacks test cases {missing[:3]} of {store.path}.")
-    # one extractor per distinct feature identity, built only for runs that use features
-    extractors: dict[str, Any] = {}
-    run_key: list[str | None] = []
+    return runs, infos
+
+
+def _extractors(runs: Sequence[Any], weights: str | Path | None) -> list[Any]:
+    """Each run's extractor (None for image-only runs); runs whose stores were made by the same extractor share
+    one instance."""
+    from maskgen.evaluate.runs import run_extractor
+    from maskgen.extract.registry import identity_key
+
+    built: dict[str, Any] = {}
+    out = []
     for r in runs:
         if not r.uses_features:
-            run_key.append(None)
+            out.append(None)
             continue
-        key = repr(sorted((k, repr(r.store.extractor.get(k))) for k in FEATURE_IDENTITY))
-        if key not in extractors:
-            extractors[key] = (run_extractor(r, weights), r)
-        run_key.append(key)
-
-    shifts: list[tuple[str, list[Any], int]] = []
-    if bias_levels:
-        shifts.append(("bias", [BiasFieldShift(float(b)) for b in bias_levels], draws))
-    if gamma_levels:
-        shifts.append(("gamma", [GammaShift(float(g)) for g in gamma_levels], 1))
-    levels = {"bias": tuple(float(b) for b in bias_levels), "gamma": tuple(float(g) for g in gamma_levels)}
-    levels = {k: v for k, v in levels.items() if v}
-    per_case: dict[str, dict[str, list[list[float]]]] = {
-        n: {s: [[] for _ in levels[s]] for s in levels} for n in names
-    }
-    total = len(infos) * sum(sum(1 if sh.identity else d for sh in ts) for _, ts, d in shifts)
-    done = 0
-    t0 = time.perf_counter()
-    for info in infos:
-        case_seed = zlib.crc32(info.case_id.encode())
-        originals: dict[str, dict[str, Any]] = {}
-        for r in runs:
-            originals.setdefault(str(r.store.path), r.store.read_case(info.case_id))
-        for shift_name, shift_list, n_draws in shifts:
-            for li, sh in enumerate(shift_list):
-                n = 1 if sh.identity else n_draws
-                sums: dict[str, list[float]] = {name: [] for name in names}
-                for draw in range(n):
-                    # the same field for every run and store: (seed, case, shift, level, draw) -> parameters
-                    rng = np.random.default_rng([seed, case_seed, SHIFTS.index(shift_name), li, draw])
-                    params = sh.sample(rng)
-                    images = {sp: sh.apply(o["image"], params) for sp, o in originals.items()}
-                    feats_cache: dict[tuple[str, str], np.ndarray | None] = {}
-                    for r, name, key in zip(runs, names, run_key):
-                        sp = str(r.store.path)
-                        image, label = images[sp], originals[sp]["label"]
-                        feats = None
-                        if key is not None:
-                            if (sp, key) not in feats_cache:
-                                feats_cache[(sp, key)] = features_for(r, extractors[key][0], image)
-                            feats = feats_cache[(sp, key)]
-                        stats = _stats(r, feats)
-                        pred = r.segment(image, feats, stats, overlap)
-                        d = dice_per_class(pred, label, r.num_foreground)
-                        sums[name].append(case_mean(d))
-                    done += 1
-                    if progress is not None:
-                        progress(done, total, f"{info.case_id} {shift_name} {_level_str(shift_name, sh)}")
-                for name in names:
-                    vals = np.asarray(sums[name])
-                    vals = vals[np.isfinite(vals)]
-                    per_case[name][shift_name][li].append(float(vals.mean()) if vals.size else float("nan"))
-    settings = {"runs": [str(p) for p in run_paths], "split": split, "checkpoint": checkpoint, "draws": draws,
-                "seed": seed, "overlap": overlap, "seconds": round(time.perf_counter() - t0, 3),
-                "bias": "exp(Legendre polynomial field, degree 3), coefficients uniform in [-level, level]; "
-                        "image rescaled to [0, 1]",
-                "gamma": "x ** gamma on the [0, 1] image (MONAI AdjustContrast)"}
-    return RobustnessResult(names, levels, per_case, [c.case_id for c in infos], settings)
+        key = identity_key(r.store.extractor)
+        if key not in built:
+            built[key] = run_extractor(r, weights)
+        out.append(built[key])
+    return out
 
 
-def _stats(run: Any, feats: np.ndarray | None) -> Any:
-    from maskgen.store.writer import channel_stats
+def _shift_plan(bias_levels: Sequence[float], gamma_levels: Sequence[float],
+                draws: int) -> list[tuple[str, list[Any], int]]:
+    """(shift name, one shift per level, draws per level) for each shift given levels; gamma is deterministic."""
+    plan = [("bias", [BiasFieldShift(float(b)) for b in bias_levels], draws),
+            ("gamma", [GammaShift(float(g)) for g in gamma_levels], 1)]
+    return [p for p in plan if p[1]]
 
-    if feats is None or run.cfg.feature_norm != "volume":
-        return None
-    return channel_stats(feats)
+
+def _level(sh: Any) -> float:
+    return float(sh.strength if isinstance(sh, BiasFieldShift) else sh.gamma)
 
 
-def _level_str(shift: str, sh: Any) -> str:
-    return f"{sh.strength:g}" if shift == "bias" else f"{sh.gamma:g}"
+@dataclass
+class _RunScorer:
+    """One run's side of the comparison: features recomputed from the corrupted image, then the run's Dice."""
+
+    run: Any
+    name: str
+    extractor: Any          # None when the run does not use features
+    overlap: float
+
+    def case_dice(self, image: np.ndarray, label: np.ndarray, feats: np.ndarray | None) -> float:
+        pred = self.run.segment(image, feats, self.run.fresh_stats(feats), self.overlap)
+        return case_mean(dice_per_class(pred, label, self.run.num_foreground))
+
+
+def _score_level(scorers: Sequence[_RunScorer], originals: dict[str, dict[str, Any]], shift: Any, draws: int,
+                 seed: list[int], tick: Callable[[], None]) -> dict[str, float]:
+    """{run name: case Dice averaged over `draws` corrupted versions of one case at one level}. Draw d uses the
+    parameters sampled from default_rng(seed + [d]): the same field for every run and store (paired comparison);
+    the features of a corrupted image are computed once per store and extractor."""
+    from maskgen.evaluate.runs import features_for
+
+    scores: dict[str, list[float]] = {s.name: [] for s in scorers}
+    for draw in range(draws):
+        params = shift.sample(np.random.default_rng([*seed, draw]))
+        images = {sp: shift.apply(o["image"], params) for sp, o in originals.items()}
+        feats_cache: dict[tuple[str, int], np.ndarray | None] = {}
+        for s in scorers:
+            sp = str(s.run.store.path)
+            feats = None
+            if s.extractor is not None:
+                key = (sp, id(s.extractor))
+                if key not in feats_cache:
+                    feats_cache[key] = features_for(s.run, s.extractor, images[sp])
+                feats = feats_cache[key]
+            scores[s.name].append(s.case_dice(images[sp], originals[sp]["label"], feats))
+        tick()
+    return {name: _finite_mean(v) for name, v in scores.items()}
+
+
+class _Ticker:
+    """Counts finished steps and reports them to an optional progress(done, total, what) callback."""
+
+    def __init__(self, progress: Callable[[int, int, str], None] | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    vals = np.asarray(values, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if vals.size else float("nan")
+
+
+
 
 
 def write_robustness(result: RobustnessResult, out_dir: Path) -> dict[str, Path]:

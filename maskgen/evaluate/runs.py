@@ -1,6 +1,6 @@
 """A trained run ready for inference: model, TrainConfig, its feature store, and (on demand) its own extractor.
 
-`open_run` loads a run folder's checkpoint with `maskgen.train.loop.load_run` and opens the store recorded in the
+`open_run` loads a run folder's checkpoint with `maskgen.train.checkpoint.load_run` and opens the store recorded in the
 checkpoint (or one passed explicitly, which must have been made by the same extractor). `LoadedRun.segment`
 predicts a label map exactly as validation does during training (`maskgen.train.inference.predict_volume`: MONAI
 sliding windows of the training crop, Gaussian blending, inputs assembled per window by the train module).
@@ -9,7 +9,6 @@ sliding windows of the training crop, Gaussian blending, inputs assembled per wi
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,6 @@ from typing import Any
 import numpy as np
 
 from maskgen.errors import MaskgenError
-
-#: Fingerprint entries that determine the features (the name is informative only: the same weights shipped under
-#: another name make the same features).
-FEATURE_IDENTITY = ("weights_sha256", "layer", "out_channels", "arch")
-
 
 @dataclass
 class LoadedRun:
@@ -67,6 +61,15 @@ class LoadedRun:
             return None
         return (info.feature_mean, info.feature_std)
 
+    def fresh_stats(self, features: np.ndarray | None) -> tuple[Any, Any] | None:
+        """Per-volume statistics of features computed here (predict, robustness), as the store computes them at
+        extraction; None unless the run was trained with `--feature-norm volume`."""
+        from maskgen.store.writer import channel_stats
+
+        if features is None or self.cfg.feature_norm != "volume":
+            return None
+        return channel_stats(features)
+
     def logits(self, image: np.ndarray, features: np.ndarray | None, stats: Any = None, overlap: float = 0.5,
                model: Any = None) -> Any:
         """Class logits (K+1, Z, Y, X) float32 CPU tensor of one volume (sliding window, Gaussian blending)."""
@@ -104,7 +107,7 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
              features: str | Path | None = None) -> LoadedRun:
     """Load `run_dir/<checkpoint>.pt` and the run's feature store (`features` overrides the recorded path)."""
     from maskgen.store.reader import FeatureStore
-    from maskgen.train.loop import load_run
+    from maskgen.train.checkpoint import load_run
     from maskgen.train.placement import resolve_device
 
     dev = resolve_device(device)
@@ -116,8 +119,10 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
             f"the feature store of run {run_dir} ({path}) does not exist; pass its new location with --features."
         )
     store = FeatureStore(path)
+    from maskgen.extract.registry import identity_problems
+
     made_by = (ckpt.get("store") or {}).get("extractor")
-    if made_by is not None and _identity(made_by) != _identity(store.extractor):
+    if made_by is not None and identity_problems(made_by, store.extractor):
         raise MaskgenError(
             f"{path} was made by another extractor ({store.extractor.get('name')}, weights sha256 "
             f"{_short(store.extractor.get('weights_sha256'))}) than run {run_dir} was trained on "
@@ -126,54 +131,19 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     return LoadedRun(Path(run_dir), checkpoint, model, cfg, ckpt, store, dev)
 
 
-def _identity(fp: dict[str, Any]) -> dict[str, Any]:
-    return {k: fp.get(k) for k in FEATURE_IDENTITY}
-
-
 def _short(sha: Any) -> str:
     return "none" if not sha else str(sha)[:12]
 
 
 def run_extractor(run: LoadedRun, weights: str | Path | None = None) -> Any:
-    """The frozen extractor that made the run's store, on the run's device.
+    """The frozen extractor that made the run's store, on the run's device (`maskgen.extract.registry.
+    rebuild_extractor`: `weights` if given, else the recorded file or the registry's lookup; never a download;
+    MaskgenError naming both sha256 when the one found would make other features)."""
+    from maskgen.extract.registry import rebuild_extractor
 
-    Weights: `weights` if given, else the file the store was extracted with (recorded in its `extract_config`) if it
-    still exists, else the registry's lookup (MASKGEN_ANATOMIX_WEIGHTS, hub cache, shipped default); never a
-    download. Refuses (MaskgenError naming both sha256) when the extractor found would make different features.
-    """
-    from maskgen.extract.registry import build_extractor
-
-    fp = dict(run.store.extractor)
-    if not fp:
-        raise MaskgenError(f"{run.store.path} records no extractor fingerprint; re-create it with `maskgen extract`.")
-    name = str(fp.get("name", ""))
-    layer = str(fp.get("layer", "final"))
-    if weights is None and name != "mind":
-        recorded = (run.store.attrs.get("extract_config") or {}).get("weights")
-        if recorded and Path(recorded).is_file():
-            weights = recorded
-    kind = "mind" if name == "mind" else ("anatomix" if name == "anatomix" or weights is not None else "auto")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a fallback is caught by the fingerprint check below
-            extractor = build_extractor(kind, weights=None if kind == "mind" else weights,
-                                        layer="final" if kind == "mind" else layer,
-                                        device=run.device, allow_download=False)
-    except MaskgenError as e:
-        raise MaskgenError(
-            f"run {run.run_dir} needs the extractor that made {run.store.path} ({name}, layer {layer}, weights sha256 "
-            f"{_short(fp.get('weights_sha256'))}): {e}"
-        ) from None
-    got = extractor.fingerprint()
-    diffs = [k for k in FEATURE_IDENTITY if fp.get(k) != got.get(k)]
-    if diffs:
-        raise MaskgenError(
-            f"the extractor available here ({got.get('name')}, weights sha256 {_short(got.get('weights_sha256'))}) "
-            f"differs from the one that made {run.store.path} ({name}, weights sha256 "
-            f"{_short(fp.get('weights_sha256'))}) in {', '.join(diffs)}: its features would not be what run "
-            f"{run.run_dir} was trained on. Pass the same weights file with --weights."
-        )
-    return extractor
+    return rebuild_extractor(run.store.extractor, weights=weights,
+                             extract_config=run.store.attrs.get("extract_config"), device=run.device,
+                             purpose=f"run {run.run_dir} needs the extractor that made {run.store.path}")
 
 
 def features_for(run: LoadedRun, extractor: Any, image: np.ndarray) -> np.ndarray | None:

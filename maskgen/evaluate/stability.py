@@ -161,13 +161,13 @@ def stability_analysis(
 ) -> StabilityResult:
     """Compare every subject's domains in a store; MaskgenError when no subject has two co-registered domains."""
     from maskgen.store.reader import FeatureStore
-    from maskgen.store.writer import read_case_attrs
+    from maskgen.store.meta import read_case_attrs
 
     store = FeatureStore(store_path)
     cases = store.cases()
     if not cases:
         raise MaskgenError(f"{store_path} has no complete case; run `maskgen extract` first")
-    subjects = {c.case_id: subject_of(c.case_id, c.domain, read_case_attrs(store.path, c.case_id)) for c in cases}
+    subjects = {c.case_id: subject_of(c.case_id, c.domain, read_case_attrs(store.io, c.case_id)) for c in cases}
     pairs, notes = find_pairs(cases, subjects)
     if not pairs:
         raise MaskgenError(

@@ -6,7 +6,7 @@ The grid (paper Figure 4 top and Table 5):
   seed at mask rate 0, whatever rates are asked for (the paper's baselines are unmasked; masking a single-source
   input would only blank whole samples); `both` gets every rate (rate 0 = naive concatenation).
 - method `channel-dropout`: the generic-masking baseline of paper Table 5 (image-only input, channel dropout on the
-  network's intermediate layers), one run per `--dropout-rate` and seed. Needs a TrainConfig with a `dropout` field.
+  network's intermediate layers: `TrainConfig.dropout`), one run per `--dropout-rate` and seed.
 Duplicate rates and seeds are dropped. Each variant trains in `<out>/<variant>/` by calling
 `maskgen.train.loop.train` in-process, then is evaluated (`eval-<split>.json`) on each requested split.
 
@@ -19,7 +19,6 @@ pooled by averaging each case's Dice over the seeds, then mean (s.e.) over cases
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,14 +129,6 @@ def plan_variants(
     return variants, notes
 
 
-def supports_channel_dropout() -> bool:
-    import dataclasses
-
-    from maskgen.train.config import TrainConfig
-
-    return "dropout" in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
 # -- running ------------------------------------------------------------------------------------------------------
 def variant_state(run_dir: Path, splits: Sequence[str]) -> str:
     """'done' (every eval file present), 'trained' (last.pt, eval missing), 'partial' (folder without checkpoint),
@@ -155,17 +146,12 @@ def variant_state(run_dir: Path, splits: Sequence[str]) -> str:
 
 def _check_existing(run_dir: Path, cfg: Any) -> None:
     """A variant folder from an earlier invocation must have been trained with the same options."""
-    from maskgen.config import config_diff, from_dict
-    from maskgen.train.config import TrainConfig
-    from maskgen.train.loop import RUNTIME_FIELDS
+    from maskgen.config import config_diff
+    from maskgen.train.resume import RUNTIME_FIELDS, read_run_config
 
-    path = run_dir / "config.json"
-    if not path.is_file():
+    if not (run_dir / "config.json").is_file():
         return
-    try:
-        saved = from_dict(TrainConfig, json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError) as e:
-        raise MaskgenError(f"cannot read {path} ({e}); remove {run_dir} or use another --out.") from None
+    saved = read_run_config(run_dir)
     unset = ("crop_zyx",) if cfg.crop_zyx is None else ()
     diffs = [f"{k} {a!r} there, {b!r} now" for k, (a, b) in
              config_diff(saved, cfg, ignore=(*RUNTIME_FIELDS, "features", "out", "train_cases", *unset)).items()]
@@ -217,12 +203,6 @@ def run_sweep(
     store = Path(store)
     if not store.exists():
         raise MaskgenError(f"--features {store} does not exist; create the store with `maskgen extract`.")
-    if any(v.method == "channel-dropout" for v in variants) and not supports_channel_dropout():
-        raise MaskgenError(
-            "--method channel-dropout needs the training stage to build the UNet with channel dropout on its "
-            "intermediate layers (a `dropout` option of `maskgen train`), which this version does not have yet; "
-            "run the sweep with --method maskgen."
-        )
     if not splits:
         raise MaskgenError("--splits is empty: give at least one split to evaluate (e.g. test).")
     _check_splits(store, splits, checkpoint)

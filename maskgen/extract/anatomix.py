@@ -118,6 +118,7 @@ class AnatomixExtractor(Extractor):
     """A frozen `AnatomixUNet` used as a feature extractor (the official code's `final` layer by default)."""
 
     supports_autocast = True
+    kind = "anatomix"
 
     def __init__(
         self,

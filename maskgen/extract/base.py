@@ -33,6 +33,11 @@ class Extractor(nn.Module, abc.ABC):
     #: Where the weights came from (e.g. "--weights", "MASKGEN_ANATOMIX_WEIGHTS", "hub-cache"); not part of the
     #: fingerprint, since the same weights found in two places make the same features.
     source: str = "built-in"
+    #: The row of `maskgen.extract.registry` that built it (recorded, so the store's extractor can be rebuilt); not
+    #: part of the features' identity.
+    kind: str | None = None
+    #: The weights (or model) file it was built from, if any: extraction workers rebuild from it.
+    weights_path: str | None = None
 
     @abc.abstractmethod
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +57,11 @@ class Extractor(nn.Module, abc.ABC):
         return super().train(False)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the features; stores compare it to refuse mixing extractors."""
+        """What made the features: `maskgen.extract.registry.IDENTITY_FIELDS` determine them; `name` and `kind`
+        say how to rebuild it. Stores record it and refuse mixing extractors."""
         return {
             "name": self.name,
+            "kind": self.kind or self.name,
             "layer": self.layer,
             "weights_sha256": self.weights_sha256,
             "out_channels": int(self.out_channels),

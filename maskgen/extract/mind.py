@@ -93,6 +93,7 @@ class MindSSC(Extractor):
     """MIND-SSC as a frozen extractor: 12 channels, any input size, no weights."""
 
     name = "mind"
+    kind = "mind"
     layer = "ssc"
     out_channels = len(SSC_PAIRS)
     size_multiple = 1

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from maskgen.errors import MaskgenError
+from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout, chunks_for_crop
+from maskgen.store.lock import WriterLock
 
-EXTRACTOR_CHOICES = ("auto", "anatomix", "mind")
-LAYER_CHOICES = ("final", "penultimate")
 PARALLEL_CHOICES = ("processes", "threads")
 DEVICE_CHOICES = ("cpu", "cuda")
 
@@ -33,12 +32,14 @@ DEVICE_CHOICES = ("cpu", "cuda")
 class ExtractConfig:
     """Everything `maskgen extract` needs; saved into the store's root attributes (`extract_config`)."""
 
-    dataset: str                                  # shipped pipeline name or path/to/pipeline.toml
+    dataset: str                                  # shipped pipeline name, path/to/pipeline.toml or an nnU-Net v2 folder
+    fold: int | None = None                       # nnU-Net v2 datasets: fold of splits_final.json (None: 0)
     out: str | None = None                        # default: cache/<pipeline name>.zarr
     data_root: str | None = None                  # default: $MASKGEN_DATA_ROOT or the pipeline's default
-    extractor: str = "auto"
+    extractor: str = "auto"                       # a name of maskgen.extract.registry, `auto` or KIND:PATH
     weights: str | None = None
-    layer: str = "final"
+    layer: str | None = None                      # None: the extractor's default ("final" for anatomix)
+    pad_multiple: int | None = None               # torchscript/onnx: spatial sizes padded to a multiple (16)
     dtype: str = DEFAULT_LAYOUT.dtype             # "float16" | "int8"
     chunks: tuple[int, int, int] | None = None    # None: the existing store's, else chunks_for_crop(pipeline crop)
     codec: str | None = None                      # None: the existing store's, else "none"
@@ -49,15 +50,25 @@ class ExtractConfig:
     parallel: str = "threads"
     scheduler: str | None = None                  # address of a dask.distributed scheduler
     overwrite: bool = False
+    redo: tuple[str, ...] = ()                    # case ids re-extracted even when complete (e.g. damaged ones)
+    wait: bool = False                            # wait for another process's writer lock instead of exiting
     device: str = "cpu"
     allow_download: bool = True
 
     def __post_init__(self) -> None:
+        """Each option checked once, as an OptionError naming the field (the CLI shows the flag)."""
+        from maskgen.extract import registry
+
         if not self.dataset:
-            raise MaskgenError("ExtractConfig.dataset is empty: pass --dataset NAME or --dataset file.toml")
+            raise OptionError("dataset", self.dataset, "is empty: give a shipped pipeline name or a file.toml")
+        object.__setattr__(self, "redo", tuple(str(c) for c in self.redo))
+        kind, _ = registry.parse_spec(self.extractor)
+        if kind is not None:
+            registry.check_options(kind, self.weights, self.layer, self.pad_multiple)
+        if self.pad_multiple is not None and (isinstance(self.pad_multiple, bool)
+                                              or not isinstance(self.pad_multiple, int) or self.pad_multiple < 1):
+            raise OptionError("pad_multiple", self.pad_multiple, "must be an integer >= 1")
         checks = (
-            ("extractor", self.extractor, EXTRACTOR_CHOICES),
-            ("layer", self.layer, LAYER_CHOICES),
             ("dtype", self.dtype, FEATURE_DTYPES),
             ("codec", self.codec if self.codec is not None else "none", CODECS),
             ("parallel", self.parallel, PARALLEL_CHOICES),
@@ -65,13 +76,15 @@ class ExtractConfig:
         )
         for name, value, choices in checks:
             if value not in choices:
-                raise MaskgenError(f"--{name} {value!r} is not one of {', '.join(choices)}")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise MaskgenError(f"--workers must be an integer >= 1, got {self.workers!r}")
+                raise OptionError(name, value, f"is not one of {', '.join(choices)}")
+        if self.fold is not None and (isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0):
+            raise OptionError("fold", self.fold, "must be an integer >= 0")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise OptionError("workers", self.workers, "must be an integer >= 1")
         if self.chunks is not None:
             object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
             if len(self.chunks) != 3 or min(self.chunks) < 1:
-                raise MaskgenError(f"--chunks must be three positive integers (z, y, x), got {self.chunks!r}")
+                raise OptionError("chunks", self.chunks, "must be three positive integers (z, y, x)")
 
     @property
     def layout(self) -> StoreLayout:
@@ -147,44 +160,55 @@ class ExtractFailed(MaskgenError):
 
 # ------------------------------------------------------------------------------------------- extractor per worker
 @dataclass(frozen=True)
-class ExtractorSpec:
-    """How a worker rebuilds the extractor the calling process resolved (same arguments, no download)."""
+class ExtractorRef:
+    """How a worker gets the extractor the calling process resolved: rebuilt from its fingerprint and the file it
+    was loaded from (`maskgen.extract.registry.rebuild_extractor`: same features or an error, never a download)."""
 
-    name: str
-    weights: str | None
-    layer: str
+    fingerprint: dict = field(hash=False, compare=False)
+    weights_path: str | None
     device: str
 
+    @property
+    def key(self) -> tuple[str, str]:
+        from maskgen.extract.registry import identity_key
 
-_EXTRACTORS: dict[ExtractorSpec, Any] = {}
-_EXTRACTORS_LOCK = threading.Lock()
-BUILD_COUNT = {"n": 0}  # extractors built in this process (tests check: once per worker, not per case)
-
-
-def _build(spec: ExtractorSpec, allow_download: bool) -> Any:
-    from maskgen.extract.registry import build_extractor
-
-    BUILD_COUNT["n"] += 1
-    return build_extractor(spec.name, spec.weights, spec.layer, spec.device, allow_download=allow_download)
+        return identity_key(self.fingerprint), self.device
 
 
-def worker_extractor(spec: ExtractorSpec, fingerprint: dict[str, Any]) -> Any:
-    """The extractor of this process (built on first use), checked against the fingerprint recorded in the store."""
-    with _EXTRACTORS_LOCK:
-        extractor = _EXTRACTORS.get(spec)
-        if extractor is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the calling process already showed any fallback warning
-                extractor = _build(spec, allow_download=False)
-            if extractor.fingerprint() != fingerprint:
-                raise MaskgenError(
-                    f"a worker built extractor {extractor.fingerprint().get('name')!r} "
-                    f"(weights {extractor.fingerprint().get('weights_sha256')}) but the store expects "
-                    f"{fingerprint.get('name')!r} (weights {fingerprint.get('weights_sha256')}); pass --weights PATH "
-                    "explicitly so every worker loads the same file"
-                )
-            _EXTRACTORS[spec] = extractor
-    return extractor
+class _ExtractorCache:
+    """The extractors of this process, one per (identity, device): built on first use by a worker, registered by
+    the calling process for in-process workers (threads, a distributed cluster without processes)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: ExtractorRef) -> Any:
+        with self._lock:
+            extractor = self._items.get(ref.key)
+            if extractor is None:
+                from maskgen.extract.registry import rebuild_extractor
+
+                extractor = rebuild_extractor(ref.fingerprint, weights=ref.weights_path, device=ref.device,
+                                              purpose="an extraction worker needs the extractor of this run")
+                self._items[ref.key] = extractor
+            return extractor
+
+    def put(self, ref: ExtractorRef, extractor: Any) -> None:
+        with self._lock:
+            self._items[ref.key] = extractor
+
+    def drop(self, ref: ExtractorRef) -> None:
+        with self._lock:
+            self._items.pop(ref.key, None)
+
+
+_WORKER_EXTRACTORS = _ExtractorCache()
+
+
+def worker_extractor(ref: ExtractorRef) -> Any:
+    """The extractor of this process (built on first use, then reused for every case)."""
+    return _WORKER_EXTRACTORS.get(ref)
 
 
 def _init_worker_process(torch_threads: int) -> None:
@@ -202,8 +226,7 @@ class CaseTask:
     store: str
     case: Any          # maskgen.data.layouts.Case
     pipeline: Any      # maskgen.data.pipeline.Pipeline
-    spec: ExtractorSpec
-    fingerprint: dict = field(hash=False)
+    extractor: ExtractorRef
     layout: StoreLayout = DEFAULT_LAYOUT
 
 
@@ -236,8 +259,8 @@ def process_case(task: CaseTask) -> CaseResult:
     except Exception as e:  # nibabel/zlib/scipy errors on a corrupted file
         return failed(f"cannot load {case.image}: {type(e).__name__}: {e}")
     try:
-        extractor = worker_extractor(task.spec, task.fingerprint)
-        features = extract_volume(extractor, pre.image, device=task.spec.device)
+        extractor = worker_extractor(task.extractor)
+        features = extract_volume(extractor, pre.image, device=task.extractor.device)
     except MaskgenError as e:
         return failed(_reason(cid, e))
     except Exception as e:
@@ -251,6 +274,7 @@ def process_case(task: CaseTask) -> CaseResult:
         "label_path": None if case.label is None else str(case.label),
         "channel": case.channel,
         "subject": getattr(case, "subject_id", cid),
+        "normalization": pre.intensity,  # the rule this case got, its parameters and the input range it mapped
     }
     label = None if pre.label is None else np.asarray(pre.label)
     try:
@@ -374,8 +398,130 @@ def _progress(enabled: bool) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- entry point
+def _note(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]Note:[/] {escape(message)}")
+
+
 def default_out(pipeline_name: str) -> Path:
     return Path("cache") / f"{pipeline_name}.zarr"
+
+
+@dataclass
+class _Plan:
+    """What a run works on, resolved before anything is written."""
+
+    pipeline: Any
+    out: Path
+    cases: list
+    existing: dict[str, Any] | None
+
+
+def _plan(config: ExtractConfig) -> _Plan:
+    """Pipeline, output store and cases; MaskgenError for an unusable --out (nothing written yet)."""
+    from maskgen.data.layouts import discover_cases
+    from maskgen.data.pipeline import load_pipeline
+    from maskgen.store import meta
+
+    pipeline = load_pipeline(config.dataset, fold=config.fold)
+    out = Path(config.out) if config.out else default_out(pipeline.name)
+    cases = discover_cases(pipeline, config.data_root)
+    for case in cases:
+        meta.check_case_id(case.case_id)
+    unknown = sorted(set(config.redo) - {c.case_id for c in cases})
+    if unknown:
+        raise MaskgenError(f"--redo {', '.join(unknown)}: no such case in {pipeline.name}; case ids look like "
+                           f"{', '.join(c.case_id for c in cases[:3])}")
+    existing = meta.read_root_attrs(out)
+    problem = meta.not_a_store_problem(out)
+    if problem:
+        raise MaskgenError(problem)
+    return _Plan(pipeline, out, cases, existing)
+
+
+def _main_extractor(config: ExtractConfig) -> tuple[Any, tuple[str, ...]]:
+    """The run's extractor, built in the calling process, and the warnings it gave (shown on stderr)."""
+    from maskgen.extract.registry import build_extractor
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extractor = build_extractor(config.extractor, config.weights, config.layer, config.device,
+                                    allow_download=config.allow_download, pad_multiple=config.pad_multiple)
+    notes = tuple(str(w.message) for w in caught)
+    if notes:  # e.g. `--extractor auto` falling back to mind: say so visibly, whatever the warning filters
+        from rich.console import Console
+        from rich.markup import escape
+
+        for note in notes:
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]Warning:[/] {escape(note)}")
+    return extractor, notes
+
+
+def _prepare(plan: _Plan, attrs: dict[str, Any], config: ExtractConfig) -> None:
+    from maskgen.extract.registry import identity_problems
+    from maskgen.store import writer
+
+    writer.prepare_store(plan.out, attrs, overwrite=config.overwrite, extractor_problems=identity_problems)
+
+
+def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractConfig) -> tuple[list[CaseTask], int]:
+    """Tasks for the cases to (re)do, and how many complete ones are skipped; partial groups are removed."""
+    from maskgen.store import meta, writer
+
+    todo, skipped = [], 0
+    for case in plan.cases:
+        state = meta.case_state(plan.out, case.case_id)
+        if state == "complete" and not config.overwrite and case.case_id not in config.redo:
+            skipped += 1
+            continue
+        if state != "absent":
+            writer.delete_case(plan.out, case.case_id)  # partial group of an interrupted run
+        todo.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout))
+    return todo, skipped
+
+
+def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: str, progress: bool,
+             check: Callable[[], None] = lambda: None) -> list[CaseResult]:
+    """Run the tasks (locally or on the cluster) under a progress bar; failures are printed as they come.
+    `check()` runs after each case (the writer lock's: it raises when the lock was lost)."""
+    from rich.markup import escape
+
+    results: list[CaseResult] = []
+    with _progress(progress and bool(todo)) as bar:
+        task_id = bar.add_task(title, total=len(todo))
+
+        def on_result(res: CaseResult) -> None:
+            check()
+            results.append(res)
+            if not res.ok and progress:
+                bar.console.print(f"[bold red]failed[/] {res.case_id}: {escape(res.error or '')}", highlight=False)
+            bar.advance(task_id)
+
+        if todo:
+            if client is not None:
+                _run_distributed(todo, client, on_result)
+            else:
+                _run_local(todo, config, on_result)
+    return results
+
+
+def _summary(plan: _Plan, extractor_name: str, results: list[CaseResult], skipped: int, seconds: float,
+             notes: tuple[str, ...]) -> ExtractSummary:
+    done = [r for r in results if r.ok]
+    return ExtractSummary(
+        store=plan.out,
+        extractor=extractor_name,
+        cases_total=len(plan.cases),
+        cases_written=len(done),
+        cases_skipped=skipped,
+        failed=tuple(sorted((r.case_id, r.error or "") for r in results if not r.ok)),
+        seconds=seconds,
+        bytes_written=sum(r.bytes_written for r in done),
+        voxels_written=sum(r.voxels for r in done),
+        warnings=notes,
+    )
 
 
 def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: bool = True) -> ExtractSummary:
@@ -386,91 +532,37 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     `raise_on_failure` is False, in which case the summary lists them).
     """
     from maskgen.config import to_dict
-    from maskgen.data.layouts import discover_cases
-    from maskgen.data.pipeline import load_pipeline
     from maskgen.store import writer
 
     t_start = time.perf_counter()
-    pipeline = load_pipeline(config.dataset)
-    out = Path(config.out) if config.out else default_out(pipeline.name)
-    cases = discover_cases(pipeline, config.data_root)
-    for case in cases:
-        writer.check_case_id(case.case_id)
-    existing = writer.read_root_attrs(out)
-    if out.exists() and existing is None and not (out.is_dir() and not any(out.iterdir())):
-        raise MaskgenError(f"{out} exists and is not a maskgen feature store; choose another --out or remove it")
-
+    plan = _plan(config)
     # The extractor (and its fingerprint) comes first: a missing weights file stops here, before the store.
-    spec = ExtractorSpec(config.extractor, config.weights, config.layer, config.device)
-    with _EXTRACTORS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        extractor = _build(spec, allow_download=config.allow_download)
-    notes = tuple(str(w.message) for w in caught)
-    if notes:  # e.g. `--extractor auto` falling back to mind: say so visibly, whatever the warning filters
-        from rich.console import Console
-
-        for note in notes:
-            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]Warning:[/] {note}")
+    extractor, notes = _main_extractor(config)
     fingerprint = extractor.fingerprint()
-    layout = config.layout_for(pipeline, existing)
-    attrs = writer.root_attributes(pipeline, fingerprint, layout, extract_config=to_dict(config))
+    ref = ExtractorRef(fingerprint, extractor.weights_path, config.device)
+    layout = config.layout_for(plan.pipeline, plan.existing)
+    attrs = writer.root_attributes(plan.pipeline, fingerprint, layout, extract_config=to_dict(config))
     client = connect(config.scheduler) if config.scheduler else None
+    lock = WriterLock(plan.out, on_message=_note)
     try:
-        with _EXTRACTORS_LOCK:
-            _EXTRACTORS[spec] = extractor  # in-process workers (threads, distributed processes=False) reuse it
-        writer.prepare_store(out, attrs, overwrite=config.overwrite)
-
-        todo, skipped = [], 0
-        for case in cases:
-            state = writer.case_state(out, case.case_id)
-            if state == "complete" and not config.overwrite:
-                skipped += 1
-                continue
-            if state != "absent":
-                writer.delete_case(out, case.case_id)  # partial group of an interrupted run
-            todo.append(CaseTask(str(out), case, pipeline, spec, fingerprint, layout))
-
-        results: list[CaseResult] = []
-        with _progress(progress and bool(todo)) as bar:
-            task_id = bar.add_task(f"extract {pipeline.name} ({fingerprint.get('name')})", total=len(todo))
-
-            def on_result(res: CaseResult) -> None:
-                results.append(res)
-                if not res.ok and progress:
-                    bar.console.print(f"[bold red]failed[/] {res.case_id}: {res.error}", highlight=False)
-                bar.advance(task_id)
-
-            if todo:
-                if client is not None:
-                    _run_distributed(todo, client, on_result)
-                else:
-                    _run_local(todo, config, on_result)
-        writer.consolidate(out)
+        lock.acquire(wait=config.wait)  # one writer per store (`maskgen.store.lock`)
+        _WORKER_EXTRACTORS.put(ref, extractor)  # in-process workers (threads, distributed processes=False) reuse it
+        _prepare(plan, attrs, config)
+        todo, skipped = _todo(plan, ref, layout, config)
+        title = f"extract {plan.pipeline.name} ({fingerprint.get('name')})"
+        results = _execute(todo, config, client, title, progress, check=lock.check)
+        writer.consolidate(plan.out)
     finally:
-        with _EXTRACTORS_LOCK:
-            _EXTRACTORS.pop(spec, None)
+        lock.release()
+        _WORKER_EXTRACTORS.drop(ref)
         if client is not None:
             client.close()
-
-    done = [r for r in results if r.ok]
-    failed = tuple(sorted((r.case_id, r.error or "") for r in results if not r.ok))
-    summary = ExtractSummary(
-        store=out,
-        extractor=str(fingerprint.get("name")),
-        cases_total=len(cases),
-        cases_written=len(done),
-        cases_skipped=skipped,
-        failed=failed,
-        seconds=time.perf_counter() - t_start,
-        bytes_written=sum(r.bytes_written for r in done),
-        voxels_written=sum(r.voxels for r in done),
-        warnings=notes,
-    )
-    if failed and raise_on_failure:
-        listing = "\n".join(f"  - {cid}: {why}" for cid, why in failed)
+    summary = _summary(plan, str(fingerprint.get("name")), results, skipped, time.perf_counter() - t_start, notes)
+    if summary.failed and raise_on_failure:
+        listing = "\n".join(f"  - {cid}: {why}" for cid, why in summary.failed)
         raise ExtractFailed(
-            f"{len(failed)} of {len(cases)} case(s) failed; the other cases are complete in {out}:\n{listing}\n"
-            "Fix the cause and re-run the same command: complete cases are skipped.",
+            f"{len(summary.failed)} of {len(plan.cases)} case(s) failed; the other cases are complete in "
+            f"{plan.out}:\n{listing}\nFix the cause and re-run the same command: complete cases are skipped.",
             summary,
         )
     return summary

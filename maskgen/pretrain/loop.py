@@ -13,10 +13,8 @@ loads with `--extractor anatomix --weights <out>`.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,15 @@ import numpy as np
 import torch
 
 from maskgen import __version__
-from maskgen.atomic import atomic_path, write_text_atomic
-from maskgen.config import config_diff, format_diff, from_dict, to_dict, write_json_atomic
+from maskgen.atomic import atomic_path
+from maskgen.config import config_diff, format_diff, to_dict, write_json_atomic
 from maskgen.errors import MaskgenError
 from maskgen.pretrain.config import PretrainConfig
 from maskgen.pretrain.contrastive import VoxelContrastiveLoss
 from maskgen.pretrain.synth import PairSynthesizer, synthesize_batch
+from maskgen.pretrain.plots import plot_progress
+from maskgen.train.metrics_log import MetricsLog
+from maskgen.train.schedule import cosine_lr, set_lr
 
 STATE_FORMAT = "maskgen-pretrain-state/1"
 WEIGHTS_FORMAT = "maskgen-anatomix/1"
@@ -39,11 +40,7 @@ _RESUME_FREE = ("out", "checkpoint_every", "log_every")
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Learning rate of (0-based) step `step`: linear warm-up, then cosine from `lr` to `min_lr` at `steps`."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
+    return cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
 
 
 def build_network(cfg: PretrainConfig) -> torch.nn.Module:
@@ -60,22 +57,6 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
-def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if rec["step"] <= upto_step:
-                records.append(rec)
-    return records
-
-
-def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in records))
-
-
 def load_state(path: Path) -> dict[str, Any]:
     """A `last.pt` training state (weights_only)."""
     try:
@@ -87,6 +68,115 @@ def load_state(path: Path) -> dict[str, Any]:
         raise MaskgenError(f"{path} is not a maskgen pretraining state ({STATE_FORMAT}); delete {path.parent} "
                            "to start over")
     return state
+
+
+@dataclass
+class _Run:
+    """A pretraining run ready to step: network, optimiser, loss, data, and where it stands."""
+
+    cfg: PretrainConfig
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: VoxelContrastiveLoss
+    synth: PairSynthesizer
+    log: MetricsLog
+    step: int = 0
+    window: list[list[float]] = field(default_factory=list)   # losses/cosines since the last logged record
+    elapsed: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_path(self) -> Path:
+        return self.cfg.state_dir / "last.pt"
+
+
+def _check_start(cfg: PretrainConfig, resume: bool, stop_after: int | None) -> None:
+    if stop_after is not None and stop_after < 1:
+        raise MaskgenError(f"--stop-after must be >= 1, got {stop_after}")
+    out, state_dir, last_path = Path(cfg.out), cfg.state_dir, cfg.state_dir / "last.pt"
+    if out.is_dir():
+        raise MaskgenError(f"--out {out} is a folder; give a file path such as {out / 'weights.pt'}")
+    if not resume:
+        if last_path.exists():
+            raise MaskgenError(f"a pretraining run already exists at {state_dir}; pass --resume to continue it, or "
+                               f"delete {state_dir} (and {out}) to start over")
+        if out.exists():
+            raise MaskgenError(f"{out} already exists; choose another --out or delete it")
+    elif not last_path.exists():
+        raise MaskgenError(f"nothing to resume: {last_path} does not exist; run without --resume to start")
+
+
+def _setup(cfg: PretrainConfig, resume: bool) -> _Run:
+    """The run at step 0, or restored from its state folder's last.pt (same settings required)."""
+    from maskgen.pretrain.labelmaps import LabelFolder
+
+    synth = PairSynthesizer(
+        cfg.crop_size,
+        cfg.synth,
+        LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3) if cfg.label_dir is not None else None,
+    )
+    net = build_network(cfg)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
+    loss_fn = VoxelContrastiveLoss(cfg.temperature, cfg.voxels_per_volume, mode=cfg.loss)
+    run = _Run(cfg, net, optimizer, loss_fn, synth, MetricsLog(cfg.state_dir / "metrics.jsonl"))
+    if resume:
+        state = load_state(run.last_path)
+        diffs = config_diff(state["config"], to_dict(cfg), ignore=_RESUME_FREE)
+        if diffs:
+            raise MaskgenError(f"cannot resume {cfg.state_dir}: the settings differ from the saved run ("
+                               + format_diff(diffs, "saved", "now")
+                               + "); use the original settings or start a new run with another --out")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        run.step = int(state["step"])
+        run.window = [list(map(float, w)) for w in state["window"]]
+        run.elapsed = float(state.get("elapsed_s", 0.0))
+    else:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg.state_dir / "config.json", to_dict(cfg))
+    run.records = run.log.truncate_after(run.step)  # drop records logged after the checkpoint we resume from
+    return run
+
+
+def _save_state(run: _Run) -> None:
+    cfg = run.cfg
+    with atomic_path(run.last_path) as tmp:
+        torch.save({"format": STATE_FORMAT, "step": run.step, "model": run.net.state_dict(),
+                    "optimizer": run.optimizer.state_dict(), "config": to_dict(cfg), "arch": dict(cfg.arch),
+                    "window": run.window, "elapsed_s": run.elapsed, "maskgen_version": __version__}, tmp)
+    plot_progress(run.records, cfg.state_dir / "progress.png", title=f"{Path(cfg.out).name}: step {run.step}/{cfg.steps}")
+
+
+def _step(run: _Run) -> None:
+    """One optimisation step at `run.step` (data, voxel samples and lr are pure functions of (seed, step))."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    set_lr(run.optimizer, lr_at(run.step, cfg))
+    view1, view2, labels, offsets = synthesize_batch(run.synth, cfg.seed, run.step, cfg.batch_size)
+    features = run.net(torch.cat([view1, view2]))
+    f1, f2 = features.chunk(2)
+    loss, stats = run.loss_fn(f1, f2, labels, _step_generator(cfg.seed, run.step),
+                              offsets=offsets if cfg.synth.max_view_shift else None)
+    if not torch.isfinite(loss):
+        raise MaskgenError(f"pretraining diverged at step {run.step + 1} (loss {loss.item()}); "
+                           f"lower --lr (now {cfg.lr}) and start a new run")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.step += 1
+    run.elapsed += time.perf_counter() - t0
+    run.window.append([float(loss.detach()), stats["pos_cos"], stats["neg_cos"]])
+
+
+def _log(run: _Run) -> None:
+    """The mean of the window since the last record, as a metrics.jsonl record."""
+    values = np.array(run.window, dtype=np.float64)
+    neg = float(np.nanmean(values[:, 2])) if np.isfinite(values[:, 2]).any() else float("nan")
+    record = {"step": run.step, "loss": float(values[:, 0].mean()), "pos_cos": float(values[:, 1].mean()),
+              "neg_cos": neg, "lr": lr_at(run.step - 1, run.cfg), "elapsed_s": round(run.elapsed, 3)}
+    run.records.append(record)
+    run.log.append(record)
+    run.window = []
 
 
 def pretrain(
@@ -103,129 +193,46 @@ def pretrain(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from maskgen.extract.weights import save_anatomix_checkpoint
-    from maskgen.pretrain.labelmaps import LabelFolder
-    from maskgen.pretrain.plots import plot_progress
-
-    if stop_after is not None and stop_after < 1:
-        raise MaskgenError(f"--stop-after must be >= 1, got {stop_after}")
-    out = Path(cfg.out)
-    state_dir = cfg.state_dir
-    last_path = state_dir / "last.pt"
-    metrics_path = state_dir / "metrics.jsonl"
-    current = to_dict(cfg)
-
-    if out.is_dir():
-        raise MaskgenError(f"--out {out} is a folder; give a file path such as {out / 'weights.pt'}")
-    if not resume:
-        if last_path.exists():
-            raise MaskgenError(f"a pretraining run already exists at {state_dir}; pass --resume to continue it, or "
-                               f"delete {state_dir} (and {out}) to start over")
-        if out.exists():
-            raise MaskgenError(f"{out} already exists; choose another --out or delete it")
-    elif not last_path.exists():
-        raise MaskgenError(f"nothing to resume: {last_path} does not exist; run without --resume to start")
-
-    synth = PairSynthesizer(
-        cfg.crop_size,
-        cfg.synth,
-        LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3) if cfg.label_dir is not None else None,
-    )
-    net = build_network(cfg)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
-    loss_fn = VoxelContrastiveLoss(cfg.temperature, cfg.voxels_per_volume, mode=cfg.loss)
-
-    step = 0
-    window: list[list[float]] = []
-    elapsed = 0.0
-    if resume:
-        state = load_state(last_path)
-        diffs = config_diff(state["config"], current, ignore=_RESUME_FREE)
-        if diffs:
-            raise MaskgenError(f"cannot resume {state_dir}: the settings differ from the saved run ("
-                               + format_diff(diffs, "saved", "now")
-                               + "); use the original settings or start a new run with another --out")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        window = [list(map(float, w)) for w in state["window"]]
-        elapsed = float(state.get("elapsed_s", 0.0))
-    else:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(state_dir / "config.json", current)
-    records = _read_metrics(metrics_path, step)
-    _write_metrics(metrics_path, records)          # drop records logged after the checkpoint we resume from
-
-    def save_state() -> None:
-        with atomic_path(last_path) as tmp:
-            torch.save({"format": STATE_FORMAT, "step": step, "model": net.state_dict(),
-                        "optimizer": optimizer.state_dict(), "config": current, "arch": dict(cfg.arch),
-                        "window": window, "elapsed_s": elapsed, "maskgen_version": __version__}, tmp)
-        plot_progress(records, state_dir / "progress.png", title=f"{out.name}: step {step}/{cfg.steps}")
-
-    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    _check_start(cfg, resume, stop_after)
+    run = _setup(cfg, resume)
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("[bold]pretrain[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_progress,
+        TextColumn("pretrain", style="bold"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=not show_progress,
     )
-    net.train()
-    last_loss = records[-1]["loss"] if records else float("nan")
+    run.net.train()
+    last_loss = run.records[-1]["loss"] if run.records else float("nan")
     try:
         with progress:
-            task = progress.add_task("pretrain", total=cfg.steps, completed=step, loss=f"{last_loss:.4f}")
-            while step < end:
-                t0 = time.perf_counter()
-                lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                view1, view2, labels, offsets = synthesize_batch(synth, cfg.seed, step, cfg.batch_size)
-                features = net(torch.cat([view1, view2]))
-                f1, f2 = features.chunk(2)
-                loss, stats = loss_fn(f1, f2, labels, _step_generator(cfg.seed, step),
-                                      offsets=offsets if cfg.synth.max_view_shift else None)
-                if not torch.isfinite(loss):
-                    raise MaskgenError(f"pretraining diverged at step {step + 1} (loss {loss.item()}); "
-                                       f"lower --lr (now {cfg.lr}) and start a new run")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                elapsed += time.perf_counter() - t0
-                window.append([float(loss.detach()), stats["pos_cos"], stats["neg_cos"]])
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    values = np.array(window, dtype=np.float64)
-                    records.append({"step": step, "loss": float(values[:, 0].mean()),
-                                    "pos_cos": float(values[:, 1].mean()),
-                                    "neg_cos": float(np.nanmean(values[:, 2])) if np.isfinite(values[:, 2]).any()
-                                    else float("nan"),
-                                    "lr": lr, "elapsed_s": round(elapsed, 3)})
-                    window = []
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(records[-1]) + "\n")
-                    last_loss = records[-1]["loss"]
-                if step % cfg.checkpoint_every == 0 or step == end:
-                    save_state()
-                progress.update(task, completed=step, loss=f"{last_loss:.4f}")
+            task = progress.add_task("pretrain", total=cfg.steps, completed=run.step, loss=f"{last_loss:.4f}")
+            while run.step < end:
+                _step(run)
+                if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                    _log(run)
+                    last_loss = run.records[-1]["loss"]
+                if run.step % cfg.checkpoint_every == 0 or run.step == end:
+                    _save_state(run)
+                progress.update(task, completed=run.step, loss=f"{last_loss:.4f}")
     except KeyboardInterrupt:
-        console.print(f"Interrupted at step {step}; the last checkpoint is at step "
-                      f"{load_state(last_path)['step'] if last_path.exists() else 0}. "
-                      "Continue with the same command plus --resume.")
+        saved = load_state(run.last_path)["step"] if run.last_path.exists() else 0
+        console.print(f"Interrupted at step {run.step}; the last checkpoint is at step {saved}. "
+                      "Continue with the same command plus --resume.", markup=False)
         raise
-    if step < cfg.steps:
-        return last_path
-    net.eval()
-    save_anatomix_checkpoint(net, out, extra={
-        "format": WEIGHTS_FORMAT, "kind": "maskgen-pretrain", "config": current, "step": step,
-        "seed": cfg.seed, "final_loss": last_loss, "maskgen_version": __version__, "torch_version": str(torch.__version__),
+    if run.step < cfg.steps:
+        return run.last_path
+    return _write_weights(run, last_loss)
+
+
+def _write_weights(run: _Run, last_loss: float) -> Path:
+    from maskgen.extract.weights import save_anatomix_checkpoint
+
+    run.net.eval()
+    out = Path(run.cfg.out)
+    save_anatomix_checkpoint(run.net, out, extra={
+        "format": WEIGHTS_FORMAT, "kind": "maskgen-pretrain", "config": to_dict(run.cfg), "step": run.step,
+        "seed": run.cfg.seed, "final_loss": last_loss, "maskgen_version": __version__,
+        "torch_version": str(torch.__version__),
     })
     return out
-
-
-def read_run_config(state_dir: str | os.PathLike) -> PretrainConfig:
-    """The PretrainConfig saved in a state folder's config.json."""
-    path = Path(state_dir) / "config.json"
-    try:
-        return from_dict(PretrainConfig, json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise MaskgenError(f"cannot read {path}: {e}") from None

@@ -10,9 +10,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from maskgen.store.integrity import value_problem
 from maskgen.store.layout import FEATURES, IMAGE, LABEL
 from maskgen.store.reader import FeatureStore
-from maskgen.store.writer import dir_size
+from maskgen.store.writer import store_size
 
 _VERIFY_SLAB_BYTES = 128 * 2**20
 
@@ -28,6 +29,7 @@ class StoreInfo:
     layout: dict[str, Any]
     spacing_zyx: tuple[float, ...]
     normalization: str | None
+    normalization_by_domain: dict[str, str]  # domain -> the rule(s) its cases got, from the case records
     num_features: int | None
     cases: int
     by_split: dict[str, int]
@@ -60,16 +62,24 @@ def store_info(path: str | os.PathLike) -> StoreInfo:
         layout=dict(attrs.get("layout") or {}),
         spacing_zyx=tuple(float(s) for s in attrs.get("spacing_zyx") or ()),
         normalization=attrs.get("normalization"),
+        normalization_by_domain=_rules_by_domain(cases),
         num_features=None if n_features is None else int(n_features),
         cases=len(cases),
         by_split=dict(sorted(Counter(c.split for c in cases).items())),
         by_domain=dict(sorted(Counter(c.domain for c in cases).items())),
         by_split_domain=dict(sorted(Counter((c.split, c.domain) for c in cases).items())),
         incomplete=incomplete,
-        size_bytes=dir_size(store.path),
+        size_bytes=store_size(store.io),
         voxels=sum(int(np.prod(c.shape_zyx)) for c in cases),
         consolidated=store.used_consolidated,
     )
+
+
+def _rules_by_domain(cases: list[Any]) -> dict[str, str]:
+    rules: dict[str, Counter] = {}
+    for c in cases:
+        rules.setdefault(c.domain, Counter())[c.normalization or "not recorded"] += 1
+    return {d: ", ".join(f"{r} ({n})" for r, n in sorted(counts.items())) for d, counts in sorted(rules.items())}
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class VerifyReport:
     checked: int
     problems: tuple[tuple[str, str], ...]  # (case_id, what is wrong)
     incomplete: tuple[str, ...]
+    unchecksummed: tuple[str, ...] = ()     # cases whose chunks carry no checksum (stores made before checksums)
 
     @property
     def ok(self) -> bool:
@@ -98,18 +109,65 @@ def _check_array(arr: Any, name: str, shape: tuple[int, ...], dtype: str) -> lis
     return out
 
 
-def verify_case(store: FeatureStore, case_id: str) -> list[str]:
-    """Problems of one complete case (empty list if it is fine): shapes, dtypes, chunk files, finite values."""
-    info = store.case(case_id)
-    problems: list[str] = []
+def _case_attr_problems(store: FeatureStore, info: Any) -> list[str]:
     c = store.num_features
-    z, y, x = info.shape_zyx
-    feat_dtype = "int8" if store.layout.dtype == "int8" else "float16"
+    problems = []
     for what, values in (("feature_mean", info.feature_mean), ("feature_std", info.feature_std)):
         if len(values) != c or not np.isfinite(values).all():
             problems.append(f"{what} must hold {c} finite values, has {len(values)}")
-    if feat_dtype == "int8" and (info.feature_scale is None or len(info.feature_scale) != c):
+    if store.layout.dtype == "int8" and (info.feature_scale is None or len(info.feature_scale) != c):
         problems.append(f"int8 features need feature_scale with {c} values")
+    return problems
+
+
+def _bad_chunks(arr: Any, sl: slice) -> list[str]:
+    """The chunks of `arr` within z range `sl` that cannot be decoded, each with the reason."""
+    import itertools
+
+    out = []
+    grid = [range(0, n, c) for n, c in zip(arr.shape, arr.chunks)]
+    zaxis = arr.ndim - 3
+    for corner in itertools.product(*grid):
+        if not sl.start <= corner[zaxis] < sl.stop:
+            continue
+        sel = tuple(slice(a, a + c) for a, c in zip(corner, arr.chunks))
+        try:
+            arr[sel]
+        except Exception as e:
+            index = "/".join(str(a // c) for a, c in zip(corner, arr.chunks))
+            out.append(f"chunk c/{index} cannot be read ({type(e).__name__}: {' '.join(str(e).split())})")
+    return out
+
+
+def _check_values(arrays: dict[str, Any], has_label: bool, num_classes: int, c: int, yx: int) -> list[str]:
+    """Read every chunk (in z slabs) and check it decodes (checksums) and holds valid values."""
+    problems: list[str] = []
+    z = arrays[IMAGE].shape[1]
+    step = max(1, _VERIFY_SLAB_BYTES // max(1, 4 * (c + 1) * yx))
+    names = [IMAGE, FEATURES] + ([LABEL] if has_label else [])
+    for z0 in range(0, z, step):
+        sl = slice(z0, min(z, z0 + step))
+        for name in names:
+            arr = arrays[name]
+            try:
+                block = arr[(slice(None),) * (arr.ndim - 3) + (sl,)]
+            except Exception:
+                problems += [f"{name} {p}" for p in _bad_chunks(arr, sl)] or [f"{name} cannot be read in z {sl.start}"]
+                continue
+            problem = value_problem(name, block, num_classes)
+            if problem:
+                problems.append(f"{name} has {problem} in z {sl.start}..{sl.stop - 1}")
+    return problems
+
+
+def verify_case(store: FeatureStore, case_id: str) -> list[str]:
+    """Problems of one complete case (empty list if it is fine): attributes, shapes, dtypes, chunk files, checksums
+    and values (finite image and features, labels within the classes)."""
+    info = store.case(case_id)
+    problems = _case_attr_problems(store, info)
+    c = store.num_features
+    z, y, x = info.shape_zyx
+    feat_dtype = "int8" if store.layout.dtype == "int8" else "float16"
     expected = [(IMAGE, (1, z, y, x), "float16"), (FEATURES, (c, z, y, x), feat_dtype)]
     if info.has_label:
         expected.append((LABEL, (z, y, x), "uint8"))
@@ -123,27 +181,15 @@ def verify_case(store: FeatureStore, case_id: str) -> list[str]:
         problems += _check_array(arrays[name], name, shape, dtype)
     if problems:
         return problems
-    num_classes = store.num_classes
-    step = max(1, _VERIFY_SLAB_BYTES // max(1, 4 * (c + 1) * y * x))
-    try:
-        for z0 in range(0, z, step):
-            sl = slice(z0, min(z, z0 + step))
-            for name in (IMAGE, FEATURES):
-                block = arrays[name][:, sl]
-                bad = block.size - int(np.isfinite(block).sum()) if block.dtype.kind == "f" else 0
-                if bad:
-                    problems.append(f"{name} has {bad} non-finite value(s) in z {sl.start}..{sl.stop - 1}")
-            if info.has_label:
-                top = int(arrays[LABEL][sl].max(initial=0))
-                if top >= num_classes:
-                    problems.append(f"label has value {top} but the pipeline has {num_classes - 1} classes")
-    except Exception as e:  # truncated or corrupted chunk files
-        problems.append(f"data cannot be read ({type(e).__name__}: {e})")
-    return problems
+    return _check_values(arrays, info.has_label, store.num_classes, c, y * x)
+
+
+def _unchecksummed(store: FeatureStore, case_ids: list[str]) -> tuple[str, ...]:
+    return tuple(cid for cid in case_ids if not all(store._has_checksum(cid, n) for n in (IMAGE, FEATURES)))
 
 
 def verify_store(
-    path: str | os.PathLike, on_case: Callable[[str, list[str]], None] | None = None
+    path: Any, on_case: Callable[[str, list[str]], None] | None = None
 ) -> VerifyReport:
     """Read every complete case fully and check it; `on_case(case_id, problems)` is called after each one."""
     store = FeatureStore(path)
@@ -155,4 +201,5 @@ def verify_store(
         problems += [(info.case_id, p) for p in found]
         if on_case is not None:
             on_case(info.case_id, found)
-    return VerifyReport(path=store.path, checked=len(cases), problems=tuple(problems), incomplete=incomplete)
+    return VerifyReport(path=store.path, checked=len(cases), problems=tuple(problems), incomplete=incomplete,
+                        unchecksummed=_unchecksummed(store, [c.case_id for c in cases]))

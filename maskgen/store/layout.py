@@ -28,6 +28,7 @@ SIDECAR_DIR = ".maskgen"  # maskgen's own files inside the store folder (foregro
 
 FEATURE_DTYPES = ("float16", "int8")
 CODECS = ("none", "blosc-lz4", "blosc-zstd", "zstd")
+CHECKSUMS = ("crc32c", "none")
 INT8_MAX = 127
 
 
@@ -44,6 +45,8 @@ class StoreLayout:
     codec: "none", "blosc-lz4", "blosc-zstd" (byte shuffle) or "zstd".
     clevel: compression level for the codecs that take one.
     shards_zyx: outer shard shape (a multiple of chunks_zyx) to store many chunks per file, or None.
+    checksum: "crc32c" (zarr v3's crc32c codec: 4 bytes per chunk, checked on every read; detects truncated and
+        overwritten chunks) or "none" (stores made before checksums were added read as "none").
     """
 
     dtype: str = "float16"
@@ -53,6 +56,7 @@ class StoreLayout:
     codec: str = "none"
     clevel: int = 5
     shards_zyx: tuple[int, int, int] | None = None
+    checksum: str = "crc32c"
 
     def __post_init__(self) -> None:
         if self.dtype not in FEATURE_DTYPES:
@@ -61,6 +65,8 @@ class StoreLayout:
             raise ValueError(f"StoreLayout.codec must be one of {CODECS}, got {self.codec!r}")
         if len(self.chunks_zyx) != 3 or any(int(c) < 1 for c in self.chunks_zyx):
             raise ValueError(f"StoreLayout.chunks_zyx must be three positive ints, got {self.chunks_zyx!r}")
+        if self.checksum not in CHECKSUMS:
+            raise ValueError(f"StoreLayout.checksum must be one of {CHECKSUMS}, got {self.checksum!r}")
         if self.channel_chunk < 0:
             raise ValueError(f"StoreLayout.channel_chunk must be >= 0, got {self.channel_chunk!r}")
         if not 0 <= self.clevel <= 22:
@@ -98,16 +104,21 @@ class StoreLayout:
 
     # -- codecs -----------------------------------------------------------------------------------------
     def compressors(self, itemsize: int) -> Any:
-        """The `compressors=` argument for `zarr.create_array` (None stores raw bytes)."""
+        """The `compressors=` argument for `zarr.create_array`: the codec, then the checksum (None: raw bytes)."""
         import zarr.codecs as zc
 
-        if self.codec == "none":
-            return None
+        out: list[Any] = []
         if self.codec == "zstd":
-            return [zc.ZstdCodec(level=self.clevel)]
-        cname = self.codec.split("-", 1)[1]
-        shuffle = "shuffle" if itemsize > 1 else "noshuffle"
-        return [zc.BloscCodec(cname=cname, clevel=self.clevel, shuffle=shuffle, typesize=itemsize)]
+            out.append(zc.ZstdCodec(level=self.clevel))
+        elif self.codec != "none":
+            cname = self.codec.split("-", 1)[1]
+            shuffle = "shuffle" if itemsize > 1 else "noshuffle"
+            out.append(zc.BloscCodec(cname=cname, clevel=self.clevel, shuffle=shuffle, typesize=itemsize))
+        if self.checksum == "crc32c":
+            from maskgen.store.crc import crc32c_codec
+
+            out.append(crc32c_codec())
+        return out or None
 
     def to_attrs(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -119,6 +130,7 @@ class StoreLayout:
     def from_attrs(cls, attrs: dict[str, Any]) -> "StoreLayout":
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in attrs.items() if k in known}
+        kw.setdefault("checksum", "none")  # recorded since checksums exist; older stores have none
         if kw.get("chunks_zyx") is not None:
             kw["chunks_zyx"] = tuple(kw["chunks_zyx"])
         if kw.get("shards_zyx") is not None:

@@ -1,55 +1,37 @@
 """Reading a feature store: complete cases, whole volumes, random crops (zero-padded), foreground locations.
 
-`FeatureStore` opens lazily and pickles without its zarr handles, so it can be handed to DataLoader worker
-processes: each process opens the store (and configures zarr's decode thread pool) on first use.
+`FeatureStore` reads metadata through the store's one zarr Store object (`maskgen.store.kv.StoreIO`) and array data
+through a read backend (`zarr_backend` or `tensorstore_backend`); foreground locations come from `fg_cache`. It
+opens lazily and pickles without handles, so it can be handed to DataLoader worker processes: each process opens the
+store (and configures zarr's decode thread pool) on first use, and a forked process reopens it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from maskgen.atomic import atomic_path
+from maskgen.data.intensity import describe_record
 from maskgen.errors import MaskgenError
-from maskgen.store.layout import (
-    CASES_GROUP,
-    COMPLETE_ATTR,
-    FEATURES,
-    IMAGE,
-    LABEL,
-    StoreLayout,
-    dequantize,
-)
-from maskgen.store.writer import fg_cache_path, read_case_attrs, read_root_attrs, read_root_doc
+from maskgen.store import fg_cache
+from maskgen.store.integrity import TRANSIENT, ArrayReadError, CorruptStoreError, has_checksum, value_problem
+from maskgen.store.kv import StoreIO, as_io
+from maskgen.store.layout import CASES_GROUP, COMPLETE_ATTR, FEATURES, IMAGE, LABEL, StoreLayout, dequantize
+from maskgen.store.meta import case_folders, case_prefix, read_many_case_attrs, read_root_doc, root_attrs_of
+from maskgen.store.tensorstore_backend import TensorstoreBackend, tensorstore_available
+from maskgen.store.zarr_backend import ZarrBackend, configure_zarr_threads  # noqa: F401 - re-exported
 
-# zarr-python decodes chunks in a thread pool created on the first read. Measured on 2 cores
-# (benchmarks/store_layout.py), one decode thread per process is as fast as more for uncompressed
-# float16 crops; parallelism comes from DataLoader worker processes instead.
-READ_THREADS_ENV = "MASKGEN_ZARR_THREADS"
-DEFAULT_READ_THREADS = 1
 #: "zarr" (zarr-python; default, fork-safe) or "tensorstore" (optional package, reads the same Zarr v3 arrays in
 #: C++); "auto" picks tensorstore when it is installed. Default: $MASKGEN_STORE_BACKEND, else "zarr".
 #: Measured (benchmarks/results.jsonl, 2 shared cores): tensorstore reads 64^3 training samples 1.4-2.2x faster, and
 #: 128^3 samples no faster (0.8-1.0x), so zarr-python stays the default.
 BACKENDS = ("auto", "zarr", "tensorstore")
 BACKEND_ENV = "MASKGEN_STORE_BACKEND"
-
-
-# pid of the process that first used tensorstore. Its thread pools do not survive fork(): a forked child of that
-# process (a DataLoader worker started with "fork") must not touch tensorstore, even through a fresh context.
-_TS_USED_BY_PID: int | None = None
-
-
-def tensorstore_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorstore") is not None
 
 
 def resolve_backend(backend: str | None) -> str:
@@ -64,22 +46,6 @@ def resolve_backend(backend: str | None) -> str:
     return backend
 
 
-def configure_zarr_threads(threads: int | None = None) -> None:
-    """Set zarr's decode thread pool size for this process, unless zarr or the user configured it already.
-
-    Takes effect only before zarr's first read or write in the process (zarr creates the pool lazily), so call it
-    (or open a FeatureStore) inside each DataLoader worker before reading.
-    """
-    import zarr
-    import zarr.core.sync as zsync
-
-    if zarr.config.get("threading.max_workers", None) is not None or getattr(zsync, "_executor", None) is not None:
-        return
-    if threads is None:
-        threads = int(os.environ.get(READ_THREADS_ENV, DEFAULT_READ_THREADS))
-    zarr.config.set({"threading.max_workers": max(1, int(threads))})
-
-
 @dataclass(frozen=True)
 class CaseInfo:
     case_id: str
@@ -92,6 +58,7 @@ class CaseInfo:
     feature_std: tuple[float, ...]
     feature_scale: tuple[float, ...] | None = None  # int8 stores only
     has_label: bool = True
+    normalization: str = ""  # the intensity rule the case got, e.g. "ct [-1024, 1024]" ("" in older stores)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "CaseInfo":
@@ -107,53 +74,54 @@ class CaseInfo:
             feature_std=tuple(float(v) for v in attrs["feature_std"]),
             feature_scale=None if scale is None else tuple(float(v) for v in scale),
             has_label=bool(attrs.get("has_label", True)),
+            normalization=describe_record(attrs.get("normalization")),
         )
 
 
 class FeatureStore:
     """A maskgen Zarr v3 feature store (see docs/ARCHITECTURE.md for the layout)."""
 
-    def __init__(self, path: str | os.PathLike, read_threads: int | None = None, backend: str | None = None):
+    def __init__(self, path: str | os.PathLike | StoreIO, read_threads: int | None = None, backend: str | None = None):
         """`read_threads`: decode threads per process (default $MASKGEN_ZARR_THREADS or 1); `backend`: see BACKENDS."""
-        self.path = Path(path)
-        attrs = read_root_attrs(self.path)
+        self.io = as_io(path, read_only=True)
+        self.path = Path(self.io.location)
+        doc = read_root_doc(self.io)
+        attrs = root_attrs_of(doc)
         if attrs is None:
-            if not self.path.exists():
+            if not self.io.root_exists():
                 raise MaskgenError(f"{self.path} does not exist; create it with `maskgen extract --out {self.path}`")
             raise MaskgenError(
                 f"{self.path} is not a maskgen feature store (no root zarr.json with maskgen attributes); "
                 "create one with `maskgen extract`"
             )
         self.attrs: dict[str, Any] = attrs
+        self._root_doc: dict[str, Any] | None = doc
         self.read_threads = read_threads
         self.backend = resolve_backend(backend)
         self.layout = StoreLayout.from_attrs(attrs.get("layout") or {})
-        self._root: Any = None
         self._cases: dict[str, CaseInfo] | None = None
-        self._arrays: dict[tuple[str, str], Any] = {}
-        self._ts_arrays: dict[tuple[str, str], Any] = {}
-        self._ts_context: Any = None
+        self._reader: Any = None
+        self._zarr: ZarrBackend | None = None
+        self._checksummed: dict[tuple[str, str], bool] = {}
         self._pid = os.getpid()
         self._warned_fork = False
         self._used_consolidated = False
 
-    # -- pickling: no zarr/tensorstore handles across processes ----------------------------------------
+    # -- pickling and fork: no zarr/tensorstore handles across processes -------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_root"] = None
-        state["_arrays"] = {}
-        state["_ts_arrays"] = {}
-        state["_ts_context"] = None
+        state["_reader"] = None
+        state["_zarr"] = None
         return state
 
     def _check_pid(self) -> None:
-        """After a fork (DataLoader workers), reopen: tensorstore's thread pools do not survive it."""
+        """After a fork (DataLoader workers), reopen the zarr Store (its event loop is per process)."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._root = None
-            self._arrays = {}
-            self._ts_arrays = {}
-            self._ts_context = None
+            self.io = StoreIO(self.io.location, read_only=True)
+            self._zarr = None
+            if self._reader is not None and self._reader.name == "zarr":
+                self._reader = None
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r})"
@@ -184,46 +152,30 @@ class FeatureStore:
     def spacing_zyx(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.attrs["spacing_zyx"])  # type: ignore[return-value]
 
-    # -- opening ---------------------------------------------------------------------------------------
-    def _open_root(self) -> Any:
-        """A read-only zarr LocalStore of the store folder (arrays are opened from it one by one)."""
-        if self._root is None:
-            from zarr.storage import LocalStore
+    @property
+    def num_classes(self) -> int:
+        """Label values including background (K + 1), from the pipeline recorded in the store."""
+        classes = (self.attrs.get("pipeline") or {}).get("classes")
+        if classes is None:
+            raise MaskgenError(f"{self.path}: root attributes lack pipeline.classes")
+        return len(classes) + 1
 
-            configure_zarr_threads(self.read_threads)
-            self._root = LocalStore(str(self.path), read_only=True)
-        return self._root
-
+    # -- cases -----------------------------------------------------------------------------------------
     def case_folders(self) -> set[str]:
-        """Names of all case groups on disk, complete or not (one directory listing)."""
-        d = self.path / CASES_GROUP
-        if not d.is_dir():
-            return set()
-        return {e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith(".")}
+        """Names of all case groups in the store, complete or not (one listing)."""
+        return case_folders(self.io)
 
     def _load_cases(self) -> dict[str, CaseInfo]:
-        """Complete cases from the consolidated metadata in the root `zarr.json` (one file read) when it is present
-        and lists exactly the case folders on disk; else (missing or stale) from each case group's `zarr.json`."""
+        """Complete cases from the consolidated metadata in the root `zarr.json` (one read) when it is present
+        and lists exactly the case groups in the store; else (missing or stale) from each case group's `zarr.json`
+        (fetched concurrently)."""
         on_disk = self.case_folders()
-        doc = read_root_doc(self.path) or {}
-        cons = (doc.get("consolidated_metadata") or {}).get("metadata")
-        found: dict[str, dict[str, Any]] | None = None
-        if isinstance(cons, dict):
-            prefix = CASES_GROUP + "/"
-            groups = {
-                k[len(prefix) :]: m
-                for k, m in cons.items()
-                if k.startswith(prefix) and "/" not in k[len(prefix) :] and (m or {}).get("node_type") == "group"
-            }
-            if set(groups) == on_disk:
-                found = {cid: dict(m.get("attributes") or {}) for cid, m in groups.items()}
+        doc = self._root_doc if self._root_doc is not None else (read_root_doc(self.io) or {})
+        self._root_doc = None  # used once: refresh() and later loads read it again
+        found = _consolidated_cases(doc, on_disk)
         self._used_consolidated = found is not None
         if found is None:
-            found = {}
-            for cid in on_disk:
-                attrs = read_case_attrs(self.path, cid)
-                if attrs is not None:
-                    found[cid] = attrs
+            found = read_many_case_attrs(self.io, sorted(on_disk))
         infos = {}
         for cid in sorted(found):
             attrs = found[cid]
@@ -243,9 +195,10 @@ class FeatureStore:
 
     def refresh(self) -> None:
         """Forget cached metadata (e.g. after another process added cases)."""
-        self._root = None
         self._cases = None
-        self._arrays = {}
+        self._reader = None
+        self._zarr = None
+        self._root_doc = None
 
     def cases(self, split: str | None = None, domain: str | None = None) -> list[CaseInfo]:
         """Complete cases (sorted by id), optionally only those of one split and/or domain."""
@@ -277,62 +230,71 @@ class FeatureStore:
         assert self._cases is not None
         return case_id in self._cases
 
+    # -- backends --------------------------------------------------------------------------------------
+    def _zarr_backend(self) -> ZarrBackend:
+        self._check_pid()
+        if self._zarr is None:
+            self._zarr = ZarrBackend(self.io, self.read_threads)
+        return self._zarr
+
     def array(self, case_id: str, name: str) -> Any:
         """The zarr array `name` ("image" | "features" | "label") of a case, opened once and cached."""
+        return self._zarr_backend().array(case_id, name)
+
+    def _backend(self) -> Any:
+        """The read backend of this process: tensorstore when chosen and usable here, else zarr-python."""
         self._check_pid()
-        key = (case_id, name)
-        arr = self._arrays.get(key)
-        if arr is None:
-            import zarr
-
-            arr = zarr.open_array(self._open_root(), path=f"{CASES_GROUP}/{case_id}/{name}", mode="r")
-            self._arrays[key] = arr
-        return arr
-
-    def _ts_array(self, case_id: str, name: str) -> Any:
-        key = (case_id, name)
-        arr = self._ts_arrays.get(key)
-        if arr is None:
-            import tensorstore as ts
-
-            if self._ts_context is None:
-                threads = self.read_threads or int(os.environ.get(READ_THREADS_ENV, DEFAULT_READ_THREADS))
-                self._ts_context = ts.Context({
-                    "cache_pool": {"total_bytes_limit": 0},
-                    "data_copy_concurrency": {"limit": max(1, threads)},
-                    "file_io_concurrency": {"limit": max(2, threads)},
-                })
-            path = str(self.path / CASES_GROUP / case_id / name)
-            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
-            arr = ts.open(spec, read=True, open=True, context=self._ts_context).result()
-            self._ts_arrays[key] = arr
-        return arr
-
-    def _use_tensorstore(self) -> bool:
-        global _TS_USED_BY_PID
-        if self.backend != "tensorstore":
-            return False
-        if _TS_USED_BY_PID is None:
-            _TS_USED_BY_PID = os.getpid()
-        elif _TS_USED_BY_PID != os.getpid():  # forked after tensorstore was used: zarr-python is fork-safe
-            if not self._warned_fork:
+        if self.backend == "tensorstore":
+            if self._reader is None:
+                self._reader = TensorstoreBackend(self.io, self.read_threads)
+            if self._reader.usable():
+                return self._reader
+            if not self._warned_fork and self._reader.used_in_pid is not None:
                 self._warned_fork = True
                 warnings.warn(
                     f"{self.path}: this process was forked after tensorstore was used, so it reads with zarr-python "
                     "(slower); start DataLoader workers with multiprocessing_context='spawn' or 'forkserver'",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-            return False
-        return True
+        return self._zarr_backend()
 
-    def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]]) -> list[np.ndarray]:
-        """Read several (array name, selection) pairs of a case; tensorstore issues them concurrently."""
-        self._check_pid()
-        if self._use_tensorstore():
-            futures = [self._ts_array(case_id, name)[sel].read() for name, sel in requests]
-            return [np.asarray(f.result()) for f in futures]
-        return [self.array(case_id, name)[sel] for name, sel in requests]
+    def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]], check_floats: bool = False
+               ) -> list[np.ndarray]:
+        """Read several (array name, selection) pairs of a case (tensorstore issues them concurrently) and check
+        the values; damage raises CorruptStoreError naming the case and array (see `maskgen.store.integrity`).
+
+        Labels are always range-checked (cheap). Image and features are checked for NaN/inf when `check_floats` (whole
+        cases: small next to what is done with them) or when the array has no checksums; checksummed chunks hold
+        exactly what the writer wrote, and the writer refuses non-finite values (crops skip the check: 15% of a
+        64^3 crop's read time)."""
+        try:
+            got = self._backend().fetch(case_id, requests)
+        except ArrayReadError as e:
+            if isinstance(e.cause, TRANSIENT):
+                raise MaskgenError(f"{self.path}: cannot read case {case_id}, array {e.name}: "
+                                   f"{type(e.cause).__name__}: {e.cause}") from None
+            raise CorruptStoreError.of(self.path, case_id, e.name, f"{type(e.cause).__name__}: {e.cause}") from None
+        for (name, _), arr in zip(requests, got):
+            # checksummed chunks cannot hold values the writer refused; without checksums, check floats here
+            floats = arr.dtype.kind == "f" and (check_floats or not self._has_checksum(case_id, name))
+            if floats or name == LABEL:
+                problem = value_problem(name, arr, self.num_classes)
+                if problem:
+                    raise CorruptStoreError.of(self.path, case_id, name, problem)
+        return got
+
+    def _has_checksum(self, case_id: str, name: str) -> bool:
+        key = (case_id, name)
+        if key not in self._checksummed:
+            import json
+
+            raw = self.io.get(f"{case_prefix(case_id)}/{name}/zarr.json")
+            try:
+                self._checksummed[key] = raw is not None and has_checksum(json.loads(raw))
+            except ValueError:
+                self._checksummed[key] = False
+        return self._checksummed[key]
 
     # -- reading ---------------------------------------------------------------------------------------
     def read_case(self, case_id: str, dtype: Any = np.float32) -> dict[str, np.ndarray | None]:
@@ -340,7 +302,7 @@ class FeatureStore:
         (None for a case stored without label)."""
         info = self.case(case_id)
         names = [IMAGE, FEATURES] + ([LABEL] if info.has_label else [])
-        got = self._fetch(case_id, [(n, (Ellipsis,)) for n in names])
+        got = self._fetch(case_id, [(n, (Ellipsis,)) for n in names], check_floats=True)
         image = got[0].astype(dtype, copy=False)
         feats = dequantize(got[1], _scale(info), dtype)
         label = got[2] if info.has_label else None
@@ -397,8 +359,7 @@ class FeatureStore:
     def foreground_locations(self, case_id: str, max_per_class: int = 10000, seed: int = 0) -> dict[int, np.ndarray]:
         """Up to `max_per_class` voxel coordinates (N, 3) zyx of each foreground class 1..K, sampled once.
 
-        Cached in `<store>/.maskgen/fg/<case_id>.npz` (written to a temporary file then renamed, so DataLoader
-        worker processes may call this concurrently: each computes the same result and the last rename wins).
+        Cached in the store (`maskgen.store.fg_cache`); DataLoader worker processes may call this concurrently.
         Classes absent from the case map to an empty (0, 3) array.
         """
         if max_per_class < 1:
@@ -406,56 +367,29 @@ class FeatureStore:
         info = self.case(case_id)
         if not info.has_label:
             raise MaskgenError(f"case {case_id} of {self.path} has no label, so no foreground locations")
-        num_classes = self.num_classes
-        path = fg_cache_path(self.path, case_id)
-        cached = _load_fg(path, max_per_class, seed, num_classes)
-        if cached is not None:
-            return cached
-        (label,) = self._fetch(case_id, [(LABEL, (Ellipsis,))])
-        rng = np.random.default_rng(seed)
-        locs: dict[int, np.ndarray] = {}
-        for k in range(1, num_classes):
-            idx = np.flatnonzero(label == k)
-            if idx.size > max_per_class:
-                idx = np.sort(rng.choice(idx, size=max_per_class, replace=False))
-            locs[k] = np.stack(np.unravel_index(idx, label.shape), axis=1).astype(np.int32).reshape(-1, 3)
-        _save_fg(path, locs, max_per_class, seed, num_classes)
-        return locs
 
-    @property
-    def num_classes(self) -> int:
-        """Label values including background (K + 1), from the pipeline recorded in the store."""
-        classes = (self.attrs.get("pipeline") or {}).get("classes")
-        if classes is None:
-            raise MaskgenError(f"{self.path}: root attributes lack pipeline.classes")
-        return len(classes) + 1
+        def read_label() -> np.ndarray:
+            return self._fetch(case_id, [(LABEL, (Ellipsis,))])[0]
+
+        self._check_pid()
+        return fg_cache.cached_locations(self.io, case_id, read_label, self.num_classes, max_per_class, seed)
+
+
+def _consolidated_cases(doc: dict[str, Any], on_disk: set[str]) -> dict[str, dict[str, Any]] | None:
+    """Case attributes from consolidated metadata, or None when it is absent or does not list exactly `on_disk`."""
+    cons = (doc.get("consolidated_metadata") or {}).get("metadata")
+    if not isinstance(cons, dict):
+        return None
+    prefix = CASES_GROUP + "/"
+    groups = {
+        k[len(prefix):]: m
+        for k, m in cons.items()
+        if k.startswith(prefix) and "/" not in k[len(prefix):] and (m or {}).get("node_type") == "group"
+    }
+    if set(groups) != on_disk:
+        return None
+    return {cid: dict(m.get("attributes") or {}) for cid, m in groups.items()}
 
 
 def _scale(info: CaseInfo) -> np.ndarray | None:
     return None if info.feature_scale is None else np.asarray(info.feature_scale, dtype=np.float32)
-
-
-def _load_fg(path: Path, max_per_class: int, seed: int, num_classes: int) -> dict[int, np.ndarray] | None:
-    try:
-        with np.load(path) as z:
-            if (int(z["max_per_class"]), int(z["seed"]), int(z["num_classes"])) != (max_per_class, seed, num_classes):
-                return None
-            return {k: z[f"class_{k}"] for k in range(1, num_classes)}
-    except (OSError, KeyError, ValueError, EOFError):
-        return None
-
-
-def _save_fg(path: Path, locs: dict[int, np.ndarray], max_per_class: int, seed: int, num_classes: int) -> None:
-    stack = ExitStack()
-    try:
-        tmp = stack.enter_context(atomic_path(path, suffix=".npz.tmp"))
-    except OSError:
-        return  # read-only store: the locations are still returned, just not cached
-    with stack, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-        np.savez(
-            f,
-            max_per_class=max_per_class,
-            seed=seed,
-            num_classes=num_classes,
-            **{f"class_{k}": v for k, v in locs.items()},
-        )

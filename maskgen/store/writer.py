@@ -1,25 +1,23 @@
 """Writing a feature store: root attributes, compatibility checks, one case group at a time, consolidation.
 
-Reliability rules: a case group is deleted and rewritten as a whole; its `complete: true` attribute is written
-last (zarr's LocalStore replaces `zarr.json` atomically), so a reader never sees a half-written case as complete.
-Consolidated metadata is removed before any write and rebuilt at the end, so it is never stale.
+Every write goes through the store's one zarr Store object (`maskgen.store.kv.StoreIO`), so the same code fills a
+local folder or an object store. Reliability rules: a case group is deleted and rewritten as a whole; its
+`complete: true` attribute is written last (zarr's LocalStore replaces `zarr.json` atomically; an object store PUT
+is atomic), so a reader never sees a half-written case as complete. Consolidated metadata is removed before any
+write and rebuilt at the end, so it is never stale.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
-import os
-import shutil
-import time
 import warnings
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from maskgen.errors import MaskgenError
+from maskgen.store.kv import StoreIO, as_io
 from maskgen.store.layout import (
     CASES_GROUP,
     COMPLETE_ATTR,
@@ -32,10 +30,7 @@ from maskgen.store.layout import (
     int8_scale,
     quantize_int8,
 )
-
-# Test hook, "CASE_ID:SECONDS": sleep after that case's arrays are written and before it is marked complete, so
-# tests can kill an extraction in the middle of a case. Unset in normal use.
-SLEEP_BEFORE_COMPLETE_ENV = "MASKGEN_TEST_SLEEP_BEFORE_COMPLETE"
+from maskgen.store.meta import case_prefix, check_case_id, fg_key, not_a_store_problem, read_root_attrs
 
 _SLAB_BYTES = 256 * 2**20  # bound on the temporary copy made when converting a slab to the stored dtype
 
@@ -47,43 +42,6 @@ def quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
         yield
-
-
-def check_case_id(case_id: str) -> None:
-    """Case ids become zarr node names: no '/', not empty, not starting with '.' or '__'."""
-    if not case_id or "/" in case_id or "\\" in case_id or case_id.startswith((".", "__")):
-        raise MaskgenError(
-            f"case id {case_id!r} cannot be a store group name (no '/', must not start with '.' or '__'); "
-            "rename the case file"
-        )
-
-
-def case_dir(store_path: str | os.PathLike, case_id: str) -> Path:
-    return Path(store_path) / CASES_GROUP / case_id
-
-
-def fg_cache_path(store_path: str | os.PathLike, case_id: str) -> Path:
-    return Path(store_path) / SIDECAR_DIR / "fg" / f"{case_id}.npz"
-
-
-def read_root_doc(store_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The root `zarr.json` of a store (attributes and, when consolidated, every node's metadata), or None."""
-    try:
-        doc = json.loads((Path(store_path) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def read_root_attrs(store_path: str | os.PathLike) -> dict[str, Any] | None:
-    """Root attributes of a maskgen store, or None if `store_path` holds no zarr group with maskgen attributes."""
-    doc = read_root_doc(store_path)
-    if doc is None:
-        return None
-    attrs = doc.get("attributes") or {}
-    if doc.get("node_type") != "group" or "format_version" not in attrs:
-        return None
-    return attrs
 
 
 def root_attributes(
@@ -99,7 +57,7 @@ def root_attributes(
         "pipeline": to_dict(pipeline),
         "extractor": dict(fingerprint),
         "spacing_zyx": [float(s) for s in pipeline.spacing_zyx],
-        "normalization": pipeline.normalization,
+        "normalization": pipeline.describe_normalization(),  # every rule with its parameters, e.g. per domain
         "ct_window": [float(v) for v in pipeline.ct_window],
         "layout": layout.to_attrs(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -117,10 +75,6 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
 
 _COMPARED = (
     ("format_version", "store format version"),
-    ("extractor.name", "extractor"),
-    ("extractor.layer", "feature layer"),
-    ("extractor.weights_sha256", "extractor weights (sha256)"),
-    ("extractor.out_channels", "number of feature channels"),
     ("spacing_zyx", "spacing (z, y, x)"),
     ("normalization", "intensity normalisation"),
     ("layout.dtype", "feature dtype"),
@@ -133,9 +87,19 @@ _COMPARED = (
 )
 
 
-def compatibility_problems(existing: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences that forbid adding cases of `new` to a store made with `existing`."""
-    problems = []
+def compatibility_problems(
+    existing: dict[str, Any], new: dict[str, Any], extractor_problems: Callable[[dict, dict], list[str]] | None = None
+) -> list[str]:
+    """Human-readable differences that forbid adding cases of `new` to a store made with `existing`.
+
+    Whether two extractor fingerprints make the same features is decided by `maskgen.extract.registry`
+    (`identity_problems`), passed in as `extractor_problems` (the store does not import extract); without it the
+    fingerprints must be equal."""
+    old_fp, new_fp = existing.get("extractor") or {}, new.get("extractor") or {}
+    if extractor_problems is not None:
+        problems = list(extractor_problems(old_fp, new_fp))
+    else:
+        problems = [] if old_fp == new_fp else [f"extractor: store has {old_fp!r}, this run has {new_fp!r}"]
     keys = list(_COMPARED)
     if new.get("normalization") == "ct" or existing.get("normalization") == "ct":
         keys.append(("ct_window", "CT window"))
@@ -149,83 +113,77 @@ def compatibility_problems(existing: dict[str, Any], new: dict[str, Any]) -> lis
     return problems
 
 
-def prepare_store(store_path: str | os.PathLike, attrs: dict[str, Any], overwrite: bool = False) -> bool:
+def prepare_store(
+    store: Any,
+    attrs: dict[str, Any],
+    overwrite: bool = False,
+    extractor_problems: Callable[[dict, dict], list[str]] | None = None,
+) -> bool:
     """Create the store (or reuse a compatible one) and drop its consolidated metadata before any case write.
 
     Returns True when the store was newly created. Refuses to reuse a store made with another extractor, weights,
     layer, spacing, normalisation or layout, naming the differences; `overwrite` deletes it first (only if it is
-    a maskgen store or an empty folder).
+    a maskgen store or an empty location).
     """
     import zarr
 
-    path = Path(store_path)
-    existing = read_root_attrs(path)
-    if path.exists() and existing is None:
-        if path.is_dir() and not any(path.iterdir()):
-            pass
-        else:
-            raise MaskgenError(
-                f"{path} exists and is not a maskgen feature store; choose another --out or remove it yourself"
-            )
+    io = as_io(store)
+    problem = not_a_store_problem(io)
+    if problem:
+        raise MaskgenError(problem)
+    existing = read_root_attrs(io)
     if existing is not None and overwrite:
-        shutil.rmtree(path)
+        clear_store(io)
         existing = None
     if existing is not None:
-        problems = compatibility_problems(existing, attrs)
+        problems = compatibility_problems(existing, attrs, extractor_problems)
         if problems:
             raise MaskgenError(
-                f"{path} was made with different settings:\n  - "
+                f"{io} was made with different settings:\n  - "
                 + "\n  - ".join(problems)
                 + "\nRe-run with --overwrite to rebuild it, or choose another --out."
             )
         with quiet():
-            root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+            root = zarr.open_group(io.store, mode="r+", use_consolidated=False)
             # Rewriting the root metadata without consolidation invalidates the consolidated copy.
             root.attrs.update({"extract_config": attrs.get("extract_config", {}), "consolidated": False})
             if CASES_GROUP not in root:
                 root.create_group(CASES_GROUP)
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     with quiet():
-        root = zarr.create_group(str(path), attributes={**attrs, "consolidated": False}, overwrite=False)
+        root = zarr.create_group(io.store, attributes={**attrs, "consolidated": False}, overwrite=False)
         root.create_group(CASES_GROUP)
     return True
 
 
-def consolidate(store_path: str | os.PathLike) -> None:
+def clear_store(store: Any) -> None:
+    """Delete everything in the store but the writer lock (held by the caller)."""
+    io = as_io(store)
+    for name in io.list_dir(""):
+        if name == SIDECAR_DIR:
+            io.delete_dir(f"{SIDECAR_DIR}/fg")
+        elif io.exists(name):
+            io.delete(name)
+        else:
+            io.delete_dir(name)
+
+
+def consolidate(store: Any) -> None:
     """Write consolidated metadata (all groups, arrays and attributes in the root `zarr.json`)."""
     import zarr
 
+    io = as_io(store)
     with quiet():
-        root = zarr.open_group(str(store_path), mode="r+", use_consolidated=False)
+        root = zarr.open_group(io.store, mode="r+", use_consolidated=False)
         root.attrs.update({"consolidated": True})
-        zarr.consolidate_metadata(str(store_path))
+        zarr.consolidate_metadata(io.store)
 
 
-def read_case_attrs(store_path: str | os.PathLike, case_id: str) -> dict[str, Any] | None:
-    """Attributes of a case group read from disk (None if the group is missing or its metadata unreadable)."""
-    meta = case_dir(store_path, case_id) / "zarr.json"
-    try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc.get("attributes") or {}
-
-
-def case_state(store_path: str | os.PathLike, case_id: str) -> str:
-    """'complete', 'incomplete' (group exists but was never marked complete) or 'absent'."""
-    if not case_dir(store_path, case_id).exists():
-        return "absent"
-    attrs = read_case_attrs(store_path, case_id)
-    return "complete" if attrs is not None and attrs.get(COMPLETE_ATTR) is True else "incomplete"
-
-
-def delete_case(store_path: str | os.PathLike, case_id: str) -> None:
+def delete_case(store: Any, case_id: str) -> None:
     """Remove a case group and its cached foreground locations."""
-    d = case_dir(store_path, case_id)
-    if d.exists():
-        shutil.rmtree(d)
-    fg_cache_path(store_path, case_id).unlink(missing_ok=True)
+    io = as_io(store)
+    io.delete_dir(case_prefix(case_id))
+    io.delete(fg_key(case_id))
 
 
 def channel_stats(features: np.ndarray) -> tuple[list[float], list[float]]:
@@ -252,35 +210,8 @@ def _nonfinite_message(case_id: str, name: str, arr: np.ndarray) -> str | None:
     )
 
 
-def _write_slabs(arr: Any, data: np.ndarray, z_axis: int, z_step: int, convert: Any) -> None:
-    """Write `data` into `arr` along the z axis in chunk-aligned slabs, converting each slab with `convert`."""
-    nz = data.shape[z_axis]
-    bytes_per_z = max(1, data.nbytes // max(nz, 1))
-    per_slab = max(1, (_SLAB_BYTES // bytes_per_z) // z_step) * z_step
-    for z0 in range(0, nz, per_slab):
-        z1 = min(nz, z0 + per_slab)
-        sel = (slice(None),) * z_axis + (slice(z0, z1),)
-        arr[sel] = convert(data[sel])
-
-
-def write_case(
-    store_path: str | os.PathLike,
-    case_id: str,
-    *,
-    image: np.ndarray,
-    features: np.ndarray,
-    label: np.ndarray | None,
-    attrs: dict[str, Any],
-    layout: StoreLayout,
-) -> int:
-    """Write one case group completely, then mark it complete. Returns the bytes it occupies on disk.
-
-    image (1, Z, Y, X) float in [0, 1]; features (C, Z, Y, X) float (raw extractor output); label (Z, Y, X)
-    integer or None. Non-finite values raise MaskgenError before anything is written. On any error the partial
-    group is removed (a killed process leaves it unmarked; the next run deletes and redoes it).
-    """
-    import zarr
-
+def check_case_arrays(case_id: str, image: np.ndarray, features: np.ndarray, label: np.ndarray | None) -> None:
+    """MaskgenError naming the case for arrays that cannot be stored: wrong shapes, non-finite values, labels > 255."""
     check_case_id(case_id)
     if image.ndim != 4 or image.shape[0] != 1:
         raise MaskgenError(f"case {case_id}: image must have shape (1, Z, Y, X), got {image.shape}")
@@ -298,88 +229,144 @@ def write_case(
         if label.min(initial=0) < 0 or label.max(initial=0) > 255:
             raise MaskgenError(f"case {case_id}: label values must be within 0..255 to store as uint8")
 
-    shape = tuple(int(s) for s in image.shape[1:])
-    channels = int(features.shape[0])
-    mean, std = channel_stats(features)
-    scale = int8_scale(features) if layout.dtype == "int8" else None
 
-    chunks = layout.spatial_chunks(shape)
-    shards = layout.spatial_shards(shape)
-    z_step = (shards or chunks)[0]
+def case_record(
+    case_id: str, attrs: dict[str, Any], features: np.ndarray, has_label: bool, layout: StoreLayout
+) -> dict[str, Any]:
+    """The case group's attributes: the caller's `attrs` plus shape, channel statistics, (int8) scales and the
+    OME-Zarr metadata that places the arrays in space (`maskgen.store.ome`)."""
+    from maskgen.store.ome import case_ome_attrs
+
+    mean, std = channel_stats(features)
     info = {
         **attrs,
         "case_id": case_id,
-        "shape_zyx": list(shape),
-        "num_features": channels,
+        "shape_zyx": [int(s) for s in features.shape[1:]],
+        "num_features": int(features.shape[0]),
         "feature_mean": mean,
         "feature_std": std,
-        "has_label": label is not None,
+        "has_label": has_label,
+        "ome": case_ome_attrs([IMAGE, FEATURES] + ([LABEL] if has_label else []),
+                              attrs.get("spacing_zyx") or (1.0, 1.0, 1.0), attrs.get("geometry")),
     }
-    if scale is not None:
-        info["feature_scale"] = [float(s) for s in scale]
+    if layout.dtype == "int8":
+        info["feature_scale"] = [float(s) for s in int8_scale(features)]
+    return info
 
-    delete_case(store_path, case_id)
+
+def _write_slabs(arr: Any, data: np.ndarray, z_axis: int, z_step: int, convert: Any) -> None:
+    """Write `data` into `arr` along the z axis in chunk-aligned slabs, converting each slab with `convert`."""
+    nz = data.shape[z_axis]
+    bytes_per_z = max(1, data.nbytes // max(nz, 1))
+    per_slab = max(1, (_SLAB_BYTES // bytes_per_z) // z_step) * z_step
+    for z0 in range(0, nz, per_slab):
+        z1 = min(nz, z0 + per_slab)
+        sel = (slice(None),) * z_axis + (slice(z0, z1),)
+        arr[sel] = convert(data[sel])
+
+
+def _create_array(group: Any, name: str, shape: tuple[int, ...], lead_chunk: tuple[int, ...], dtype: str,
+                  layout: StoreLayout) -> Any:
+    """One array of a case: spatial chunks (and shards) from the layout, every chunk written (even all-zero ones,
+    so a missing chunk file is damage that `cache verify` and the reader can tell)."""
+    spatial = shape[len(shape) - 3:]
+    chunks = layout.spatial_chunks(spatial)
+    shards = layout.spatial_shards(spatial)
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=lead_chunk + chunks,
+        shards=None if shards is None else shape[: len(shape) - 3] + shards,
+        dtype=dtype,
+        compressors=layout.compressors(np.dtype(dtype).itemsize),
+        fill_value=0,
+        dimension_names=("c", "z", "y", "x")[4 - len(shape):],
+        config={"write_empty_chunks": True},
+    )
+
+
+def write_arrays(group: Any, image: np.ndarray, features: np.ndarray, label: np.ndarray | None,
+                 layout: StoreLayout, scale: Any = None) -> None:
+    """Create and fill the image, features and label arrays of a case group, in chunk-aligned slabs."""
+    shape = tuple(int(s) for s in image.shape[1:])
+    z_step = (layout.spatial_shards(shape) or layout.spatial_chunks(shape))[0]
+    a_img = _create_array(group, IMAGE, (1, *shape), (1,), "float16", layout)
+    _write_slabs(a_img, image, 1, z_step, lambda s: s.astype(np.float16))
+    channels = int(features.shape[0])
+    cc = layout.feature_chunk_channels(channels)
+    if scale is not None:
+        a_feat = _create_array(group, FEATURES, (channels, *shape), (cc,), "int8", layout)
+        _write_slabs(a_feat, features, 1, z_step, lambda s: quantize_int8(s, scale))
+    else:
+        a_feat = _create_array(group, FEATURES, (channels, *shape), (cc,), "float16", layout)
+        _write_slabs(a_feat, features, 1, z_step, lambda s: s.astype(np.float16))
+    if label is not None:
+        a_lab = _create_array(group, LABEL, shape, (), "uint8", layout)
+        _write_slabs(a_lab, label, 0, z_step, lambda s: s.astype(np.uint8))
+
+
+def check_readable(io: StoreIO, case_id: str, names: list[str]) -> None:
+    """MaskgenError unless every array of the case opens from the store and has all its chunks (run just before
+    the completion marker, so a case is never marked complete without its arrays)."""
+    import zarr
+
+    for name in names:
+        try:
+            arr = zarr.open_array(io.store, path=f"{case_prefix(case_id)}/{name}", mode="r")
+            stored, total = int(arr.nchunks_initialized), int(arr.nchunks)
+        except Exception as e:
+            raise MaskgenError(f"case {case_id}: the {name} array cannot be read back after writing "
+                               f"({type(e).__name__}: {e}); re-run the same command") from e
+        if arr.shards is None and stored < total:
+            raise MaskgenError(f"case {case_id}: the {name} array has {stored} of {total} chunks after writing "
+                               "(was it deleted by another process?); re-run the same command")
+
+
+def mark_complete(group: Any) -> None:
+    """Write the case's completion marker: from now on readers see the case."""
+    group.attrs.update({COMPLETE_ATTR: True})
+
+
+def write_case(
+    store: Any,
+    case_id: str,
+    *,
+    image: np.ndarray,
+    features: np.ndarray,
+    label: np.ndarray | None,
+    attrs: dict[str, Any],
+    layout: StoreLayout,
+) -> int:
+    """Write one case group completely, then mark it complete. Returns the bytes it occupies in the store.
+
+    image (1, Z, Y, X) float in [0, 1]; features (C, Z, Y, X) float (raw extractor output); label (Z, Y, X)
+    integer or None. Non-finite values raise MaskgenError before anything is written. On any error the partial
+    group is removed (a killed process leaves it unmarked; the next run deletes and redoes it).
+    """
+    import zarr
+
+    check_case_arrays(case_id, image, features, label)
+    info = case_record(case_id, attrs, features, label is not None, layout)
+    scale = info.get("feature_scale")
+    io = as_io(store)
+    delete_case(io, case_id)
     try:
         with quiet():
-            cases = zarr.open_group(str(store_path), path=CASES_GROUP, mode="r+", use_consolidated=False)
+            cases = zarr.open_group(io.store, path=CASES_GROUP, mode="r+", use_consolidated=False)
             group = cases.create_group(case_id, attributes={**info, COMPLETE_ATTR: False})
-
-            def create(name: str, arr_shape: tuple[int, ...], arr_chunks: tuple[int, ...], dtype: str, itemsize: int):
-                lead = arr_shape[: len(arr_shape) - 3]
-                return group.create_array(
-                    name,
-                    shape=arr_shape,
-                    chunks=arr_chunks,
-                    shards=None if shards is None else lead + shards,
-                    dtype=dtype,
-                    compressors=layout.compressors(itemsize),
-                    fill_value=0,
-                    dimension_names=("c", "z", "y", "x")[4 - len(arr_shape) :],
-                    # every chunk gets a file, even all-zero ones, so `cache verify` can spot missing files
-                    config={"write_empty_chunks": True},
-                )
-
-            a_img = create(IMAGE, (1, *shape), (1, *chunks), "float16", 2)
-            _write_slabs(a_img, image, 1, z_step, lambda s: s.astype(np.float16))
-
-            feat_dtype = "int8" if scale is not None else "float16"
-            cc = layout.feature_chunk_channels(channels)
-            a_feat = create(FEATURES, (channels, *shape), (cc, *chunks), feat_dtype, 1 if scale is not None else 2)
-            if scale is not None:
-                _write_slabs(a_feat, features, 1, z_step, lambda s: quantize_int8(s, scale))
-            else:
-                _write_slabs(a_feat, features, 1, z_step, lambda s: s.astype(np.float16))
-
-            if label is not None:
-                a_lab = create(LABEL, shape, chunks, "uint8", 1)
-                _write_slabs(a_lab, label, 0, z_step, lambda s: s.astype(np.uint8))
-
-            _test_hook_sleep(case_id)
-            group.attrs.update({COMPLETE_ATTR: True})  # LAST: the case is now visible to readers
+            write_arrays(group, image, features, label, layout,
+                         None if scale is None else np.asarray(scale, dtype=np.float32))
+            check_readable(io, case_id, [IMAGE, FEATURES] + ([LABEL] if label is not None else []))
+            mark_complete(group)  # LAST: the case is now visible to readers
     except BaseException:
         try:
-            delete_case(store_path, case_id)
+            delete_case(io, case_id)
         except OSError:
             pass
         raise
-    return dir_size(case_dir(store_path, case_id))
+    return io.size_prefix(case_prefix(case_id))
 
 
-def _test_hook_sleep(case_id: str) -> None:
-    hook = os.environ.get(SLEEP_BEFORE_COMPLETE_ENV)
-    if hook:
-        target, _, seconds = hook.rpartition(":")
-        if target == case_id:
-            time.sleep(float(seconds))
-
-
-def dir_size(path: str | os.PathLike) -> int:
-    """Total size in bytes of the files under `path`."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
+def store_size(store: Any) -> int:
+    """Total size in bytes of everything in the store."""
+    return as_io(store, read_only=True).size_prefix("")

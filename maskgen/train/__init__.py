@@ -1,6 +1,7 @@
 """The train stage: a view-masked segmentation UNet trained on crops streamed from a feature store.
 
 Public API (import from the modules; this package imports nothing heavy):
-`maskgen.train.config.TrainConfig`, `maskgen.train.loop.train` / `load_run`, `maskgen.train.inputs.assemble_inputs`,
+`maskgen.train.config.TrainConfig`, `maskgen.train.loop.train`, `maskgen.train.checkpoint.load_run`,
+`maskgen.train.inputs.assemble_inputs`,
 `maskgen.train.inference.predict_volume`, `maskgen.train.unet.UNet`, `maskgen.train.masking.view_mask`.
 """

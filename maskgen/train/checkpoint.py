@@ -1,56 +1,68 @@
-"""Checkpoints (`best.pt`, `last.pt`): model, optimiser, step, every RNG state, configs; atomic writes."""
+"""Checkpoints (`best.pt`, `last.pt`): model, optimiser, step, the torch RNG state, configs; atomic writes.
+
+`load_run` opens a run folder's checkpoint for the evaluate stage.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from maskgen.atomic import atomic_path
+from maskgen.config import from_dict, to_dict
 from maskgen.errors import MaskgenError
+from maskgen.train.config import TrainConfig
 
 CHECKPOINT_VERSION = 1
+CHECKPOINTS = ("best", "last")
 
 
 def rng_state() -> dict[str, Any]:
-    """torch (CPU and every CUDA device), NumPy and Python global RNG states, in types `weights_only` loads."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    """The torch global RNG states (CPU and every CUDA device), in types `weights_only` loads.
+
+    Training draws from them only in the channel-dropout baseline's `nn.Dropout3d` (crops, augmentation and view
+    masks come from explicit generators of (seed, step)); saving them keeps that baseline's resume exact."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": _to_lists(random.getstate()),
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()` (older checkpoints also carry NumPy/Python states, which training no longer uses)."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         cuda = list(state["cuda"])[: torch.cuda.device_count()]
         for i, s in enumerate(cuda):
             torch.cuda.set_rng_state(s, device=i)
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
     with atomic_path(path) as tmp:
         torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
+
+
+def write_checkpoint(run: Any, name: str, val_dice: float | None) -> None:
+    """`run.dir / name` for a `maskgen.train.setup.Run` after `run.step` steps: model, optimiser, step, RNG state,
+    the loader's position, the configs, the store it trains on and the validation scores."""
+    save_checkpoint(run.dir / name, {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "step": run.step,
+        "rng": rng_state(),
+        "loader": {"scheme": "sample_rng(seed, step, slot)", "seed": run.cfg.seed, "next_step": run.step},
+        "config": to_dict(run.cfg),
+        "model_config": run.model.config(),
+        "store": run.store_info,
+        "best_val_dice": run.best_val_dice,
+        "val_dice": val_dice,
+    })
+    if name == "last.pt":
+        run.last_saved = run.step
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -67,7 +79,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return ckpt
 
 
-def _to_lists(x: Any) -> Any:
-    if isinstance(x, tuple):
-        return [_to_lists(v) for v in x]
-    return x
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[
+    torch.nn.Module, TrainConfig, dict[str, Any]
+]:
+    """(model in eval mode on `device`, TrainConfig, checkpoint dict) of a run folder's `best.pt` or `last.pt`."""
+    from maskgen.train.unet import UNet
+
+    if checkpoint not in CHECKPOINTS:
+        raise MaskgenError(f"checkpoint {checkpoint!r} must be 'best' or 'last'.")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MaskgenError(f"run folder {run_dir} does not exist; train one with `maskgen train`.")
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.is_file():
+        hint = " (best.pt is written at the first validation; use checkpoint 'last')" if checkpoint == "best" else ""
+        raise MaskgenError(f"{path} does not exist{hint}.")
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    model = UNet(**dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.place(device).eval()
+    return model, cfg, ckpt

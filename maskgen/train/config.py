@@ -20,7 +20,7 @@ PAPER_STEPS = 250_000  # paper 4.1, all-data setting (few-shot: 40k)
 class TrainConfig:
     """Options of one training run (paper C.1–C.3 defaults).
 
-    Resolved fields (`out`, `crop_zyx`, `train_cases`) are filled by `maskgen.train.loop.resolve_config` from the
+    Resolved fields (`out`, `crop_zyx`, `train_cases`) are filled by `maskgen.train.setup.resolve_config` from the
     store before the run starts, so `config.json` records exactly what was trained.
     """
 

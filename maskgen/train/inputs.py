@@ -8,7 +8,7 @@ by `maskgen extract` (`volume`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,9 +126,3 @@ def _as5d(x: Any) -> torch.Tensor:
         raise MaskgenError(f"expected a (B, C, Z, Y, X) or (C, Z, Y, X) array, got shape {tuple(t.shape)}.")
     return t
 
-
-def stats_tuple(case_infos: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) arrays (B, C) from store CaseInfo objects, for `--feature-norm volume`."""
-    mean = np.stack([np.asarray(c.feature_mean, dtype=np.float32) for c in case_infos])
-    std = np.stack([np.asarray(c.feature_std, dtype=np.float32) for c in case_infos])
-    return mean, std

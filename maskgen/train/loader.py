@@ -2,7 +2,9 @@
 
 Batch `step` is a pure function of (run seed, step): worker w of W builds steps start+w, start+w+W, ... and the
 DataLoader hands them out round-robin, so batches arrive in step order and are identical for any number of workers,
-on a fresh run or after `--resume`. Workers are forked (fast start) with the default zarr reader and spawned with the
+on a fresh run or after `--resume`. The work splits by worker x rank: with `world_size` R data-parallel processes,
+the global batch of a step has R x batch_size samples (slots), rank r builds slots [r B, (r + 1) B) of every step
+(`rank_slots`), and each rank's workers split its steps as above (`worker_steps`); R = 1 is the single process. Workers are forked (fast start) with the default zarr reader and spawned with the
 tensorstore reader (which forbids fork); spawned workers need the usual `if __name__ == "__main__":` guard in scripts.
 """
 
@@ -35,6 +37,22 @@ class LoaderSpec:
     spatial_on_cpu: bool       # False: spatial augmentation runs batched on the training device
     read_features: bool        # False for --inputs image and --online-features (features are not used)
     volume_stats: bool         # attach per-case feature mean/std (--feature-norm volume)
+    rank: int = 0              # this process's rank among `world_size` data-parallel processes
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"LoaderSpec: rank {self.rank} must be in [0, world_size={self.world_size})")
+
+
+def worker_steps(start_step: int, end_step: int, worker: int, workers: int) -> range:
+    """The steps loader worker `worker` of `workers` builds, in order (the DataLoader interleaves them)."""
+    return range(start_step + worker, end_step, workers)
+
+
+def rank_slots(rank: int, batch_size: int) -> range:
+    """The sample slots of a step's global batch that rank `rank` trains on."""
+    return range(rank * batch_size, (rank + 1) * batch_size)
 
 
 class TrainBatches(IterableDataset):
@@ -55,11 +73,11 @@ class TrainBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for step in range(self.start_step + worker, self.end_step, workers):
+        for step in worker_steps(self.start_step, self.end_step, worker, workers):
             yield self.batch(step)
 
     def batch(self, step: int) -> dict[str, Any]:
-        samples = [self.sample(step, slot) for slot in range(self.spec.batch_size)]
+        samples = [self.sample(step, slot) for slot in rank_slots(self.spec.rank, self.spec.batch_size)]
         out: dict[str, Any] = {
             "step": step,
             "case_ids": [s["case_id"] for s in samples],

@@ -1,4 +1,8 @@
-"""metrics.jsonl: one JSON object per line (training steps and validations), appended and flushed as it goes."""
+"""metrics.jsonl of training and pretraining runs: one JSON object per line, appended as it goes.
+
+Records carry a `step`; a resumed run first drops the records after the step it resumes from (`truncate_after`),
+so the file reads as if the run had never stopped. A torn last line (a run killed while writing) is skipped.
+"""
 
 from __future__ import annotations
 
@@ -22,16 +26,17 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records of steps after `step` (a resumed run redoes them), atomically."""
+    def truncate_after(self, step: int) -> list[dict[str, Any]]:
+        """Drop records of steps after `step` (a resumed run redoes them), atomically; returns the records kept."""
         if not self.path.exists():
-            return
+            return []
         kept = [r for r in self.read() if int(r.get("step", 0)) <= step]
         write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        return kept
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete records (a torn last line from a killed run is skipped)."""
+    """All complete records of a metrics.jsonl (missing file: none)."""
     path = Path(path)
     if not path.exists():
         return []

@@ -7,7 +7,7 @@ isotropic RAS) plus ``out_dir/pipeline.toml`` so that ``--dataset out_dir/pipeli
 contrasts of one subject, test = every contrast of the remaining subjects. ``synthetic_volume`` gives the same
 data as arrays, without files::
 
-    from maskgen.data.synthetic import make_synthetic_dataset, synthetic_volume
+    from maskgen.demo.synthetic import make_synthetic_dataset, synthetic_volume
     pipeline_toml = make_synthetic_dataset(tmp_path / "data") / "pipeline.toml"
     image, label = synthetic_volume(32, n_classes=2, seed=0)   # (1, Z, Y, X) float32 in [0, 1], (Z, Y, X) uint8
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from maskgen.data import dataset_writer as dw
+from maskgen.demo import writer as dw
 from maskgen.errors import MaskgenError
 
-GENERATOR = "maskgen.data.synthetic"
+GENERATOR = "maskgen.demo.synthetic"  # recorded in dataset.json
 PIPELINE_TOML = "pipeline.toml"
 _NAME = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -133,14 +133,7 @@ def make_synthetic_dataset(
     """Write the synthetic dataset into ``out_dir`` (replaced if it is an earlier synthetic dataset; refused if it
     holds anything else) and return ``out_dir``. ``n_cases`` is the number of subjects; each gives one case per
     contrast that its split uses (``sub-000_a``, ...). The pipeline is ``out_dir/pipeline.toml``."""
-    _check(size, n_classes)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    contrasts = tuple(contrasts)
-    if not contrasts or any(not isinstance(c, str) or not _NAME.match(c) for c in contrasts):
-        raise ValueError(f"contrasts must be non-empty alphanumeric names, got {contrasts!r}")
-    if len(set(contrasts)) != len(contrasts):
-        raise ValueError(f"contrast names must be unique, got {contrasts!r}")
+    contrasts = _check_dataset_args(size, n_classes, seed, contrasts)
     splits = synthetic_splits(n_cases)
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -180,20 +173,37 @@ def make_synthetic_dataset(
             dw.dataset_json("maskgen-synthetic", "random label blobs in several contrasts (tests)", classes,
                             len(records), meta, channel_name="synthetic"),
         )
-        crop = synthetic_crop(size)
-        (staging / PIPELINE_TOML).write_text(
-            "# Written by maskgen.data.synthetic.make_synthetic_dataset (schema: pipelines/nnunet.toml).\n"
-            'name = "synthetic"\n'
-            f"description = {json.dumps(f'Synthetic blobs, {n_classes} classes, contrasts {list(contrasts)}')}\n"
-            "spacing = [1.0, 1.0, 1.0]\n"
-            f"crop_size = [{crop}, {crop}, {crop}]\n"
-            'normalization = "minmax"\n'
-            f"classes = {json.dumps(classes)}\n"
-            "allow_flips = true\n"
-            f"default_data_root = {json.dumps(str(out_dir))}\n"
-            "\n[layout]\n"
-            'kind = "nnunet"\n'
-            f'csv = "{dw.DOMAINS_CSV}"\n',
-            encoding="utf-8",
-        )
+        (staging / PIPELINE_TOML).write_text(pipeline_toml(out_dir, size, classes, contrasts), encoding="utf-8")
     return out_dir
+
+
+def _check_dataset_args(size: int, n_classes: int, seed: int, contrasts: Sequence[str]) -> tuple[str, ...]:
+    """The contrasts as a tuple, after checking every argument (ValueError naming the bad value)."""
+    _check(size, n_classes)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    contrasts = tuple(contrasts)
+    if not contrasts or any(not isinstance(c, str) or not _NAME.match(c) for c in contrasts):
+        raise ValueError(f"contrasts must be non-empty alphanumeric names, got {contrasts!r}")
+    if len(set(contrasts)) != len(contrasts):
+        raise ValueError(f"contrast names must be unique, got {contrasts!r}")
+    return contrasts
+
+
+def pipeline_toml(out_dir: Path, size: int, classes: Sequence[str], contrasts: Sequence[str]) -> str:
+    """The `pipeline.toml` written beside the data: nnunet layout with the domain CSV, 1 mm, min-max."""
+    crop = synthetic_crop(size)
+    return (
+        "# Written by maskgen.demo.synthetic.make_synthetic_dataset (schema: pipelines/nnunet.toml).\n"
+        'name = "synthetic"\n'
+        f"description = {json.dumps(f'Synthetic blobs, {len(classes)} classes, contrasts {list(contrasts)}')}\n"
+        "spacing = [1.0, 1.0, 1.0]\n"
+        f"crop_size = [{crop}, {crop}, {crop}]\n"
+        'normalization = "minmax"\n'
+        f"classes = {json.dumps(list(classes))}\n"
+        "allow_flips = true\n"
+        f"default_data_root = {json.dumps(str(out_dir))}\n"
+        "\n[layout]\n"
+        'kind = "nnunet"\n'
+        f'csv = "{dw.DOMAINS_CSV}"\n'
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from maskgen.data.demo_template import Template
+from maskgen.demo.template import Template
 
 
 def check_range(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:

@@ -56,7 +56,7 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every stage; returns {"data", "store", "sweep", "results"} (paths and the sweep's summary)."""
-    from maskgen.cli.demo import build_demo_data
+    from maskgen.demo.console import build_demo_data
     from maskgen.evaluate.sweep import Variant, run_sweep, write_results
     from maskgen.extract.run import ExtractConfig, run_extract
 

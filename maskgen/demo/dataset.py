@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from maskgen.config import to_dict
-from maskgen.data import dataset_writer as dw
-from maskgen.data.demo_contrast import DEFAULT_CONTRASTS, ContrastSpec, MRContrast
-from maskgen.data.demo_deform import RandomAnatomy, WarpedTissues
-from maskgen.data.demo_template import MASK_THRESHOLD, TEMPLATE_FILES, TISSUES, load_template
+from maskgen.demo import writer as dw
+from maskgen.demo.contrast import DEFAULT_CONTRASTS, ContrastSpec, MRContrast
+from maskgen.demo.deform import RandomAnatomy, WarpedTissues
+from maskgen.demo.template import MASK_THRESHOLD, TEMPLATE_FILES, TISSUES, load_template
 from maskgen.errors import MaskgenError
 
-GENERATOR = "maskgen.data.demo"
+GENERATOR = "maskgen.data.demo"  # recorded in dataset.json (its former module path; kept so folders stay valid)
 FORMAT_VERSION = 1  # bump whenever the generated images change for the same config
 DEFAULT_OUT = "cache/demo-data"
 SPLITS = ("train", "val", "test")
@@ -186,81 +186,99 @@ def generate_demo_dataset(
             return DemoSummary(out_dir, tuple(records), shapes, config.spacing, time.perf_counter() - start,
                                reused=True, subjects_per_split=per_split)
 
-    template = load_template(config.spacing)
-    anatomy = RandomAnatomy(
-        template,
-        margin_mm=config.grid_margin_mm,
-        max_rotation_deg=config.max_rotation_deg,
-        scale_range=config.scale_range,
-        anisotropy=config.anisotropy,
-        max_translation_mm=config.max_translation_mm,
-        elastic_std_mm=config.elastic_std_mm,
-        control_spacing_mm=config.control_spacing_mm,
-    )
-    renderers = {spec.name: MRContrast(spec) for spec in config.contrasts}
-    margin_vox = int(np.ceil(config.crop_margin_mm / config.spacing))
-
+    maker = _SubjectMaker(config)
     records: list[dw.CaseRecord] = []
-    shapes: list[tuple[int, int, int]] = []
     subjects_meta: dict[str, dict] = {}
     with dw.staged_directory(out_dir) as staging:
         for index, split in enumerate(splits):
-            sid = subject_id(index)
-            rng = np.random.default_rng([config.seed, index])
-            anatomy_params = anatomy.sample(rng)
-            # all contrasts are sampled for every subject so that a subject never depends on its split
-            contrast_params = {name: r.sample(rng) for name, r in renderers.items()}
-            tissues = anatomy.apply(anatomy_params)
-            label = tissue_labels(tissues)
-            if not label.any():
-                raise MaskgenError(f"{sid}: the random deformation moved the brain out of the output grid: "
-                                   "lower max_translation_mm / scale_range or raise grid_margin_mm in DemoConfig.")
-            tissues, label = crop_to_brain(tissues, label, margin_vox)
-            for contrast in contrasts_for_split(config, split):
-                image = renderers[contrast].apply(tissues, contrast_params[contrast], template.t1_tissue_means,
-                                                  float(config.spacing))
-                case = f"{sid}_{contrast}"
-                dw.write_case(staging, case, image, label, tissues.affine)
-                records.append(dw.CaseRecord(case=case, domain=contrast, split=split, subject=sid))
-            shapes.append(tuple(int(n) for n in label.shape))
-            subjects_meta[sid] = {
-                "split": split,
-                "shape_xyz": list(shapes[-1]),
-                "label_voxels": [int(v) for v in np.bincount(label.ravel(), minlength=4)],
-                "anatomy": anatomy_params.summary(),
-                "contrasts": {name: to_dict(p) for name, p in contrast_params.items()},
-            }
+            subject_records, subjects_meta[subject_id(index)] = maker.write(staging, index, split)
+            records.extend(subject_records)
             if progress is not None:
                 progress(index + 1, len(splits))
-
         dw.write_domains_csv(staging, records)
-        meta = {
-            "generator": GENERATOR,
-            "format_version": FORMAT_VERSION,
-            "maskgen_version": _maskgen_version(),
-            "seed": config.seed,
-            "config": _config_dict(config),
-            "num_cases": len(records),
-            "spacing_mm": [config.spacing] * 3,
-            "source_domain": config.source_contrast,
-            "template": {
-                "name": "MNI ICBM152 2009a nonlinear symmetric (nilearn, BSD-3)",
-                "files": sorted(TEMPLATE_FILES.values()),
-                "brain_mask": f"T1 template > {MASK_THRESHOLD} of its maximum, holes filled",
-            },
-            "splits": {s: [sid for sid, m in subjects_meta.items() if m["split"] == s] for s in SPLITS},
-            "subjects": subjects_meta,
-        }
-        description = (
-            "maskgen offline demo: MNI152 2009a anatomy under random elastic + affine deformations, "
-            f"{config.subjects} subjects, contrasts {', '.join(renderers)}; train on {config.source_contrast}, "
-            "validate and test on the other contrasts."
-        )
-        dw.write_json(staging / dw.DATASET_JSON,
-                      dw.dataset_json("maskgen-demo", description, TISSUES, len(records), meta,
-                                      extra={"licence": "BSD-3-Clause (template: nilearn / MNI ICBM152)"}))
-    return DemoSummary(out_dir, tuple(records), tuple(shapes), config.spacing, time.perf_counter() - start,
+        _write_dataset_json(staging, config, records, subjects_meta)
+    shapes = tuple(tuple(m["shape_xyz"]) for m in subjects_meta.values())
+    return DemoSummary(out_dir, tuple(records), shapes, config.spacing, time.perf_counter() - start,
                        reused=False, subjects_per_split=per_split)
+
+
+class _SubjectMaker:
+    """Renders and writes one subject at a time: random anatomy, its label, one image per contrast of its split."""
+
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        self.template = load_template(config.spacing)
+        self.anatomy = RandomAnatomy(
+            self.template,
+            margin_mm=config.grid_margin_mm,
+            max_rotation_deg=config.max_rotation_deg,
+            scale_range=config.scale_range,
+            anisotropy=config.anisotropy,
+            max_translation_mm=config.max_translation_mm,
+            elastic_std_mm=config.elastic_std_mm,
+            control_spacing_mm=config.control_spacing_mm,
+        )
+        self.renderers = {spec.name: MRContrast(spec) for spec in config.contrasts}
+        self.margin_vox = int(np.ceil(config.crop_margin_mm / config.spacing))
+
+    def write(self, staging: Path, index: int, split: str) -> tuple[list[dw.CaseRecord], dict]:
+        """Write subject ``index``'s cases into ``staging``; returns their records and the subject's metadata."""
+        config, sid = self.config, subject_id(index)
+        rng = np.random.default_rng([config.seed, index])
+        anatomy_params = self.anatomy.sample(rng)
+        # all contrasts are sampled for every subject so that a subject never depends on its split
+        contrast_params = {name: r.sample(rng) for name, r in self.renderers.items()}
+        tissues = self.anatomy.apply(anatomy_params)
+        label = tissue_labels(tissues)
+        if not label.any():
+            raise MaskgenError(f"{sid}: the random deformation moved the brain out of the output grid: "
+                               "lower max_translation_mm / scale_range or raise grid_margin_mm in DemoConfig.")
+        tissues, label = crop_to_brain(tissues, label, self.margin_vox)
+        records = []
+        for contrast in contrasts_for_split(config, split):
+            image = self.renderers[contrast].apply(tissues, contrast_params[contrast], self.template.t1_tissue_means,
+                                                   float(config.spacing))
+            case = f"{sid}_{contrast}"
+            dw.write_case(staging, case, image, label, tissues.affine)
+            records.append(dw.CaseRecord(case=case, domain=contrast, split=split, subject=sid))
+        meta = {
+            "split": split,
+            "shape_xyz": [int(n) for n in label.shape],
+            "label_voxels": [int(v) for v in np.bincount(label.ravel(), minlength=4)],
+            "anatomy": anatomy_params.summary(),
+            "contrasts": {name: to_dict(p) for name, p in contrast_params.items()},
+        }
+        return records, meta
+
+
+def _write_dataset_json(staging: Path, config: DemoConfig, records: list[dw.CaseRecord],
+                        subjects_meta: dict[str, dict]) -> None:
+    names = [c.name for c in config.contrasts]
+    meta = {
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "maskgen_version": _maskgen_version(),
+        "seed": config.seed,
+        "config": _config_dict(config),
+        "num_cases": len(records),
+        "spacing_mm": [config.spacing] * 3,
+        "source_domain": config.source_contrast,
+        "template": {
+            "name": "MNI ICBM152 2009a nonlinear symmetric (nilearn, BSD-3)",
+            "files": sorted(TEMPLATE_FILES.values()),
+            "brain_mask": f"T1 template > {MASK_THRESHOLD} of its maximum, holes filled",
+        },
+        "splits": {s: [sid for sid, m in subjects_meta.items() if m["split"] == s] for s in SPLITS},
+        "subjects": subjects_meta,
+    }
+    description = (
+        "maskgen offline demo: MNI152 2009a anatomy under random elastic + affine deformations, "
+        f"{config.subjects} subjects, contrasts {', '.join(names)}; train on {config.source_contrast}, "
+        "validate and test on the other contrasts."
+    )
+    dw.write_json(staging / dw.DATASET_JSON,
+                  dw.dataset_json("maskgen-demo", description, TISSUES, len(records), meta,
+                                  extra={"licence": "BSD-3-Clause (template: nilearn / MNI ICBM152)"}))
 
 
 def _maskgen_version() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskgen.data.demo_deform import WarpedTissues, check_range, upsample_control_grid
+from maskgen.demo.deform import WarpedTissues, check_range, upsample_control_grid
 
 Range = tuple[float, float]
 AXES = ("x", "y", "z")

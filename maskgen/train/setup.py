@@ -1,0 +1,191 @@
+"""Everything a training run needs before its first step: the store, the resolved config, the run folder, the model,
+optimiser and loss (restored on resume), the loader, the validator and, with --online-features, the extractor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskgen.config import from_dict, to_dict, write_json_atomic
+from maskgen.errors import MaskgenError
+from maskgen.train.checkpoint import load_checkpoint
+from maskgen.train.config import TrainConfig, check_crop
+from maskgen.train.inputs import input_channels, uses_features
+from maskgen.train.loader import LoaderSpec, choose_train_cases, make_loader
+from maskgen.train.metrics_log import MetricsLog
+from maskgen.train.placement import resolve_aug_device, resolve_device, resolve_num_workers
+from maskgen.train.resume import check_same_extractor, continued_config, run_dir_for
+from maskgen.train.unet import UNet
+from maskgen.train.validate import Validator
+
+RUN_FILES = ("config.json", "metrics.jsonl", "progress.png", "best.pt", "last.pt")
+
+
+@dataclass
+class Run:
+    """A run ready to train: what `train()` works with (nanoGPT's globals, in one place)."""
+
+    cfg: TrainConfig
+    dir: Path
+    store: Any
+    device: torch.device
+    aug_device: str
+    num_workers: int
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    loss_fn: Any
+    extractor: Any
+    validator: Validator
+    log: MetricsLog
+    end_step: int                       # this invocation stops after this many steps in total
+    step: int = 0                       # steps done
+    best_val_dice: float = -1.0
+    last_saved: int = -1                # step of the last last.pt written (-1: none yet)
+    rng: dict[str, Any] | None = None   # torch RNG state to restore (resume)
+    store_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.store.pipeline.num_classes)
+
+
+def open_store(path: str) -> Any:
+    from maskgen.store.reader import FeatureStore
+
+    return FeatureStore(path)
+
+
+def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
+    """Fill the store-dependent fields: absolute store path, run folder, crop size, the train cases used."""
+    train_ids = [c.case_id for c in store.cases(split="train")]
+    if not train_ids:
+        raise MaskgenError(f"{store.path} has no complete train case; run `maskgen extract` for the train split.")
+    if cfg.train_cases:
+        missing = sorted(set(cfg.train_cases) - set(train_ids))
+        if missing:
+            raise MaskgenError(f"train cases {missing[:5]} of the run are not complete train cases of {store.path}.")
+        cases = tuple(cfg.train_cases)
+    else:
+        cases = choose_train_cases(train_ids, cfg.n_train, cfg.seed)
+    crop = tuple(int(c) for c in (cfg.crop_zyx or store.pipeline.crop_zyx))
+    check_crop(crop, cfg.depth)
+    return cfg.replace(features=str(Path(cfg.features).absolute()), out=str(run_dir_for(cfg)), crop_zyx=crop,
+                       train_cases=cases)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A new run needs an empty folder (or --overwrite, which removes only the run's own files)."""
+    if resume:
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise MaskgenError(
+                f"run folder {run_dir} is not empty: pass --resume to continue that run, --overwrite to start it "
+                "again, or another --out."
+            )
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderSpec:
+    """The training loader's settings for a resolved `cfg` (train_cases and crop_zyx set; `resolve_config`);
+    `aug_device` is the resolved placement of the spatial augmentation ("cpu" or "device")."""
+    return LoaderSpec(
+        case_ids=cfg.train_cases,
+        crop_zyx=cfg.crop_zyx,  # type: ignore[arg-type]
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        fg_fraction=cfg.fg_fraction,
+        aug_prob=cfg.aug_prob,
+        allow_flips=allow_flips,
+        spatial_on_cpu=aug_device == "cpu",
+        read_features=uses_features(cfg.inputs) and not cfg.online_features,
+        volume_stats=cfg.feature_norm == "volume",
+    )
+
+
+def build_model(cfg: TrainConfig, num_features: int, num_classes: int, device: torch.device) -> UNet:
+    """The UNet of `cfg`, initialised from `cfg.seed` (torch's global RNG is left as it was), placed on `device`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth, cfg.dropout)
+    return model.place(device)
+
+
+def warm_foreground(store: Any, case_ids: tuple[str, ...]) -> None:
+    """Compute (or load) every train case's cached foreground locations once, before the workers start."""
+    from maskgen.train.sampling import FG_MAX_PER_CLASS, FG_SEED
+
+    for cid in case_ids:
+        store.foreground_locations(cid, max_per_class=FG_MAX_PER_CLASS, seed=FG_SEED)
+
+
+def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise MaskgenError(f"cannot resume: no checkpoint {last}. Start a new run without --resume (or check --out).")
+    ckpt = load_checkpoint(last)
+    cfg = continued_config(from_dict(TrainConfig, ckpt["config"]), cfg, run_dir)
+    check_same_extractor(ckpt, store, run_dir)
+    return cfg, ckpt
+
+
+def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None) -> Run:
+    """A `Run` at its first step to do: new (`resume=False`) or restored from the run folder's last.pt."""
+    store = open_store(cfg.features)
+    run_dir = run_dir_for(cfg)
+    ckpt = None
+    if resume:
+        cfg, ckpt = _resume_from(cfg, store, run_dir)
+    cfg = resolve_config(cfg, store)
+    prepare_run_dir(run_dir, resume, overwrite)
+    if stop_at is not None and not (0 < stop_at <= cfg.steps):
+        raise MaskgenError(f"--stop-at {stop_at} must be in 1..{cfg.steps} (--steps).")
+    write_json_atomic(run_dir / "config.json", to_dict(cfg))
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one crop size for the whole run: let cuDNN pick its kernels
+    num_features, num_classes = int(store.num_features), int(store.pipeline.num_classes)
+    model = build_model(cfg, num_features, num_classes, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = Run(cfg=cfg, dir=run_dir, store=store, device=device, aug_device=resolve_aug_device(cfg.aug_device, device),
+              num_workers=resolve_num_workers(cfg.num_workers, device), model=model, optimizer=optimizer,
+              loss_fn=_loss(), extractor=None, validator=Validator(store, cfg, device, num_classes),
+              log=MetricsLog(run_dir / "metrics.jsonl"), end_step=cfg.steps if stop_at is None else stop_at,
+              store_info={"path": cfg.features, "extractor": store.extractor, "num_features": num_features,
+                          "classes": list(store.pipeline.classes), "pipeline": store.pipeline.name})
+    if ckpt is not None:
+        _restore(run, ckpt)
+    return run
+
+
+def _loss() -> Any:
+    from maskgen.train.step import make_loss
+
+    return make_loss()
+
+
+def _restore(run: Run, ckpt: dict[str, Any]) -> None:
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.step = run.last_saved = int(ckpt["step"])
+    run.best_val_dice = float(ckpt.get("best_val_dice", -1.0))
+    run.rng = ckpt["rng"]
+    run.log.truncate_after(run.step)
+
+
+def start(run: Run) -> Any:
+    """What the first step needs beyond `setup` (slow or process-starting, so only when there are steps to do):
+    the online extractor, the train cases' foreground locations, and the loader from `run.step`."""
+    from maskgen.train.online import build_online_extractor
+
+    cfg = run.cfg
+    if cfg.online_features:
+        run.extractor = build_online_extractor(run.store, cfg, run.device)
+    spec = loader_spec(cfg, bool(run.store.pipeline.allow_flips), run.aug_device)
+    warm_foreground(run.store, cfg.train_cases)
+    return make_loader(run.store, spec, run.step, run.end_step, run.num_workers, pin_memory=run.device.type == "cuda")

@@ -1,0 +1,74 @@
+"""Validation during training: mean foreground Dice over the val split's full volumes (sliding window)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskgen.train.config import TrainConfig
+from maskgen.train.inference import dice_per_class, predict_volume
+from maskgen.train.inputs import uses_features
+
+VAL_CACHE_BYTES = 2 * 1024**3  # val volumes kept in memory between validations, at most
+
+
+class Validator:
+    """Mean foreground Dice over the val split's full volumes (sliding window, Gaussian blending)."""
+
+    def __init__(self, store: Any, cfg: TrainConfig, device: torch.device, num_classes: int,
+                 cache_bytes: int = VAL_CACHE_BYTES):
+        self.store, self.cfg, self.device, self.num_classes = store, cfg, device, num_classes
+        self.cases = [c for c in store.cases(split="val") if c.has_label]
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._cached_bytes = 0
+
+    def _read(self, case_id: str) -> dict[str, Any]:
+        data = self._cache.get(case_id)
+        if data is None:
+            data = self.store.read_case(case_id)
+            if not uses_features(self.cfg.inputs):
+                data = {**data, "features": None}
+            size = sum(v.nbytes for v in data.values() if isinstance(v, np.ndarray))
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[case_id] = data
+                self._cached_bytes += size
+        return data
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
+        """{"val_dice", "val_dice_per_class", "val_cases"} ({} without val cases); the model is left in train mode."""
+        model.eval()
+        per_case = {}
+        try:
+            for info in self.cases:
+                data = self._read(info.case_id)
+                stats = (info.feature_mean, info.feature_std) if self.cfg.feature_norm == "volume" else None
+                probs = predict_volume(
+                    model, data["image"], data["features"], self.cfg, self.device, self.cfg.val_overlap, stats
+                )
+                scores = dice_per_class(probs.argmax(0), torch.from_numpy(np.asarray(data["label"])), self.num_classes)
+                per_case[info.case_id] = scores
+        finally:
+            model.train()
+        return summarize(per_case)
+
+
+def summarize(per_case: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean over cases of each case's mean over its scored classes; per-class means (None where never scored)."""
+    if not per_case:
+        return {}
+    matrix = np.stack(list(per_case.values()))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class never scored: NaN, reported as None
+        case_means = np.nanmean(matrix, axis=1)
+        class_means = np.nanmean(matrix, axis=0)
+    return {
+        "val_dice": float(np.nanmean(case_means)),
+        "val_dice_per_class": [None if math.isnan(v) else float(v) for v in class_means],
+        "val_cases": len(per_case),
+    }
+
