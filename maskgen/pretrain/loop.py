@@ -113,7 +113,8 @@ def _setup(cfg: PretrainConfig, resume: bool) -> _Run:
     synth = PairSynthesizer(
         cfg.crop_size,
         cfg.synth,
-        LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3) if cfg.label_dir is not None else None,
+        LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3)
+        if cfg.label_dir is not None else None,
     )
     net = build_network(cfg)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
