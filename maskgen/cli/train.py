@@ -13,7 +13,7 @@ from maskgen.train.config import xyz_text
 _FIELDS = (
     "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights", "dropout",
+    "online_features", "extractor_weights", "dropout", "empty_class",
 )
 
 
@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
         ),
         dropout: float = typer.Option(
             0.0, "--dropout", help="Channel dropout after every UNet block (paper Table 5 baseline; use with --inputs image)."
+        ),
+        empty_class: str = typer.Option(
+            "ignore", "--empty-class", help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),

@@ -8,6 +8,7 @@ import numbers
 from dataclasses import dataclass
 
 from maskgen.errors import MaskgenError, OptionError
+from maskgen.train.dice import EMPTY_CLASS_CONVENTIONS
 
 INPUT_MODES = ("both", "image", "features")
 FEATURE_NORMS = ("crop", "volume")
@@ -49,10 +50,12 @@ class TrainConfig:
     online_features: bool = False                  # recompute features from the augmented crop every step
     extractor_weights: str | None = None           # weights for --online-features (else the registry's lookup)
     dropout: float = 0.0                           # channel dropout after every UNet block (paper Table 5 baseline)
+    empty_class: str = "ignore"                    # validation Dice of a class absent from the reference: ignore
+                                                   # (paper / MONAI) | zero (nnU-Net); maskgen.train.dice
 
     def __post_init__(self) -> None:
         for name, allowed in (("inputs", INPUT_MODES), ("feature_norm", FEATURE_NORMS), ("aug_device", AUG_DEVICES),
-                              ("device", DEVICES)):
+                              ("device", DEVICES), ("empty_class", EMPTY_CLASS_CONVENTIONS)):
             _choice(name, getattr(self, name), allowed)
         _fraction("mask_rate", self.mask_rate, upper_open=True,
                   hint="(0 disables view masking; the paper uses 0.25-0.75, 0.5 untuned)")
