@@ -194,6 +194,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step."),
         channels: Optional[int] = typer.Option(None, "--channels", help="UNet base width."),
         depth: Optional[int] = typer.Option(None, "--depth", help="UNet max-pool levels."),
+        unet: Optional[str] = typer.Option(None, "--unet", help="UNet: public (default) | table15."),
         crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop x,y,z (default: the pipeline's)."),
         val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: at the end)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
@@ -215,7 +216,7 @@ def register(app: typer.Typer) -> None:
             _floats(mask_rate, "--mask-rate"), _words(inputs), _ints(seeds, "--seeds"), _words(method),
             None if dropout_rate is None else _floats(dropout_rate, "--dropout-rate"),
         )
-        given = {"steps": steps, "batch_size": batch_size, "channels": channels, "depth": depth,
+        given = {"steps": steps, "batch_size": batch_size, "channels": channels, "depth": depth, "unet": unet,
                  "val_every": val_every, "lr": lr, "feature_norm": feature_norm, "aug_prob": aug_prob,
                  "fg_fraction": fg_fraction, "n_train": n_train, "num_workers": num_workers, "device": device,
                  "crop_zyx": parse_crop_size(crop_size) if crop_size else None}
