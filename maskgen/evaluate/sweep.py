@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 
 from maskgen.errors import MaskgenError
 from maskgen.evaluate.metrics import Stat, mean_se
+from maskgen.store.kv import store_exists
+from maskgen.store.location import as_location, same_store
 
 METHODS = ("maskgen", "channel-dropout")
 INPUT_ORDER = ("image", "features", "both")
@@ -155,7 +157,7 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
     unset = ("crop_zyx",) if cfg.crop_zyx is None else ()
     diffs = [f"{k} {a!r} there, {b!r} now" for k, (a, b) in
              config_diff(saved, cfg, ignore=(*RUNTIME_FIELDS, "features", "out", "train_cases", *unset)).items()]
-    if Path(saved.features).resolve() != Path(cfg.features).resolve():
+    if not same_store(saved.features, cfg.features):
         diffs.append(f"store {saved.features} there, {cfg.features} now")
     if diffs:
         raise MaskgenError(
@@ -164,7 +166,7 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
         )
 
 
-def _check_splits(store: Path, splits: Sequence[str], checkpoint: str) -> None:
+def _check_splits(store: Path | str, splits: Sequence[str], checkpoint: str) -> None:
     """Before any training: every split to evaluate exists in the store with labelled cases."""
     from maskgen.evaluate.evaluate import SPLITS
     from maskgen.store.reader import FeatureStore
@@ -200,8 +202,8 @@ def run_sweep(
 
     say = log or (lambda _msg: None)
     out_dir = Path(out_dir)
-    store = Path(store)
-    if not store.exists():
+    store = as_location(store)  # a folder or an fsspec URL
+    if not store_exists(store):
         raise MaskgenError(f"--features {store} does not exist; create the store with `maskgen extract`.")
     if not splits:
         raise MaskgenError("--splits is empty: give at least one split to evaluate (e.g. test).")
