@@ -12,7 +12,7 @@ from benchmarks import common
 #: The issue-6 benchmarks, in the order `all` runs them (about 20 minutes in all on 2 CPU cores).
 BENCHMARKS = ("train_step", "loader", "extraction", "inference", "storage", "amortisation")
 #: Benchmarks of other stages, runnable through this entry point too (not part of `all`).
-OTHERS = ("store_layout", "augment_placement", "extractor_quality")
+OTHERS = ("store_layout", "augment_placement", "extractor_quality", "remote", "read_path")
 
 
 def _run(name: str, argv: list[str]) -> None:
