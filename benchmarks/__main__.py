@@ -11,6 +11,8 @@ from benchmarks import common
 
 #: The issue-6 benchmarks, in the order `all` runs them (about 20 minutes in all on 2 CPU cores).
 BENCHMARKS = ("train_step", "loader", "extraction", "inference", "storage", "amortisation")
+#: The paper-size benchmark for one GPU (issue 16.5; `--tiny` on the CPU), not part of `all`.
+GPU = ("paper",)
 #: Benchmarks of other stages, runnable through this entry point too (not part of `all`).
 OTHERS = ("store_layout", "augment_placement", "extractor_quality", "remote", "read_path")
 
@@ -18,7 +20,7 @@ OTHERS = ("store_layout", "augment_placement", "extractor_quality", "remote", "r
 def _run(name: str, argv: list[str]) -> None:
     module = importlib.import_module(f"benchmarks.{name}")
     common.set_command(["python", "-m", "benchmarks", name, *argv])
-    if name in BENCHMARKS:
+    if name in BENCHMARKS + GPU:
         module.main(argv)
         return
     sys.argv = [module.__file__ or name, *argv]  # scripts that parse sys.argv themselves
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "--list"):
         print(__doc__)
-        print("benchmarks:", ", ".join(BENCHMARKS), "| others:", ", ".join(OTHERS), "| all")
+        print("benchmarks:", ", ".join(BENCHMARKS), "| paper-size (GPU):", ", ".join(GPU), "| others:",
+              ", ".join(OTHERS), "| all")
         return 0
     name, rest = argv[0], argv[1:]
     if name == "all":
@@ -42,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             common.say(f"failed: {', '.join(failed)}")
         return 1 if failed else 0
-    if name not in BENCHMARKS + OTHERS:
-        print(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS + OTHERS)} or all", file=sys.stderr)
+    if name not in BENCHMARKS + GPU + OTHERS:
+        print(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS + GPU + OTHERS)} or all",
+              file=sys.stderr)
         return 2
     _run(name, rest)
     return 0

@@ -269,21 +269,28 @@ def timed(fn: Callable[[], Any], device: Any = "cpu") -> tuple[float, Any]:
 
 
 def interleaved(
-    fns: dict[str, Callable[[int], Any]], repeats: int, warmup: int = 1, device: Any = "cpu", rotate: bool = True
+    fns: dict[str, Callable[[int], Any]], repeats: int, warmup: int = 1, device: Any = "cpu", rotate: bool = True,
+    deadline: float | None = None, min_repeats: int = 2,
 ) -> dict[str, list[float]]:
     """Seconds of each call of each function, rounds interleaved (A B C, B C A, ... when `rotate`).
 
     Each function receives the round index (so it can pick that round's input). The first `warmup` rounds are run
-    but not kept.
+    but not kept. `deadline` (a `time.monotonic()` value): no new round starts after it once `min_repeats` rounds
+    are timed and another round (as long as the last one) would end after it.
     """
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
+    last = 0.0
     for r in range(warmup + repeats):
+        if deadline is not None and r >= warmup + min_repeats and time.monotonic() + last > deadline:
+            break
+        t_round = time.monotonic()
         shift = r % len(names) if rotate else 0
         for name in names[shift:] + names[:shift]:
             dt, _ = timed(lambda: fns[name](r), device)
             if r >= warmup:
                 times[name].append(dt)
+        last = time.monotonic() - t_round
     return times
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,28 +48,42 @@ def train_runs(args: Any, store_path: Path) -> dict[str, Path]:
     return runs
 
 
-def measure(kind: str, runs: dict[str, Path], args: Any, inputs: Path | None) -> dict[str, Any]:
-    """Per-case seconds of ERM and MaskGen run in lockstep (case k of one, then case k of the other)."""
+def measure(kind: str, runs: dict[str, Path], *, split: str, overlap: float, device: str, workdir: str | Path,
+            rounds: int = 1, inputs: Path | None = None, weights: str | None = None,
+            deadline: float | None = None) -> dict[str, Any]:
+    """Per-case seconds of ERM and MaskGen run in lockstep (case k of one, then case k of the other), `rounds`
+    rounds (the order swapped each round); with a `deadline` (`time.monotonic()`), no round starts that would end
+    after it (once one round is done)."""
     from maskgen.evaluate.evaluate import evaluate_run
     from maskgen.evaluate.predict import predict_files
 
     def call(name: str) -> Callable[[Callable[[int, int, str], None]], Any]:
         if kind == "evaluate":
-            return lambda cb: evaluate_run(runs[name], args.split, "last", args.overlap, args.device, progress=cb,
-                                           write=False)
-        out = Path(args.workdir) / f"inference-predict-{name}"
-        return lambda cb: predict_files(runs[name], inputs, out, "last", args.overlap, args.device,
-                                        weights=common.extractor_choice(args)[1], progress=cb)
+            return lambda cb: evaluate_run(runs[name], split, "last", overlap, device, progress=cb, write=False)
+        out = Path(workdir) / f"inference-predict-{name}"
+        return lambda cb: predict_files(runs[name], inputs, out, "last", overlap, device, weights=weights,
+                                        progress=cb)
 
     names = list(runs)
-    rounds: list[dict[str, dict[str, float]]] = []
-    for r in range(args.rounds):
+    rounds_done: list[dict[str, dict[str, float]]] = []
+    last = 0.0
+    for r in range(rounds):
+        if deadline is not None and r >= 1 and time.monotonic() + last > deadline:
+            break
+        t0 = time.monotonic()
         order = names if r % 2 == 0 else names[::-1]
-        rounds.append(common.lockstep({n: call(n) for n in order}, args.device))
+        rounds_done.append(common.lockstep({n: call(n) for n in order}, device))
+        last = time.monotonic() - t0
     for n in names:
-        shutil.rmtree(Path(args.workdir) / f"inference-predict-{n}", ignore_errors=True)
-    items = list(rounds[0]["erm"])
-    steady = items[1:]  # the first item of a call includes loading the run (and, first of all, lazy imports)
+        shutil.rmtree(Path(workdir) / f"inference-predict-{n}", ignore_errors=True)
+    return summarize(rounds_done, names)
+
+
+def summarize(rounds: list[dict[str, dict[str, float]]], names: list[str]) -> dict[str, Any]:
+    """Per-case statistics and the MaskGen overhead (median of per-case ratios) of lockstep rounds; the first item
+    of each call (it includes loading the run and, first of all, lazy imports) is reported apart."""
+    items = list(rounds[0][names[0]])
+    steady = items[1:]
     flat = {n: [rnd[n][c] for rnd in rounds for c in steady] for n in names}
     ratios = [rnd["maskgen"][c] / rnd["erm"][c] for rnd in rounds for c in steady]
     return {
@@ -76,8 +91,8 @@ def measure(kind: str, runs: dict[str, Path], args: Any, inputs: Path | None) ->
         "first_case_s": {n: [rnd[n][items[0]] for rnd in rounds] for n in names},
         "cases": len(items),
         "timed_pairs": len(ratios),
-        "rounds": args.rounds,
-        "maskgen_overhead_pct": 100 * (statistics.median(ratios) - 1),
+        "rounds": len(rounds),
+        "maskgen_overhead_pct": 100 * (statistics.median(ratios) - 1) if ratios else None,
     }
 
 
@@ -101,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                               "depth", "mask_rate"), "store": str(store.path)},
                               "paper_overhead_pct": PAPER_OVERHEAD_PCT}
     common.say("inference: evaluate_run")
-    result["evaluate"] = measure("evaluate", runs, args, None)
+    where = {"split": args.split, "overlap": args.overlap, "device": args.device, "workdir": args.workdir,
+             "rounds": args.rounds}
+    result["evaluate"] = measure("evaluate", runs, **where)
     if args.predict_files > 0:
         inputs = Path(args.workdir) / "inference-inputs"
         shutil.rmtree(inputs, ignore_errors=True)
@@ -112,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 (inputs / src.name).symlink_to(src)
         if any(inputs.iterdir()):
             common.say("inference: predict_files")
-            result["predict"] = measure("predict", runs, args, inputs)
+            result["predict"] = measure("predict", runs, inputs=inputs, weights=common.extractor_choice(args)[1],
+                                        **where)
         else:
             common.say(f"inference: predict_files skipped: the store's NIfTI inputs are not under --demo {args.demo}")
         shutil.rmtree(inputs, ignore_errors=True)

@@ -105,20 +105,17 @@ def build_trainer(name: str, cfg: Any, store: Any) -> Trainer:
     """The model, optimiser, loss, loader spec and (online) extractor exactly as `train()` sets them up."""
     import torch
 
-    from maskgen.train.inputs import input_channels
     from maskgen.train.online import build_online_extractor
     from maskgen.train.placement import resolve_aug_device, resolve_device
-    from maskgen.train.setup import loader_spec, resolve_config
+    from maskgen.train.setup import build_model, loader_spec, resolve_config
     from maskgen.train.step import make_loss
-    from maskgen.train.unet import UNet
 
     cfg = resolve_config(cfg, store)
     device = resolve_device(cfg.device)
     aug_device = resolve_aug_device(cfg.aug_device, device)
     pipeline = store.pipeline
-    with common.fork_rng(cfg.seed):  # the same initial weights for every variant's shared layers' shapes
-        model = UNet(input_channels(cfg.inputs, int(store.num_features)), int(pipeline.num_classes), cfg.channels,
-                     cfg.depth).place(device)
+    # the train loop's own model (kind, width, depth), seeded: the same initial weights for every variant
+    model = build_model(cfg, int(store.num_features), int(pipeline.num_classes), device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = make_loss()

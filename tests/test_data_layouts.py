@@ -158,7 +158,8 @@ def test_amos_ct_trains_and_mri_splits_into_val_and_test(tmp_path):
     assert {c.domain for c in cases if c.split == "train"} == {"ct"}
     assert {c.domain for c in cases if c.split != "train"} == {"mri"}
     amos = load_pipeline("amos")
-    assert amos.allow_flips is False and amos.intensity_rule("ct").rule == "ct" and amos.intensity_rule("mri").rule == "minmax"
+    assert amos.allow_flips is False
+    assert amos.intensity_rule("ct").rule == "ct" and amos.intensity_rule("mri").rule == "minmax"
 
 
 # ------------------------------------------------------------------------------------------------------- BraTS
@@ -351,3 +352,16 @@ def test_hvsmr_severity_reader_accepts_its_column_spellings(tmp_path):
     path.write_text("pat,grade\npat1,mild\n")
     with pytest.raises(MaskgenError, match="severity column"):
         read_severity(path)
+
+
+def test_domain_csv_keeps_a_cases_own_domain_when_asked(tmp_path):
+    from maskgen.data.cases import Case
+    from maskgen.data.generic_layouts import apply_domain_csv
+
+    cases = [Case("a_t1", tmp_path / "a.nii.gz", None, "t1", "train", subject="a"),
+             Case("b_t1", tmp_path / "b.nii.gz", None, "t1", "val", subject="b")]
+    (tmp_path / "d.csv").write_text("case,domain,split\nb_t1,site2,test\n")
+    kept = apply_domain_csv(cases, tmp_path / "d.csv", None)
+    assert [(c.domain, c.split, c.subject) for c in kept] == [("t1", "train", "a"), ("site2", "test", "b")]
+    replaced = apply_domain_csv(cases, tmp_path / "d.csv", "default")
+    assert [(c.domain, c.subject) for c in replaced] == [("default", "a"), ("site2", None)]  # as before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -187,16 +188,22 @@ def test_structured_report_for_other_code(dataset):
     assert report.counts() == {("train", "default"): 2, ("val", "default"): 1}
 
 
-def test_brats_4d_nan_is_reported_for_the_channel_case_that_uses_it(tmp_path):
-    rng = np.random.default_rng(1)
+def brats_folder(root: Path, seed: int) -> tuple[dict[int, np.ndarray], str, str]:
+    """Five 4D BraTS cases; (images by number, a training subject, a held-out subject)."""
+    rng = np.random.default_rng(seed)
     images = {}
     for i in range(1, 6):
         images[i] = rng.normal(size=(*SHAPE, 4)).astype(np.float32)
-        save(tmp_path / f"imagesTr/BRATS_{i:03d}.nii.gz", images[i])
-        save(tmp_path / f"labelsTr/BRATS_{i:03d}.nii.gz", label_volume() * 3)
-    cases = verify_dataset(load_pipeline("brats"), tmp_path).cases
+        save(root / f"imagesTr/BRATS_{i:03d}.nii.gz", images[i])
+        save(root / f"labelsTr/BRATS_{i:03d}.nii.gz", label_volume() * 3)
+    cases = verify_dataset(load_pipeline("brats"), root).cases
     train = sorted({c.subject_id for c in cases if c.split == "train"})[0]
     held_out = sorted({c.subject_id for c in cases if c.split != "train"})[0]
+    return images, train, held_out
+
+
+def test_brats_4d_nan_is_reported_for_the_channel_case_that_uses_it(tmp_path):
+    images, train, held_out = brats_folder(tmp_path, seed=1)
     for subject, channel in ((train, 2), (held_out, 1)):  # t1gd of a training subject; unused t1w of a test one
         i = int(subject.split("_")[1])
         images[i][0, 0, 0, channel] = np.nan
@@ -239,3 +246,78 @@ def test_empty_case_id(dataset):
     result, text = verify(dataset)
     assert result.exit_code == 1, text
     assert any(ln.startswith("error case :") and "empty" in ln for ln in text.splitlines()), text
+
+
+def test_constant_image_is_a_warning(dataset):
+    save(dataset / "imagesTr/b_0000.nii.gz", np.full(SHAPE, 7.0, np.float32))
+    result, text = verify(dataset)
+    assert result.exit_code == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("warning case b:")]
+    assert lines and "b_0000.nii.gz is constant (every voxel is 7)" in lines[0], text
+    assert "1 warning(s)" in text
+
+
+def test_constant_channel_of_a_4d_image_warns_only_its_case(tmp_path):
+    images, train, held_out = brats_folder(tmp_path, seed=2)
+    for subject in (train, held_out):  # blank FLAIR (channel 0): unused for a training subject, used when held out
+        i = int(subject.split("_")[1])
+        images[i][..., 0] = 0.0
+        save(tmp_path / f"imagesTr/{subject}.nii.gz", images[i])
+    report = verify_dataset(load_pipeline("brats"), tmp_path, workers=1)
+    constant = [p for p in report.warnings if "constant" in p.message]
+    assert [p.case_id for p in constant] == [f"{held_out}_flair"] and "(channel 0)" in constant[0].message
+    assert report.ok
+
+
+def _unreadable_message(path: Path) -> str:
+    """verify's problem for `path` after read permission is taken away."""
+    from maskgen.data.verify import verify_cases
+    from maskgen.data.cases import Case
+
+    case = Case(case_id="p", image=path, label=None, domain="d", split="train")
+    problems = verify_cases([case], load_pipeline("nnunet"), workers=1)
+    return next(p.message for p in problems if p.severity == ERROR)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; see the test that drops to another user")
+def test_file_without_read_permission_says_so(tmp_path):
+    path = save(tmp_path / "scan_0000.nii.gz", np.ones(SHAPE, np.float32))
+    path.chmod(0)
+    try:
+        message = _unreadable_message(path)
+    finally:
+        path.chmod(0o644)
+    assert "permission denied" in message and "not a readable NIfTI" not in message and "chmod" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user (the chmod test covers non-root)")
+def test_file_without_read_permission_says_so_for_another_user():
+    """As root, chmod does not block reads: a forked child becomes `nobody` and meets the kernel's EACCES."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="maskgen-perm-"))
+    try:
+        folder.chmod(0o755)
+        path = save(folder / "scan_0000.nii.gz", np.ones(SHAPE, np.float32))
+        path.chmod(0)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop root, try to read, report the message through the pipe
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                message = _unreadable_message(path)
+            except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+                message = f"child failed: {type(e).__name__}: {e}"
+            os.write(write_end, message.encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            message = f.read().decode()
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if message.startswith("child failed: PermissionError: [Errno 1]"):
+        pytest.skip("this container forbids setuid")
+    assert "permission denied" in message and "not a readable NIfTI" not in message and "chmod" in message, message

@@ -21,6 +21,9 @@ runner = CliRunner()
 
 TINY = ["--steps", "4", "--batch-size", "2", "--channels", "4", "--depth", "2", "--crop-size", "16,16,16",
         "--val-every", "2", "--num-workers", "0", "--device", "cpu", "--quiet"]
+#: the `sweep_dir` runs use the Table 15 network: 4 steps of the (smaller) default public UNet at width 4 leave a
+#: near-constant prediction on this store, and test_predict_round_trip needs one with structure
+SWEEP_TINY = [*TINY, "--unet", "table15"]
 
 
 def invoke(args):
@@ -39,7 +42,7 @@ def store(tmp_path_factory):
 def sweep_dir(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "sw"
     res = invoke(["sweep", "--features", store, "--out", out, "--mask-rate", "0.5", "--inputs", "image,both",
-                  "--seeds", "0", *TINY])
+                  "--seeds", "0", *SWEEP_TINY])
     assert res.exit_code == 0, res.output
     return out
 
@@ -54,7 +57,13 @@ def test_sweep_writes_results(sweep_dir):
     rows = (sweep_dir / "results.csv").read_text().splitlines()
     # 2 variants x (val: b, all; test: a, b, all)
     assert len(rows) == 1 + 2 * 5
+    assert rows[0].endswith(",empty_class") and all(r.endswith(",ignore") for r in rows[1:])
+    assert "Dice convention (ignore: a class absent from the reference is not scored" in md
     assert (sweep_dir / "results.png").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(sweep_dir / "results.png") as png:  # the note printed under the bars is also its Description
+        assert "Error bars: \u00b11 standard error (s.e.) of the mean over cases" in png.text["Description"]
 
 
 def test_sweep_second_invocation_trains_nothing(sweep_dir, store, monkeypatch):
@@ -66,18 +75,22 @@ def test_sweep_second_invocation_trains_nothing(sweep_dir, store, monkeypatch):
     monkeypatch.setattr(loop, "train", no_training)
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/last.pt")}
     res = invoke(["sweep", "--features", store, "--out", sweep_dir, "--mask-rate", "0.5", "--inputs", "image,both",
-                  "--seeds", "0", *TINY])
+                  "--seeds", "0", *SWEEP_TINY])
     assert res.exit_code == 0, res.output
     assert res.output.count("finished earlier, skipped") == 2
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/last.pt")} == before
 
 
 def test_sweep_refuses_a_folder_trained_otherwise(sweep_dir, store):
-    args = [a if a != "4" else "6" for a in TINY]  # --steps 6
+    args = [a if a != "4" else "6" for a in SWEEP_TINY]  # --steps 6
     res = invoke(["sweep", "--features", store, "--out", sweep_dir, "--mask-rate", "0.5", "--inputs", "image",
                   "--seeds", "0", *args])
     assert res.exit_code == 1
     assert "trained with other options" in res.stderr and "steps" in res.stderr
+    res = invoke(["sweep", "--features", store, "--out", sweep_dir, "--mask-rate", "0.5", "--inputs", "image",
+                  "--seeds", "0", "--empty-class", "zero", *TINY])
+    assert res.exit_code == 1
+    assert "trained with other options" in res.stderr and "empty_class 'ignore' there, 'zero' now" in res.stderr
 
 
 def test_sweep_resumes_a_half_trained_variant(store, tmp_path):
@@ -105,7 +118,9 @@ def test_sweep_resumes_a_half_trained_variant(store, tmp_path):
 def test_evaluate_cli_matches_independent_dice(sweep_dir):
     from maskgen.evaluate.evaluate import load_eval
     from maskgen.store.reader import FeatureStore
-    from maskgen.train.inference import dice_per_class as train_dice
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
     from maskgen.train.inference import predict_volume
     from maskgen.train.checkpoint import load_run
 
@@ -117,24 +132,71 @@ def test_evaluate_cli_matches_independent_dice(sweep_dir):
     assert doc["checkpoint"] == "last" and doc["step"] == 4 and doc["classes"] == ["class1", "class2"]
     assert [c["case_id"] for c in doc["cases"]] == ["sub-003_a", "sub-003_b", "sub-004_a", "sub-004_b"]
     assert set(doc["summary"]["by_domain"]) == {"a", "b"}
-    # every case's Dice against the train module's own (MONAI DiceMetric, one-hot) implementation
+    assert doc["empty_class"] == "ignore" and "not scored (NaN) even if predicted" in doc["convention"]
+    # every case's Dice against the paper's metric, computed here: MONAI DiceMetric(ignore_empty=True) on one-hot maps
     model, cfg, _ = load_run(run, "last")
     store = FeatureStore(doc["store"])
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     for case in doc["cases"]:
         data = store.read_case(case["case_id"])
         pred = predict_volume(model, data["image"], data["features"], cfg, "cpu", 0.5).argmax(0)
-        ref = train_dice(pred, torch.from_numpy(data["label"]), 3)
+        ref = metric(one_hot(pred[None, None], 3), one_hot(torch.from_numpy(data["label"])[None, None].long(), 3))
         got = [math.nan if case["dice"][k] is None else case["dice"][k] for k in ("class1", "class2")]
-        np.testing.assert_allclose(got, ref, atol=1e-6)
+        np.testing.assert_allclose(got, ref[0].numpy(), atol=1e-6)
     # the summary is the mean and s.e. of the per-case means in the CSV
     lines = (run / "eval-test.csv").read_text().splitlines()
-    assert lines[0] == "case_id,domain,mean,dice_class1,dice_class2"
+    assert lines[0] == "case_id,domain,mean,dice_class1,dice_class2,empty_class"
+    assert all(line.endswith(",ignore") for line in lines[1:])
     means = np.array([float(l.split(",")[2]) for l in lines[1:]])
     overall = doc["summary"]["all"]["overall"]
     assert overall["mean"] == pytest.approx(means.mean(), abs=1e-5)
     assert overall["se"] == pytest.approx(means.std(ddof=1) / math.sqrt(len(means)), abs=1e-5)
     assert overall["n"] == 4
     assert load_eval(run / "eval-test.json").overall.overall.mean == pytest.approx(overall["mean"])
+
+
+def test_evaluate_writes_an_nnunet_style_summary_with_distances(sweep_dir, tmp_path):
+    import shutil
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    from maskgen.store.reader import FeatureStore
+    from maskgen.train.checkpoint import load_run
+    from maskgen.train.inference import predict_volume
+
+    run = tmp_path / "run"
+    shutil.copytree(sweep_dir / "both-mr50-s0", run)
+    res = invoke(["evaluate", run, "--split", "test", "--checkpoint", "last", "--metrics", "dice,hd95,nsd",
+                  "--nsd-tolerance", "1.5", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "HD95" in res.output and "summary-test.json" in res.output.replace("\n", "")
+    doc = json.loads((run / "summary-test.json").read_text())
+    ev = json.loads((run / "eval-test.json").read_text())
+    assert doc["labels"] == {"1": "class1", "2": "class2"} and doc["nsd_tolerance_mm"] == 1.5
+    assert doc["empty_class"] == "ignore" and doc["metrics"] == ["dice", "hd95", "nsd"]
+    assert set(doc["mean_by_domain"]) == {"a", "b"} and set(doc["foreground_mean"]) >= {"Dice", "IoU", "HD95", "NSD"}
+    model, cfg, _ = load_run(run, "last")
+    store = FeatureStore(ev["store"])
+    for case, scored in zip(ev["cases"], doc["metric_per_case"]):
+        assert scored["case_id"] == case["case_id"] and scored["domain"] == case["domain"]
+        data = store.read_case(case["case_id"])
+        pred = predict_volume(model, data["image"], data["features"], cfg, "cpu", 0.5).argmax(0).numpy()
+        for label, name in (("1", "class1"), ("2", "class2")):
+            m = scored["metrics"][label]
+            assert m["Dice"] == pytest.approx(case["dice"][name], abs=1e-9)
+            p, r = pred == int(label), data["label"] == int(label)
+            assert (m["TP"], m["FP"], m["FN"]) == ((p & r).sum(), (p & ~r).sum(), (~p & r).sum())
+            assert m["n_pred"] == p.sum() and m["n_ref"] == r.sum()
+            assert m["IoU"] == pytest.approx(m["TP"] / (m["TP"] + m["FP"] + m["FN"]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hd = compute_hausdorff_distance(torch.from_numpy(p)[None, None], torch.from_numpy(r)[None, None],
+                                                include_background=True, percentile=95,
+                                                spacing=list(store.case(case["case_id"]).spacing_zyx))
+            assert m["HD95"] == pytest.approx(float(hd[0, 0]))
+            assert 0.0 <= m["NSD"] <= 1.0
+    assert doc["mean"]["1"]["Dice"] == pytest.approx(ev["summary"]["all"]["per_class"]["class1"]["mean"])
 
 
 def test_evaluate_cli_errors(sweep_dir, tmp_path):
@@ -144,6 +206,75 @@ def test_evaluate_cli_errors(sweep_dir, tmp_path):
     assert res.exit_code == 1 and "does not exist" in res.stderr
     res = invoke(["evaluate", sweep_dir / "image-s0", "--overlap", "1.0"])
     assert res.exit_code == 1 and "--overlap 1.0" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def store_without_class2(tmp_path_factory):
+    """The `store` data with class 2 erased (set to background) from the val case and test case sub-003_a."""
+    from maskgen.demo.synthetic import make_synthetic_dataset
+    from maskgen.extract.run import ExtractConfig, run_extract
+
+    root = tmp_path_factory.mktemp("noclass2")
+    data = make_synthetic_dataset(root / "data", n_cases=5, size=24)
+    for case in ("sub-002_b", "sub-003_a"):
+        path = data / "labelsTr" / f"{case}.nii.gz"
+        img = nib.load(path)
+        label = np.asarray(img.dataobj).copy()
+        label[label == 2] = 0
+        nib.save(nib.Nifti1Image(label, img.affine, img.header), path)
+    run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(root / "store.zarr"), extractor="mind"),
+                progress=False)
+    return root / "store.zarr"
+
+
+def _case(doc, case_id):
+    return next(c for c in doc["cases"] if c["case_id"] == case_id)
+
+
+def test_evaluate_empty_class_conventions(sweep_dir, store_without_class2, tmp_path):
+    """A test case without class 2: the paper's convention leaves the class out of that case's Dice even where it
+    is predicted; nnU-Net's (--empty-class zero) scores the false positives 0. Both record their convention."""
+    import shutil
+
+    docs = {}
+    for convention in ("ignore", "zero"):
+        run = tmp_path / convention
+        shutil.copytree(sweep_dir / "both-mr50-s0", run)
+        res = invoke(["evaluate", run, "--split", "test", "--checkpoint", "last", "--features", store_without_class2,
+                      "--empty-class", convention, "--device", "cpu", "--quiet"])
+        assert res.exit_code == 0, res.output
+        docs[convention] = json.loads((run / "eval-test.json").read_text())
+        assert docs[convention]["empty_class"] == convention
+        assert (run / "eval-test.csv").read_text().splitlines()[1].endswith(f",{convention}")
+    ignore, zero = _case(docs["ignore"], "sub-003_a"), _case(docs["zero"], "sub-003_a")
+    assert ignore["dice"]["class2"] is None and ignore["mean"] == pytest.approx(ignore["dice"]["class1"])
+    assert zero["dice"]["class2"] == 0.0  # the untrained model predicts class 2 somewhere
+    assert zero["mean"] == pytest.approx(zero["dice"]["class1"] / 2)
+    assert zero["dice"]["class1"] == pytest.approx(ignore["dice"]["class1"])
+    for other in ("sub-003_b", "sub-004_a"):  # cases with every class: the same in both conventions
+        assert _case(docs["ignore"], other) == _case(docs["zero"], other)
+    res = invoke(["evaluate", sweep_dir / "both-mr50-s0", "--empty-class", "nnunet"])
+    assert res.exit_code == 1 and "--empty-class 'nnunet' is not one of ignore, zero" in res.stderr
+
+
+def test_validation_records_its_dice_convention(store_without_class2, tmp_path):
+    """Validation (the val case lacks class 2) scores with the run's convention and writes it into metrics.jsonl."""
+    from maskgen.train.config import TrainConfig
+    from maskgen.train.loop import train
+
+    vals = {}
+    for convention in ("ignore", "zero"):
+        cfg = TrainConfig(features=str(store_without_class2), out=str(tmp_path / convention), inputs="both",
+                          mask_rate=0.5, steps=2, batch_size=2, channels=4, depth=2, crop_zyx=(16, 16, 16),
+                          num_workers=0, device="cpu", empty_class=convention)
+        train(cfg, progress=False)
+        lines = [json.loads(line) for line in (tmp_path / convention / "metrics.jsonl").read_text().splitlines()]
+        vals[convention] = next(r for r in lines if "val_dice" in r)
+        assert vals[convention]["val_empty_class"] == convention
+    assert vals["ignore"]["val_dice_per_class"][1] is None
+    assert vals["zero"]["val_dice_per_class"][1] == 0.0  # predicted somewhere, absent from the reference
+    assert vals["ignore"]["val_dice"] == pytest.approx(vals["ignore"]["val_dice_per_class"][0])
+    assert vals["zero"]["val_dice"] == pytest.approx(vals["zero"]["val_dice_per_class"][0] / 2)
 
 
 def test_sensitivity_table_has_one_row_per_input_channel(sweep_dir):
@@ -285,6 +416,45 @@ def test_predict_with_the_real_model_and_errors(sweep_dir, tmp_path):
     empty.mkdir()
     res = invoke(["predict", sweep_dir / "image-s0", "--input", empty, "--out", tmp_path / "o2"])
     assert res.exit_code == 1 and "holds no .nii" in res.stderr
+
+
+def test_predict_keeps_the_input_xform_codes_and_saves_probabilities(sweep_dir, tmp_path):
+    """An input whose sform code is 2 (aligned) and qform code 4 (template), not nibabel's defaults: the label map
+    and the softmax keep both codes and matrices; the softmax is on the input grid and agrees with the labels."""
+    src = tmp_path / "src.nii.gz"
+    label, affine = _oblique_input(src)
+    img = nib.load(src)
+    img = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
+    img.set_sform(affine, code=2)
+    img.set_qform(affine, code=4)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    nib.save(img, inp / "codes_0000.nii.gz")
+    got = {}
+    for fmt in ("nifti", "npz"):
+        out = tmp_path / fmt
+        res = invoke(["predict", sweep_dir / "both-mr50-s0", "--input", inp, "--out", out, "--checkpoint", "last",
+                      "--save-probabilities", "--probabilities-format", fmt, "--device", "cpu", "--quiet"])
+        assert res.exit_code == 0, res.output
+        lab = nib.load(out / "codes.nii.gz")
+        assert (int(lab.header["sform_code"]), int(lab.header["qform_code"])) == (2, 4)
+        np.testing.assert_allclose(lab.header.get_sform(), affine, atol=1e-5)
+        np.testing.assert_allclose(lab.header.get_qform(), affine, atol=1e-5)
+        got["label"] = np.asarray(lab.dataobj)
+        if fmt == "nifti":
+            prob = nib.load(out / "codes_probabilities.nii.gz")
+            assert prob.shape == (*label.shape, 3) and prob.get_data_dtype() == np.float32
+            assert (int(prob.header["sform_code"]), int(prob.header["qform_code"])) == (2, 4)
+            np.testing.assert_allclose(prob.affine, affine, atol=1e-5)
+            got["nifti"] = np.asarray(prob.dataobj)
+        else:
+            with np.load(out / "codes.npz") as z:
+                got["npz"] = z["probabilities"]  # nnU-Net's layout: (class, z, y, x)
+    assert got["npz"].shape == (3, *label.shape[::-1])
+    np.testing.assert_allclose(got["npz"], got["nifti"].transpose(3, 2, 1, 0), atol=1e-6)
+    np.testing.assert_allclose(got["nifti"].sum(-1), 1.0, atol=1e-4)
+    # linear resampling of the softmax vs nearest resampling of its argmax: equal away from boundaries
+    assert (got["nifti"].argmax(-1) == got["label"]).mean() > 0.9
 
 
 def test_predict_refuses_an_extractor_with_other_weights(sweep_dir):

@@ -1,4 +1,5 @@
-"""Dice and its summary (mean, standard error over cases) against hand-computed values; NaN conventions."""
+"""Dice (both empty-class conventions) and its summary (mean, standard error over cases) against hand-computed
+values and MONAI's DiceMetric."""
 
 from __future__ import annotations
 
@@ -7,22 +8,57 @@ import math
 import numpy as np
 import pytest
 
-from maskgen.evaluate.metrics import CaseDice, Stat, dice_per_class, mean_se, summarize_by_domain, summarize_cases
+from maskgen.errors import OptionError
+from maskgen.evaluate.metrics import CaseDice, Stat, case_mean, mean_se, summarize_by_domain, summarize_cases
+from maskgen.train.dice import dice_per_class
 
 
-def test_dice_per_class_hand_computed():
+def _maps():
     ref = np.zeros((4, 4, 4), np.uint8)
     pred = np.zeros((4, 4, 4), np.uint8)
     ref[0, :2] = 1          # 8 voxels of class 1
     pred[0, :1] = 1         # 4 voxels, all inside: Dice = 2*4 / (4 + 8) = 2/3
-    ref[2, 0, 0] = 2        # class 2 only in the reference: 0
-    pred[3, 0, 0] = 3       # class 3 only in the prediction: 0
-    # class 4 absent in both: NaN (not scored)
-    d = dice_per_class(pred, ref, num_foreground=4)
+    ref[2, 0, 0] = 2        # class 2 only in the reference: 0 in both conventions
+    pred[3, 0, 0] = 3       # class 3 only in the prediction: 0 (zero) or not scored (ignore)
+    # class 4 absent from both: not scored in either convention
+    return pred, ref
+
+
+def test_dice_per_class_hand_computed_zero_convention():
+    pred, ref = _maps()
+    d = dice_per_class(pred, ref, num_foreground=4, empty_class="zero")
     assert d.shape == (4,)
     assert d[0] == pytest.approx(2 / 3)
     assert d[1] == 0.0 and d[2] == 0.0
     assert math.isnan(d[3])
+    assert case_mean(d) == pytest.approx((2 / 3 + 0 + 0) / 3)
+
+
+def test_dice_per_class_hand_computed_ignore_convention_is_the_default():
+    pred, ref = _maps()
+    d = dice_per_class(pred, ref, num_foreground=4)
+    assert d[0] == pytest.approx(2 / 3) and d[1] == 0.0
+    assert math.isnan(d[2]) and math.isnan(d[3])   # absent from the reference: not scored, predicted or not
+    assert case_mean(d) == pytest.approx((2 / 3 + 0) / 2)
+    np.testing.assert_array_equal(d, dice_per_class(pred, ref, 4, empty_class="ignore"))
+
+
+@pytest.mark.parametrize("empty_class, ignore_empty", [("ignore", True), ("zero", False)])
+def test_dice_per_class_matches_monai_dice_metric(empty_class, ignore_empty):
+    """The paper's code scores with MONAI DiceMetric(include_background=False, ignore_empty=True); the zero
+    convention is MONAI's ignore_empty=False except that a class absent from both maps is not scored."""
+    import torch
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    pred, ref = _maps()
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=ignore_empty)
+    expected = metric(one_hot(torch.from_numpy(pred)[None, None].long(), 5),
+                      one_hot(torch.from_numpy(ref)[None, None].long(), 5))[0].numpy()
+    if not ignore_empty:
+        expected[3] = np.nan  # MONAI gives 1 to a class absent from both maps; maskgen does not score it
+    np.testing.assert_allclose(dice_per_class(torch.from_numpy(pred), torch.from_numpy(ref), 4, empty_class),
+                               expected, atol=1e-6)
 
 
 def test_dice_per_class_overlap_partial():
@@ -30,8 +66,9 @@ def test_dice_per_class_overlap_partial():
     pred = np.zeros_like(ref)
     ref[0, 0, :4] = 1       # |R| = 4
     pred[0, 0, 2:] = 1      # |P| = 3, |P & R| = 2 -> 4 / 7
-    assert dice_per_class(pred, ref, 1)[0] == pytest.approx(4 / 7)
-    assert dice_per_class(ref, ref, 1)[0] == pytest.approx(1.0)
+    for convention in ("ignore", "zero"):
+        assert dice_per_class(pred, ref, 1, convention)[0] == pytest.approx(4 / 7)
+        assert dice_per_class(ref, ref, 1, convention)[0] == pytest.approx(1.0)
 
 
 def test_dice_rejects_bad_input():
@@ -39,6 +76,8 @@ def test_dice_rejects_bad_input():
         dice_per_class(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), 1)
     with pytest.raises(ValueError, match="num_foreground"):
         dice_per_class(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), 0)
+    with pytest.raises(OptionError, match="empty_class 'skip' is not one of ignore, zero"):
+        dice_per_class(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), 1, "skip")
 
 
 def test_mean_se_hand_computed():

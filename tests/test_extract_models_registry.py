@@ -24,7 +24,7 @@ def _nothing_installed(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(W, "_hub_cache_lookup", lambda: None)
 
-    def no_download():
+    def no_download(timeout):
         raise AssertionError("tests must never download")
 
     monkeypatch.setattr(W, "_hub_download", no_download)
@@ -54,7 +54,8 @@ def test_resolution_order_flag_env_cache_download(tmp_path, monkeypatch):
                                      for i, n in enumerate(["flag", "env", "cached", "dl"]))
     monkeypatch.setenv(W.ENV_VAR, str(env))
     monkeypatch.setattr(W, "_hub_cache_lookup", lambda: cached)
-    monkeypatch.setattr(W, "_hub_download", lambda: downloaded)
+    monkeypatch.setattr(W, "_hub_download", lambda timeout: downloaded)
+    monkeypatch.setattr(W, "_hub_probe", lambda timeout: None)  # the hub answers
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(W, "_hub_offline", lambda: False)
     assert W.find_anatomix_weights(flag) == W.WeightsFile(flag, "--weights")
@@ -205,7 +206,8 @@ def test_rebuild_downloads_only_when_asked(tmp_path, monkeypatch):
     fp = _fingerprint_of(right)
     calls = []
     monkeypatch.setattr(W, "_hub_offline", lambda: False)
-    monkeypatch.setattr(W, "_hub_download", lambda: calls.append(1) or right)
+    monkeypatch.setattr(W, "_hub_probe", lambda timeout: None)
+    monkeypatch.setattr(W, "_hub_download", lambda timeout: calls.append(1) or right)
     with pytest.raises(MaskgenError):
         rebuild_extractor(fp)
     assert calls == []

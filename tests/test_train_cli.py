@@ -131,3 +131,18 @@ def test_command_line_defaults_are_the_configs():
     differ = {n: (params[n].default.default, defaults[n]) for n in _FIELDS
               if params[n].default.default != defaults[n]}
     assert differ == {}
+
+
+def test_single_input_trains_erm_by_default_and_refuses_a_mask_rate(store, tmp_path):
+    """Issue 11.5: `--inputs image` is ERM (rate 0); an explicit non-zero rate with one input is refused."""
+    out = tmp_path / "erm"
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(out), "--inputs", "image"] + TINY)
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mask_rate"] == 0.0 and cfg["inputs"] == "image" and cfg["fg_fraction"] == 0.0 and cfg["unet"] == "public"
+    bad = tmp_path / "bad"
+    refused = runner.invoke(app, ["train", "--features", str(store), "--out", str(bad), "--inputs", "features",
+                                  "--mask-rate", "0.5"] + TINY)
+    assert refused.exit_code == 1 and not bad.exists()
+    assert "--mask-rate 0.5 needs both inputs" in refused.stderr and "--inputs features" in refused.stderr
+    assert "--dropout with --inputs image" in refused.stderr

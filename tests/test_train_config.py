@@ -18,7 +18,7 @@ BAD = [
     ("steps", 0), ("batch_size", 0), ("channels", 0), ("depth", 0), ("steps", 2.5),
     ("fg_fraction", 1.5), ("fg_fraction", math.nan), ("dropout", 1.0), ("aug_prob", -0.1), ("val_overlap", 1.0),
     ("val_every", -1), ("seed", -1), ("n_train", 0), ("num_workers", -1),
-    ("inputs", "pixels"), ("feature_norm", "batch"), ("aug_device", "gpu"), ("device", "tpu"),
+    ("inputs", "pixels"), ("feature_norm", "batch"), ("aug_device", "gpu"), ("device", "tpu"), ("unet", "big"),
 ]
 
 
@@ -33,8 +33,8 @@ def test_each_bad_value_is_an_option_error_naming_its_field(field, value):
 
 def test_good_values_pass_and_defaults_are_the_papers():
     cfg = TrainConfig(features="s.zarr", mask_rate=0.0, lr=1.0, weight_decay=0.0, fg_fraction=1.0, n_train=1,
-                      num_workers=0, val_every=0, crop_zyx=(32, 32, 64))
-    assert cfg.crop_zyx == (32, 32, 64)
+                      num_workers=0, val_every=0, crop_zyx=(64, 64, 128))
+    assert cfg.crop_zyx == (64, 64, 128)
     # paper C.1: AdamW 2e-4, weight decay 1e-4, batch 4 (4.1), 250k steps; C.2: each augmentation p = 0.33
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     assert (fields["lr"], fields["weight_decay"], fields["batch_size"], fields["steps"], fields["aug_prob"]) == (
@@ -73,3 +73,33 @@ def test_config_diff_compares_json_forms_of_dataclasses_and_dicts():
     # dicts with different keys: a missing key compares as None
     assert config_diff({"x": 1, "y": 2}, {"y": 2, "z": 3}) == {"x": (1, None), "z": (None, 3)}
     assert format_diff({"lr": (0.001, 0.5)}, "saved", "now") == "lr: saved 0.001, now 0.5"
+
+
+def test_mask_rate_defaults_to_erm_with_a_single_input_and_refuses_masking_it():
+    """Issue 11.5: `--inputs image` must be ERM, not half-blanked samples."""
+    assert TrainConfig(features="s.zarr").mask_rate == 0.5
+    assert TrainConfig(features="s.zarr", inputs="image").mask_rate == 0.0
+    assert TrainConfig(features="s.zarr", inputs="features").mask_rate == 0.0
+    assert TrainConfig(features="s.zarr", inputs="image", mask_rate=0.0, dropout=0.25).dropout == 0.25
+    for inputs in ("image", "features"):
+        with pytest.raises(OptionError) as info:
+            TrainConfig(features="s.zarr", inputs=inputs, mask_rate=0.5)
+        err = info.value
+        assert err.field == "mask_rate" and "needs both inputs" in str(err)
+        flags = err.render(lambda f: "--" + f.replace("_", "-"))
+        assert f"--inputs {inputs}" in flags and "--dropout with --inputs image" in flags
+
+
+def test_crops_too_small_for_the_unets_bottleneck_are_refused():
+    TrainConfig(features="s.zarr", crop_zyx=(32, 32, 32), unet="table15")  # zero padding: 1 voxel is enough
+    with pytest.raises(OptionError, match=r"too small for the public UNet of depth 5: every side must be at least "
+                                          r"64 .*crop_zyx 64,64,64"):
+        TrainConfig(features="s.zarr", crop_zyx=(32, 32, 32))
+
+
+def test_saved_configs_of_older_runs_load_as_the_table15_network():
+    cfg = TrainConfig(features="s.zarr", crop_zyx=(64, 64, 64))
+    saved = to_dict(cfg)
+    assert TrainConfig.from_saved({**saved, "history": [{"step": 3}]}) == cfg
+    legacy = {k: v for k, v in saved.items() if k != "unet"}
+    assert TrainConfig.from_saved(legacy).unet == "table15"

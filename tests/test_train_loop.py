@@ -154,7 +154,77 @@ def test_training_never_runs_the_extractor_unless_online(store, tmp_path, monkey
 )
 def test_input_modes_normalisations_and_device_augmentation(store, tmp_path, inputs, norm, aug_device):
     run = train(tiny_train_config(store, tmp_path / "run", steps=2, val_every=0, inputs=inputs, feature_norm=norm,
-                     aug_device=aug_device, mask_rate=0.0 if inputs == "image" else 0.5), progress=False)
+                     aug_device=aug_device), progress=False)
     model, cfg, ckpt = load_run(run, "last")
     assert ckpt["model_config"]["in_channels"] == {"image": 1, "features": 12, "both": 13}[inputs]
     assert cfg.feature_norm == norm and np.isfinite(ckpt["val_dice"])
+
+
+def _record_training_inputs(monkeypatch) -> dict[str, list]:
+    """Record, in the real training loop, the network input before view masking (`assemble_inputs` in the step)
+    and what the model receives (a forward pre-hook on the model `setup` builds), training forwards only."""
+    import maskgen.train.setup as setup
+    import maskgen.train.step as step
+
+    seen: dict[str, list] = {"assembled": [], "model": []}
+    real_assemble, real_build = step.assemble_inputs, setup.build_model
+
+    def assemble(*args, **kwargs):
+        z = real_assemble(*args, **kwargs)
+        seen["assembled"].append(z.detach().clone())
+        return z
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda m, inputs: seen["model"].append(inputs[0].detach().clone()) if m.training else None)
+        return model
+
+    monkeypatch.setattr(step, "assemble_inputs", assemble)
+    monkeypatch.setattr(setup, "build_model", build)
+    return seen
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.0])
+def test_the_training_loop_masks_whole_input_channels_at_the_rate(store, tmp_path, monkeypatch, rate):
+    """Issue 11.6: the model receives z with whole channels zeroed at --mask-rate (survivors scaled by 1/(1-p)),
+    and z untouched at rate 0."""
+    seen = _record_training_inputs(monkeypatch)
+    train(tiny_train_config(store, tmp_path / "run", steps=6, batch_size=4, val_every=0, mask_rate=rate),
+          progress=False)
+    assert len(seen["model"]) == len(seen["assembled"]) == 6
+    before, after = torch.cat(seen["assembled"]), torch.cat(seen["model"])
+    assert after.shape == before.shape == (24, 13, 16, 16, 16)
+    live = before.flatten(2).abs().amax(2) > 0                 # channels with content before masking
+    zeroed = (after.flatten(2) == 0).all(2) & live
+    kept = ~zeroed & live
+    n = int(live.sum())
+    assert n > 250
+    if rate == 0:
+        assert torch.equal(after, before)
+        return
+    observed = zeroed.sum().item() / n
+    assert abs(observed - rate) < 4 * (rate * (1 - rate) / n) ** 0.5, observed
+    survivors = kept[:, :, None, None, None].expand_as(before)
+    torch.testing.assert_close(after[survivors], before[survivors] / (1 - rate), rtol=1e-5, atol=1e-6)
+    assert zeroed[:, 0].any()  # the image channel is masked too, as in the official code
+
+
+def test_default_crops_are_uniform(store, tmp_path, monkeypatch):
+    """Issue 11.4: by default (the paper) no crop is centred on foreground; --fg-fraction 1 centres them all."""
+    from maskgen.train.sampling import CropSampler
+
+    picked: list[int] = []
+    real = CropSampler.sample
+
+    def sample(self, rng):
+        choice = real(self, rng)
+        picked.append(choice.foreground_class)
+        return choice
+
+    monkeypatch.setattr(CropSampler, "sample", sample)
+    train(tiny_train_config(store, tmp_path / "uniform", steps=5, val_every=0), progress=False)
+    assert len(picked) == 10 and set(picked) == {0}
+    picked.clear()
+    train(tiny_train_config(store, tmp_path / "fg", steps=5, val_every=0, fg_fraction=1.0), progress=False)
+    assert len(picked) == 10 and 0 not in picked

@@ -9,7 +9,10 @@ import typer
 
 from maskgen.cli._common import fail, handle_errors
 
-DATASET_HELP = "Shipped pipeline name (see `maskgen pipelines`) or path/to/pipeline.toml."
+DATASET_HELP = ("Shipped pipeline name (see `maskgen pipelines`), path/to/pipeline.toml, or an nnU-Net v2 dataset "
+                "folder path/to/Dataset123_Name (with dataset.json; no pipeline file needed).")
+FOLD_HELP = ("nnU-Net v2 datasets: the fold of splits_final.json (or of nnU-Net's default 5-fold split) whose train / "
+             "val cases to use (default 0).")
 DATA_ROOT_HELP = "Dataset folder (default: $MASKGEN_DATA_ROOT, then the pipeline's default_data_root)."
 
 
@@ -24,11 +27,20 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(0, "--workers", min=0, help="Files read in parallel (0: up to 4, by CPU count)."),
         list_cases: bool = typer.Option(False, "--list", help="Also list every case with its split and domain."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+        fold: Optional[int] = typer.Option(None, "--fold", min=0, help=FOLD_HELP),
+        save_pipeline: Optional[Path] = typer.Option(
+            None, "--save-pipeline", help="Also write the pipeline as a TOML file (e.g. to add a [splits] table to "
+            "the one derived from an nnU-Net dataset, then pass --dataset FILE)."),
     ) -> None:
         """Check every case of a dataset and report all problems at once (exit 1 on any error)."""
         from maskgen.data.pipeline import load_pipeline
 
-        pipeline = load_pipeline(dataset)
+        pipeline = load_pipeline(dataset, fold=fold)
+        if save_pipeline is not None:
+            from maskgen.atomic import write_text_atomic
+            from maskgen.data.pipeline_toml import to_toml
+
+            write_text_atomic(save_pipeline, to_toml(pipeline))
         report = _verify_with_progress(pipeline, data_root, workers)
         _print_report(report, list_cases)
         if json_out is not None:
@@ -114,12 +126,16 @@ def _print_report(report, list_cases: bool) -> None:
     table.add_column("split")
     table.add_column("domain")
     table.add_column("cases", justify="right")
+    table.add_column("subjects", justify="right")
     table.add_column("normalisation")
     order = {"train": 0, "val": 1, "test": 2}
     rule = report.pipeline.intensity_rule
+    subjects = report.subjects()
     for (split, domain), n in sorted(report.counts().items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
-        table.add_row(split, escape(domain), str(n), escape(rule(domain).describe()))
+        table.add_row(split, escape(domain), str(n), str(subjects[split, domain]), escape(rule(domain).describe()))
     out.print(table)
+    for line in report.summary_lines():
+        out.print(line, markup=False)
     if list_cases:
         for c in report.cases:
             channel = "" if c.channel is None else f" channel={c.channel}"
@@ -140,6 +156,8 @@ def _write_report_json(report, path: Path) -> None:
             "dataset": report.pipeline.name,
             "data_root": str(report.data_root),
             "normalization": report.pipeline.normalization_spec(),
+            "summary": report.summary_lines(),
+            "left_out": [c.case_id for c in report.left_out],
             "cases": [{**to_dict(c), "normalization": report.pipeline.intensity_rule(c.domain).to_record()}
                       for c in report.cases],
             "problems": [to_dict(p) for p in report.problems],

@@ -88,6 +88,12 @@ def _device_option() -> Any:
     return typer.Option("auto", "--device", help="auto | cpu | cuda.")
 
 
+def _empty_class_option() -> Any:
+    return typer.Option("ignore", "--empty-class",
+                        help="Dice of a class absent from the reference: ignore (not scored even if predicted; the "
+                             "paper's code, MONAI) | zero (scored 0 if predicted; nnU-Net).")
+
+
 def _quiet_option() -> Any:
     return typer.Option(False, "--quiet", help="No progress bar.")
 
@@ -107,22 +113,34 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = _checkpoint_option(),
         overlap: float = _overlap_option(),
         features: Optional[str] = typer.Option(None, "--features", help="The run's store, if it moved (default: the path recorded in the run); a folder or an fsspec URL."),
+        empty_class: str = _empty_class_option(),
+        metrics: str = typer.Option("dice", "--metrics", help="dice, plus hd95 (95th percentile Hausdorff distance, mm) and/or nsd (normalised surface Dice), e.g. dice,hd95,nsd."),
+        nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD: boundary voxels within this distance (mm) count as correct."),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
-        """Dice of a trained run on every case of a split: per case and class, mean (s.e.) per domain."""
-        from maskgen.evaluate.evaluate import eval_paths, evaluate_run, summary_table
+        """Dice of a trained run on every case of a split: per case and class, mean (s.e.) per domain; also an
+        nnU-Net-style summary-<split>.json (Dice, IoU, TP/FP/FN, optional HD95 and NSD)."""
+        from maskgen.evaluate.evaluate import eval_paths, evaluate_run, summary_path, summary_table
         from maskgen.evaluate.report import rich_table
+        from maskgen.evaluate.summary import distance_table, parse_metrics
 
+        chosen = parse_metrics(metrics)
         with _progress(f"evaluate {run.name}", not quiet) as cb:
-            result = evaluate_run(run, split, checkpoint, overlap, device, features, progress=cb)
+            result = evaluate_run(run, split, checkpoint, overlap, device, features, progress=cb,
+                                  empty_class=empty_class, metrics=chosen, nsd_tolerance=nsd_tolerance)
         header, rows = summary_table(result)
         console = _console()
         console.print(rich_table(
-            f"{run.name}: {split} split, {checkpoint}.pt (step {result.settings['step']}), Dice x100 mean (s.e.)",
+            f"{run.name}: {split} split, {checkpoint}.pt (step {result.settings['step']}), Dice x100 mean (s.e.), "
+            f"empty classes: {empty_class}",
             header, rows))
+        distances = distance_table(result.scored, result.classes, chosen)
+        if distances is not None:
+            console.print(rich_table(f"{run.name}: {split} split, mean over cases"
+                                     + (f" (NSD x100 at {nsd_tolerance:g} mm)" if "nsd" in chosen else ""), *distances))
         json_path, csv_path = eval_paths(run, split)
-        console.print(f"wrote {json_path} and {csv_path}")
+        console.print(f"wrote {json_path}, {csv_path} and {summary_path(run, split)}")
 
     @app.command("predict")
     @handle_errors
@@ -134,19 +152,23 @@ def register(app: typer.Typer) -> None:
         overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights file, if not where the store was made from (its sha256 must match)."),
         channel: Optional[int] = typer.Option(None, "--channel", help="Volume of a 4D input to segment (e.g. BraTS FLAIR = 0)."),
+        save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write the softmax on each input's grid (see --probabilities-format)."),
+        probabilities_format: str = typer.Option("nifti", "--probabilities-format", help="nifti (<name>_probabilities.nii.gz, 4D x,y,z,class) | npz (<name>.npz, 'probabilities' class,z,y,x, as nnU-Net)."),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
-        """Segment new NIfTI volumes with a trained run; label maps on each input's original grid and affine."""
+        """Segment new NIfTI volumes with a trained run; label maps on each input's original grid, with its affine and
+        sform/qform codes."""
         from maskgen.errors import MaskgenError
         from maskgen.evaluate.predict import predict_files
 
         with _progress("predict", not quiet) as cb:
-            results = predict_files(run, input, out, checkpoint, overlap, device, weights, channel, progress=cb)
+            results = predict_files(run, input, out, checkpoint, overlap, device, weights, channel, progress=cb,
+                                    save_probabilities=probabilities_format if save_probabilities else None)
         console = _console()
         ok = [r for r in results if r.error is None]
         for r in ok:
-            console.print(f"{r.input} -> {r.output}")
+            console.print(f"{r.input} -> {r.output}" + (f", {r.probabilities}" if r.probabilities else ""))
         failed = [r for r in results if r.error is not None]
         if failed:
             raise MaskgenError(
@@ -172,6 +194,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step."),
         channels: Optional[int] = typer.Option(None, "--channels", help="UNet base width."),
         depth: Optional[int] = typer.Option(None, "--depth", help="UNet max-pool levels."),
+        unet: Optional[str] = typer.Option(None, "--unet", help="UNet: public (default) | table15."),
         crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop x,y,z (default: the pipeline's)."),
         val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: at the end)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
@@ -181,6 +204,7 @@ def register(app: typer.Typer) -> None:
         n_train: Optional[int] = typer.Option(None, "--n-train", help="Few-shot: K train cases."),
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        empty_class: str = _empty_class_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
         """Train and evaluate a grid of variants (mask rates, inputs, seeds, baselines) from one store; resumable."""
@@ -192,7 +216,7 @@ def register(app: typer.Typer) -> None:
             _floats(mask_rate, "--mask-rate"), _words(inputs), _ints(seeds, "--seeds"), _words(method),
             None if dropout_rate is None else _floats(dropout_rate, "--dropout-rate"),
         )
-        given = {"steps": steps, "batch_size": batch_size, "channels": channels, "depth": depth,
+        given = {"steps": steps, "batch_size": batch_size, "channels": channels, "depth": depth, "unet": unet,
                  "val_every": val_every, "lr": lr, "feature_norm": feature_norm, "aug_prob": aug_prob,
                  "fg_fraction": fg_fraction, "n_train": n_train, "num_workers": num_workers, "device": device,
                  "crop_zyx": parse_crop_size(crop_size) if crop_size else None}
@@ -203,7 +227,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"sweep {out}: {len(variants)} variants: {', '.join(v.name for v in variants)}")
         split_list = _words(splits)
         run_sweep(features, out, variants, options, split_list, checkpoint, overlap, progress=not quiet,
-                  log=console.print)
+                  log=console.print, empty_class=empty_class)
         header, rows = results_markdown_rows(collect_results(out, variants, split_list))
         console.print(rich_table(f"sweep {out.name}: Dice x100, mean (s.e.)", header, rows))
         console.print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
@@ -216,6 +240,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = _checkpoint_option(),
         overlap: float = _overlap_option(),
         out: Optional[Path] = _out_option("Output folder (default: RUN/analysis)."),
+        empty_class: str = _empty_class_option(),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
@@ -224,7 +249,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.sensitivity import channel_sensitivity, sensitivity_table, write_sensitivity
 
         with _progress(f"sensitivity {run.name}", not quiet) as cb:
-            result = channel_sensitivity(run, split, checkpoint, overlap, device, progress=cb)
+            result = channel_sensitivity(run, split, checkpoint, overlap, device, progress=cb, empty_class=empty_class)
         paths = write_sensitivity(result, _analysis_dir(run, out), title=f"{run.name}: one-channel removal ({split})")
         header, rows = sensitivity_table(result)
         console = _console()
@@ -246,6 +271,7 @@ def register(app: typer.Typer) -> None:
         overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights, if not where the store was made from."),
         out: Optional[Path] = _out_option("Output folder (default: FIRST_RUN/analysis)."),
+        empty_class: str = _empty_class_option(),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
     ) -> None:
@@ -256,7 +282,7 @@ def register(app: typer.Typer) -> None:
         with _progress("robustness", not quiet) as cb:
             result = robustness_analysis(
                 runs, split, checkpoint, _floats(bias_levels, "--bias-levels"), _floats(gamma_levels, "--gamma-levels"),
-                draws, seed, overlap, device, weights, max_cases, progress=cb,
+                draws, seed, overlap, device, weights, max_cases, progress=cb, empty_class=empty_class,
             )
         paths = write_robustness(result, _analysis_dir(runs[0], out))
         console = _console()

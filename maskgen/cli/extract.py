@@ -37,7 +37,12 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def extract(
         dataset: str = typer.Option(
-            ..., "--dataset", "-d", help="Shipped pipeline name (e.g. demo, amos) or path/to/pipeline.toml."
+            ..., "--dataset", "-d", help="Shipped pipeline name (e.g. demo, amos), path/to/pipeline.toml, or an "
+            "nnU-Net v2 dataset folder path/to/Dataset123_Name (with dataset.json; no pipeline file needed)."
+        ),
+        fold: Optional[int] = typer.Option(
+            None, "--fold", min=0, help="nnU-Net v2 datasets: the fold of splits_final.json (or of nnU-Net's default "
+            "5-fold split) whose train / val cases to use [default: 0]."
         ),
         data_root: Optional[Path] = typer.Option(
             None, "--data-root", help="Dataset folder (default: $MASKGEN_DATA_ROOT or the pipeline's default)."
@@ -97,6 +102,7 @@ def register(app: typer.Typer) -> None:
 
         config = ExtractConfig(
             dataset=dataset,
+            fold=fold,
             out=out,
             data_root=None if data_root is None else str(data_root),
             extractor=extractor,
@@ -115,6 +121,7 @@ def register(app: typer.Typer) -> None:
             wait=wait,
         )
         console = Console(highlight=False, soft_wrap=True)
+        _print_derived_pipeline(console, dataset, fold)
         try:
             summary = run_extract(config)
         except ExtractFailed as e:
@@ -122,6 +129,16 @@ def register(app: typer.Typer) -> None:
             raise
         _print_summary(console, summary)
 
+
+
+def _print_derived_pipeline(console, dataset: str, fold: Optional[int]) -> None:  # noqa: ANN001 - rich Console
+    """For an nnU-Net v2 folder: the spacing and crop maskgen derived (also recorded in the store's pipeline)."""
+    from maskgen.data.nnunet_v2 import is_nnunet_v2_folder
+
+    if is_nnunet_v2_folder(dataset):
+        from maskgen.data.pipeline import load_pipeline
+
+        console.print(load_pipeline(dataset, fold=fold).description, markup=False)
 
 
 def _print_summary(console, summary) -> None:  # noqa: ANN001 - rich Console, ExtractSummary

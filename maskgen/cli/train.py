@@ -11,9 +11,9 @@ from maskgen.train.config import xyz_text
 
 # option name (python) -> TrainConfig field, for options that map one to one
 _FIELDS = (
-    "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "fg_fraction",
+    "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "unet", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights", "dropout",
+    "online_features", "extractor_weights", "dropout", "empty_class",
 )
 
 
@@ -29,17 +29,27 @@ def register(app: typer.Typer) -> None:
             None, "--out", help="Run folder (default: runs/STORE-INPUTS-mrRATE-sSEED)."
         ),
         inputs: str = typer.Option("both", "--inputs", help="both (image + features) | image (ERM) | features."),
-        mask_rate: float = typer.Option(0.5, "--mask-rate", help="View masking rate in [0, 1); 0 disables."),
+        mask_rate: Optional[float] = typer.Option(
+            None, "--mask-rate", help="View masking rate in [0, 1) (default 0.5 with --inputs both; 0, i.e. no "
+            "masking, with a single input, where a non-zero rate is refused)."
+        ),
         steps: int = typer.Option(250_000, "--steps", help="Training steps (paper: 250k all-data, 40k few-shot)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Crops per step."),
         lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate at step 0 (cosine to 0)."),
         weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay."),
-        channels: int = typer.Option(20, "--channels", help="UNet base width n_c (paper Table 15)."),
+        channels: int = typer.Option(20, "--channels", help="UNet base width n_c (paper 3.2)."),
         depth: int = typer.Option(5, "--depth", help="UNet max-pool levels (crop sides must divide by 2**depth)."),
+        unet: str = typer.Option(
+            "public", "--unet", help="public (the official code's UNet: 36.87M parameters at width 20, depth 5) | "
+            "table15 (paper Table 15 read literally: 75.46M)."
+        ),
         crop_size: Optional[str] = typer.Option(
             None, "--crop-size", help="Training crop x,y,z in voxels (default: the store pipeline's)."
         ),
-        fg_fraction: float = typer.Option(1 / 3, "--fg-fraction", help="Fraction of crops centred on foreground."),
+        fg_fraction: float = typer.Option(
+            0.0, "--fg-fraction", help="Fraction of crops centred on a foreground voxel (paper: 0, uniform crops; "
+            "nnU-Net: 0.33)."
+        ),
         aug_prob: float = typer.Option(0.33, "--aug-prob", help="Probability of each augmentation (paper C.2)."),
         aug_device: str = typer.Option(
             "auto", "--aug-device", help="Spatial augmentation: cpu (loader workers) | device (batched) | auto."
@@ -58,6 +68,9 @@ def register(app: typer.Typer) -> None:
         ),
         dropout: float = typer.Option(
             0.0, "--dropout", help="Channel dropout after every UNet block (paper Table 5 baseline; use with --inputs image)."
+        ),
+        empty_class: str = typer.Option(
+            "ignore", "--empty-class", help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),

@@ -40,13 +40,17 @@ class Case:
 @dataclass(frozen=True)
 class LayoutSpec:
     """How one layout kind finds cases. `discover(root, options)` returns cases with domain, subject and (for layouts
-    with explicit splits) split set; `defaults` lists every option the `[layout]` table may set."""
+    with explicit splits) split set; `defaults` lists every option the `[layout]` table may set; `summary(root,
+    options)` adds what `maskgen verify` should say about the layout (channels, where splits come from)."""
 
     discover: Callable[[Path, dict[str, Any]], list[Case]]
     defaults: dict[str, Any]
     explicit_splits: bool
     expected: str  # one line describing the folder layout, for error messages
     required: tuple[str, ...] = ()
+    subject_rule: str = "the case id"  # what a case's subject is (splits never share a subject), for `verify`
+    summary: Callable[[Path, dict[str, Any]], list[str]] | None = None  # extra lines for `verify`
+    unassigned: str = "error"  # cases the layout leaves without a split: "error" (say so) or "drop" (left out)
 
 
 def nifti_stem(name: str) -> str | None:

@@ -59,11 +59,13 @@ def _discover_nnunet(root: Path, opts: dict[str, Any]) -> list[Case]:
             )
     csv_name = str(opts["csv"])
     if csv_name:
-        cases = _apply_domain_csv(cases, root / csv_name, opts["default_domain"])
+        cases = apply_domain_csv(cases, root / csv_name, opts["default_domain"])
     return cases
 
 
-def _apply_domain_csv(cases: list[Case], path: Path, default_domain: str) -> list[Case]:
+def apply_domain_csv(cases: list[Case], path: Path, default_domain: str | None) -> list[Case]:
+    """Domains (and optionally splits and subjects) from a CSV with columns case,domain[,split][,subject]; cases the
+    CSV does not list get `default_domain` (None: keep their own)."""
     if not path.is_file():
         raise MaskgenError(f"domain CSV {path} does not exist (set by [layout] csv); create it or remove the setting")
     rows = read_csv_rows(path, ("case", "domain"), "domain CSV")
@@ -85,7 +87,7 @@ def _apply_domain_csv(cases: list[Case], path: Path, default_domain: str) -> lis
     for case in cases:
         row = by_id.get(case.case_id)
         if row is None:
-            out.append(replace(case, domain=default_domain))
+            out.append(case if default_domain is None else replace(case, domain=default_domain))
             continue
         split = case.split
         if row.get("split"):
@@ -93,9 +95,9 @@ def _apply_domain_csv(cases: list[Case], path: Path, default_domain: str) -> lis
                 split = normalize_split(row["split"], f"domain CSV {path}, case {case.case_id}")
             except MaskgenError as e:
                 errors.append(str(e))
-        out.append(
-            replace(case, domain=row.get("domain") or default_domain, split=split, subject=row.get("subject") or None)
-        )
+        domain = row.get("domain") or (case.domain if default_domain is None else default_domain)
+        subject = row.get("subject") or (case.subject if default_domain is None else None)
+        out.append(replace(case, domain=domain, split=split, subject=subject))
     if errors:
         raise MaskgenError(f"domain CSV {path}: " + "; ".join(errors))
     return out
@@ -166,6 +168,7 @@ SPECS: dict[str, LayoutSpec] = {
         explicit_splits=True,
         expected="imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz (also imagesVal/labelsVal, "
         "imagesTs/labelsTs), optional CSV case,domain[,split][,subject]",
+        subject_rule="the domain CSV's subject column, else the case id",
     ),
     "csv": LayoutSpec(
         discover=_discover_csv,
@@ -173,5 +176,6 @@ SPECS: dict[str, LayoutSpec] = {
         explicit_splits=True,
         expected="a CSV (default <data-root>/dataset.csv, or the CSV itself as --data-root) with columns "
         "image,label,split[,domain][,case][,subject]; relative paths are relative to the CSV's folder",
+        subject_rule="the CSV's subject column, else the case id",
     ),
 }

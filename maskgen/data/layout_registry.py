@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from maskgen.data import generic_layouts, public_layouts
+from maskgen.data import generic_layouts, nnunet_v2, public_layouts
 from maskgen.data.cases import LayoutSpec
 from maskgen.errors import MaskgenError
 
-LAYOUT_SPECS: dict[str, LayoutSpec] = {**generic_layouts.SPECS, **public_layouts.SPECS}
+LAYOUT_SPECS: dict[str, LayoutSpec] = {**generic_layouts.SPECS, **nnunet_v2.SPECS, **public_layouts.SPECS}
 LAYOUTS: tuple[str, ...] = tuple(LAYOUT_SPECS)
 _KINDS = {tuple: "a list", bool: "true or false", int: "an integer", str: "a string"}
 

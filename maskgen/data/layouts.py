@@ -8,6 +8,7 @@ layout itself, or from the domain rule in `[splits]`, see `maskgen.data.splits`)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from maskgen.data.pipeline import Pipeline, split_rule
 from maskgen.data.splits import SPLITS, assign_splits
 from maskgen.errors import MaskgenError
 
-__all__ = ["Case", "LAYOUT_SPECS", "ENV_DATA_ROOT", "resolve_data_root", "discover_cases", "id_problems",
-           "layout_options"]
+__all__ = ["Case", "LAYOUT_SPECS", "ENV_DATA_ROOT", "resolve_data_root", "discover_cases", "discover", "Discovery",
+           "id_problems", "layout_options"]
 
 ENV_DATA_ROOT = "MASKGEN_DATA_ROOT"
 
@@ -62,18 +63,35 @@ def discover_cases(pipeline: Pipeline, data_root: str | Path | None = None, stri
     `data_root`: `--data-root` (None: $MASKGEN_DATA_ROOT or the pipeline default). With `strict`, duplicate case ids
     and ids unsafe as storage keys raise (all listed at once); `maskgen verify` passes strict=False and reports them.
     """
+    return discover(pipeline, data_root, strict).cases
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The cases a dataset gives (`cases`) and those its layout found but the split rule or fold left out."""
+
+    root: Path
+    cases: list[Case]
+    left_out: list[Case]
+
+
+def discover(pipeline: Pipeline, data_root: str | Path | None = None, strict: bool = True) -> Discovery:
+    """`discover_cases` that also returns the cases left out (for `maskgen verify`)."""
     root = resolve_data_root(data_root, pipeline)
     spec = LAYOUT_SPECS[pipeline.layout]
-    options = layout_options(pipeline)
-    cases = spec.discover(root, options)
+    found = spec.discover(root, layout_options(pipeline))
     rule = split_rule(pipeline)
     if rule is not None:
-        cases = assign_splits(cases, rule)
+        cases = assign_splits(found, rule)
     elif not spec.explicit_splits:
         raise MaskgenError(
             f"pipeline {pipeline.source or pipeline.name}: layout {pipeline.layout!r} needs a [splits] table "
             "(train = [domains...], val = [...], test = [...])"
         )
+    else:
+        cases = found
+    if spec.unassigned == "drop":
+        cases = [c for c in cases if c.split in SPLITS]
     unassigned = [c.case_id for c in cases if c.split not in SPLITS]
     if unassigned:
         raise MaskgenError(f"cases without a train/val/test split: {preview(unassigned)}; give them one in the CSV")
@@ -85,15 +103,21 @@ def discover_cases(pipeline: Pipeline, data_root: str | Path | None = None, stri
     order = {s: i for i, s in enumerate(SPLITS)}
     cases.sort(key=lambda c: (order[c.split], c.case_id))
     if strict:
-        problems = id_problems(cases)
-        if problems:
-            raise MaskgenError(
-                f"dataset {pipeline.name!r} in {root} has unusable case ids: "
-                + "; ".join(problems[:20])
-                + ("" if len(problems) <= 20 else f"; ... and {len(problems) - 20} more")
-                + ". Rename the files (or fix the CSV), then run `maskgen verify`."
-            )
-    return cases
+        _raise_on_id_problems(cases, pipeline, root)
+    kept = {(c.case_id, str(c.image), c.channel) for c in cases}
+    left_out = [c for c in found if (c.case_id, str(c.image), c.channel) not in kept]
+    return Discovery(root=root, cases=cases, left_out=left_out)
+
+
+def _raise_on_id_problems(cases: list[Case], pipeline: Pipeline, root: Path) -> None:
+    problems = id_problems(cases)
+    if problems:
+        raise MaskgenError(
+            f"dataset {pipeline.name!r} in {root} has unusable case ids: "
+            + "; ".join(problems[:20])
+            + ("" if len(problems) <= 20 else f"; ... and {len(problems) - 20} more")
+            + ". Rename the files (or fix the CSV), then run `maskgen verify`."
+        )
 
 
 def id_problems(cases: list[Case]) -> list[str]:

@@ -18,15 +18,25 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib
 def load_header(path: str | Path) -> nib.spatialimages.SpatialImage:
     """Open an image lazily (header only; data is read on access). Missing/unreadable files raise MaskgenError."""
     path = Path(path)
-    if not path.exists():
-        raise MaskgenError(f"{path} does not exist; check the data folder or the pipeline's layout")
-    if path.is_dir():
-        raise MaskgenError(f"{path} is a folder, not a NIfTI file")
     try:
+        if not path.exists():
+            raise MaskgenError(f"{path} does not exist; check the data folder or the pipeline's layout")
+        if path.is_dir():
+            raise MaskgenError(f"{path} is a folder, not a NIfTI file")
+        with open(path, "rb"):  # nibabel reports a file it may not open as "Could not read file": ask the OS first
+            pass
         return nib.load(str(path))
+    except PermissionError as e:
+        raise MaskgenError(permission_message(path, e)) from None
     except _READ_ERRORS as e:
         what = "is truncated or corrupt" if _truncated(path) else "is not a readable NIfTI file"
         raise MaskgenError(f"{path} {what} ({_describe(e)}); re-export or re-download it") from None
+
+
+def permission_message(path: Path, e: PermissionError) -> str:
+    """The file (or a folder on its path) may not be read by this user: say so, and how to fix it."""
+    return (f"{path} cannot be read: permission denied ({_describe(e)}); make it readable for this user (e.g. "
+            f"`chmod a+r` on the file and `a+x` on its folders) or run as a user who may read it")
 
 
 def _describe(e: BaseException) -> str:
@@ -85,6 +95,8 @@ def _data(
             data = np.asanyarray(img.dataobj[index]).reshape(shape[:3])
         else:
             data = np.asanyarray(img.dataobj).reshape(shape)
+    except PermissionError as e:
+        raise MaskgenError(permission_message(path, e)) from None
     except _READ_ERRORS as e:
         raise MaskgenError(
             f"{path} is truncated or corrupt ({_describe(e)}); re-export or re-download it"

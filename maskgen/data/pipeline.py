@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib.resources
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from maskgen.data import nnunet_v2
 from maskgen.data.intensity import DEFAULT_CT_WINDOW, DEFAULT_PERCENTILES, NORMALIZATIONS, IntensityRule
 from maskgen.data.layout_registry import LAYOUTS, check_layout_options
 from maskgen.errors import MaskgenError
@@ -138,20 +139,29 @@ def pipeline_path(name_or_path: str | Path) -> Path:
     looks_like_path = text.endswith(".toml") or "/" in text or "\\" in text
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise MaskgenError(f"{text} is a folder without {nnunet_v2.DATASET_JSON}: pass an nnU-Net v2 dataset folder "
+                           "(with dataset.json), a pipeline .toml file, or one of: " + ", ".join(available_pipelines()))
     if looks_like_path:
-        raise MaskgenError(f"pipeline file {text} does not exist; pass an existing .toml file or one of: "
-                           f"{', '.join(available_pipelines())}")
+        raise MaskgenError(f"pipeline file {text} does not exist; pass an existing .toml file, an nnU-Net v2 dataset "
+                           f"folder, or one of: {', '.join(available_pipelines())}")
     shipped = importlib.resources.files("maskgen.pipelines") / f"{text}.toml"
     if not shipped.is_file():
         raise MaskgenError(
             f"unknown dataset {text!r}: shipped pipelines are {', '.join(available_pipelines())}; "
-            "or pass --dataset path/to/pipeline.toml"
+            "or pass --dataset path/to/pipeline.toml or path/to/Dataset123_Name (nnU-Net v2)"
         )
     return Path(str(shipped))
 
 
-def load_pipeline(name_or_path: str | Path) -> Pipeline:
-    """Read and check a pipeline: `"amos"` (shipped with maskgen) or `"path/to/file.toml"`."""
+def load_pipeline(name_or_path: str | Path, fold: int | None = None) -> Pipeline:
+    """Read and check a pipeline: `"amos"` (shipped with maskgen), `"path/to/file.toml"`, or an nnU-Net v2 dataset
+    folder `"path/to/Dataset123_X"` (its pipeline derived from dataset.json and the images, see
+    `maskgen.data.nnunet_v2`). `fold` (`--fold`) picks the nnU-Net fold of an nnunet_v2 layout."""
+    if nnunet_v2.is_nnunet_v2_folder(name_or_path):
+        folder = Path(name_or_path).expanduser().resolve()
+        table = nnunet_v2.pipeline_table(folder, fold)
+        return parse_pipeline(table, source=str(folder / nnunet_v2.DATASET_JSON), default_name=folder.name)
     path = pipeline_path(name_or_path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -159,7 +169,13 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         raise MaskgenError(f"cannot read pipeline file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise MaskgenError(f"pipeline file {path} is not valid TOML: {e}") from None
-    return parse_pipeline(data, source=str(path), default_name=path.name.removesuffix(".toml"))
+    pipeline = parse_pipeline(data, source=str(path), default_name=path.name.removesuffix(".toml"))
+    if fold is None:
+        return pipeline
+    if pipeline.layout != "nnunet_v2":
+        raise MaskgenError(f"--fold {fold}: folds belong to nnU-Net v2 datasets (layout nnunet_v2); pipeline "
+                           f"{pipeline.name!r} has layout {pipeline.layout!r}, whose splits come from its own rule")
+    return replace(pipeline, options=freeze({**dict(pipeline.options), "fold": int(fold)}))
 
 
 def parse_pipeline(data: dict[str, Any], source: str = "<memory>", default_name: str = "dataset") -> Pipeline:

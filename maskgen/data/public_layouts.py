@@ -284,6 +284,7 @@ SPECS: dict[str, LayoutSpec] = {
         explicit_splits=False,
         expected="imagesTr/BRATS_001.nii.gz (4D: FLAIR, T1w, t1gd, T2w) + labelsTr/BRATS_001.nii.gz "
         "(MSD Task01_BrainTumour); each (subject, channel) is a case BRATS_001_<channel> with domain <channel>",
+        subject_rule="the BRATS id (a subject's channels share one split)",
     ),
     "topcow": LayoutSpec(
         discover=_discover_topcow,
@@ -291,6 +292,7 @@ SPECS: dict[str, LayoutSpec] = {
         explicit_splits=False,
         expected="imagesTr/topcow_ct_001_0000.nii.gz, imagesTr/topcow_mr_001_0000.nii.gz + "
         "cow_seg_labelsTr/topcow_ct_001.nii.gz (TopCoW 2024 release); domains 'cta' and 'mra', subject = the number",
+        subject_rule="the patient number (a patient's CTA and MRA share one split)",
     ),
     "hvsmr": LayoutSpec(
         discover=_discover_hvsmr,
@@ -317,6 +319,7 @@ SPECS: dict[str, LayoutSpec] = {
         explicit_splits=False,
         expected="<center>/<phase>/images/<case>.nii.gz + <center>/<phase>/labels/<case>.nii.gz with phase folders "
         "'venous' and 'out_of_phase' (or set [layout] image_pattern / label_pattern); domain = phase",
+        subject_rule="the [layout] subject pattern (default {center}_{case}: a patient's phases share one split)",
     ),
     "pattern": LayoutSpec(
         discover=_discover_pattern,
@@ -324,5 +327,6 @@ SPECS: dict[str, LayoutSpec] = {
         explicit_splits=False,
         expected="files matching [layout] image_pattern / label_pattern, e.g. {center}/{phase}/images/{case}.nii.gz",
         required=("image_pattern", "label_pattern"),
+        subject_rule='the [layout] subject pattern (default {center}_{case})',
     ),
 }

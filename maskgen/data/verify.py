@@ -1,9 +1,10 @@
 """`maskgen verify`: read every case of a dataset and report all problems at once, each naming the file and the fix.
 
-Errors: unreadable / truncated / missing files, image-label shape or affine mismatch, non-integer or undeclared label
-values, NaN/Inf voxels, missing labels, duplicate case ids, case ids unsafe as storage keys. Warnings: empty
-foreground, unlabelled cases kept on purpose, case ids with unusual characters. Each file is read once even when
-several cases share it (BraTS channels), on a few threads (decompression releases the GIL).
+Errors: unreadable / truncated / missing files, files without read permission, image-label shape or affine mismatch,
+non-integer or undeclared label values, NaN/Inf voxels, missing labels, duplicate case ids, case ids unsafe as storage
+keys. Warnings: empty foreground, constant images (max = min), unlabelled cases kept on purpose, case ids with unusual
+characters. Each file is read once even when several cases share it (BraTS channels), on a few threads
+(decompression releases the GIL). The report also says what the dataset gives (`VerifyReport.summary_lines`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import numpy as np
 
 from maskgen.data.cases import Case, case_id_is_portable, case_id_problem
 from maskgen.data.labels import affine_mismatch, check_label
-from maskgen.data.layouts import discover_cases, layout_options, resolve_data_root
+from maskgen.data.layout_registry import LAYOUT_SPECS
+from maskgen.data.layouts import discover, layout_options
 from maskgen.data.nifti import load_header, read_all_channels, spatial_shape
-from maskgen.data.pipeline import Pipeline
+from maskgen.data.pipeline import Pipeline, split_rule
+from maskgen.data.splits import SPLITS
 from maskgen.errors import MaskgenError
 
 ERROR = "error"
@@ -42,6 +45,8 @@ class VerifyReport:
     data_root: Path
     cases: list[Case]
     problems: list[Problem] = field(default_factory=list)
+    left_out: list[Case] = field(default_factory=list)  # found by the layout, left out by the split rule / fold
+    layout_lines: list[str] = field(default_factory=list)  # what the layout says about itself (channels, folds)
 
     @property
     def errors(self) -> list[Problem]:
@@ -59,6 +64,40 @@ class VerifyReport:
         """Number of cases per (split, domain)."""
         return dict(Counter((c.split, c.domain) for c in self.cases))
 
+    def subjects(self) -> dict[tuple[str, str], int]:
+        """Number of subjects per (split, domain)."""
+        unique = {(c.split, c.domain, c.subject_id) for c in self.cases}
+        return dict(Counter((split, domain) for split, domain, _ in unique))
+
+    def summary_lines(self) -> list[str]:
+        """What the dataset gives, in words: classes, spacing and crop (and how they were chosen), the layout's own
+        notes, the subject and split rules, and what is left for training."""
+        p = self.pipeline
+        spec = LAYOUT_SPECS[p.layout]
+        rule = split_rule(p)
+        if rule is not None:
+            splits = "domain split by [splits]: " + "; ".join(
+                f"{s} = {list(rule['domains'][s])}" for s in SPLITS) + f" (seed {rule['seed']})"
+        else:
+            splits = "the layout's own splits (folders / CSV / fold), no domain rule"
+        train = [c for c in self.cases if c.split == "train"]
+        lines = [
+            f"pipeline: {p.description}" if p.description else f"pipeline: {p.name}",
+            "classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(p.classes, start=1)),
+            f"spacing (x, y, z): {' x '.join(f'{v:g}' for v in p.spacing)} mm; crop (x, y, z): "
+            f"{' x '.join(map(str, p.crop_size))} voxels",
+            *self.layout_lines,
+            f"subjects: {spec.subject_rule}; a subject never straddles splits",
+            f"splits: {splits}",
+            f"training: {len(train)} cases of {len({c.subject_id for c in train})} subjects, domains "
+            + (", ".join(sorted({c.domain for c in train})) or "none"),
+        ]
+        if self.left_out:
+            ids = sorted(c.case_id for c in self.left_out)
+            lines.append(f"left out by the split rule / fold: {len(ids)} cases ({', '.join(ids[:8])}"
+                         + (", ...)" if len(ids) > 8 else ")"))
+        return lines
+
 
 @dataclass
 class _FileCheck:
@@ -68,6 +107,7 @@ class _FileCheck:
     affine: np.ndarray | None = None
     error: str | None = None
     nonfinite: dict[int, int] = field(default_factory=dict)  # image: channel -> NaN/Inf count
+    constant: dict[int, float] = field(default_factory=dict)  # image: channel -> its only value (max == min)
     label_problems: list[str] = field(default_factory=list)  # label: value problems
     empty: bool = False  # label: no foreground after remapping
 
@@ -84,6 +124,10 @@ def _check_image_file(path: Path) -> _FileCheck:
             bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
             if bad:
                 check.nonfinite[c] = bad
+    vols = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
+    for c, vol in enumerate(vols):
+        if vol.size and c not in check.nonfinite and vol.min() == vol.max():
+            check.constant[c] = float(vol.flat[0])
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         check.error = f"{path} has a degenerate affine (zero or non-finite voxel axes); fix its header"
     return check
@@ -194,10 +238,14 @@ def _image_problems(case: Case, img: _FileCheck, add: _Add) -> tuple | None:
         return None
     channel = case.channel if len(img.shape) == 4 else 0
     bad = img.nonfinite.get(channel or 0, 0)
+    where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
     if bad:
-        where = f" (channel {case.channel})" if len(img.shape) == 4 else ""
         add(image_path, ERROR, f"image {image_path}{where} has {bad} NaN/Inf voxels; replace them (e.g. with "
             "the background value) and save the file again")
+    if (channel or 0) in img.constant:
+        add(image_path, WARNING, f"image {image_path}{where} is constant (every voxel is "
+            f"{img.constant[channel or 0]:g}): normalisation turns it into zeros and it shows nothing to segment; "
+            "check that it is the right file and export")
     return img.shape[:3]
 
 
@@ -251,12 +299,15 @@ def verify_dataset(
     on_cases: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Discover the dataset's cases (tolerating bad ids, which it reports) and check every one."""
-    root = resolve_data_root(data_root, pipeline)
-    cases = discover_cases(pipeline, root, strict=False)
+    found = discover(pipeline, data_root, strict=False)
+    root, cases = found.root, found.cases
+    spec = LAYOUT_SPECS[pipeline.layout]
+    lines = spec.summary(root, layout_options(pipeline)) if spec.summary is not None else []
     if on_cases is not None:
         n_files = len({Path(c.image) for c in cases}) + len(
             {Path(c.label) for c in cases if c.label is not None and Path(c.label).exists()}
         )
         on_cases(n_files)
     problems = verify_cases(cases, pipeline, workers=workers, on_file_done=on_file_done)
-    return VerifyReport(pipeline=pipeline, data_root=root, cases=cases, problems=problems)
+    return VerifyReport(pipeline=pipeline, data_root=root, cases=cases, problems=problems, left_out=found.left_out,
+                        layout_lines=lines)

@@ -24,7 +24,7 @@ import numpy as np
 from maskgen.demo import writer as dw
 from maskgen.errors import MaskgenError
 
-GENERATOR = "maskgen.demo.synthetic"  # recorded in dataset.json (its former module path; kept)
+GENERATOR = "maskgen.demo.synthetic"  # recorded in dataset.json
 PIPELINE_TOML = "pipeline.toml"
 _NAME = re.compile(r"^[A-Za-z0-9]+$")
 

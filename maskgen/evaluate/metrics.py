@@ -1,10 +1,11 @@
-"""Per-case, per-class Dice and the paper's summary: mean and standard error over cases.
+"""Per-case Dice records and the paper's summary: mean and standard error over cases.
 
-Conventions (as nnU-Net reports them):
-- Dice is computed for every foreground class 1..K of the label map (background is not scored).
-- A class absent from both the prediction and the reference has no Dice (NaN): it is neither a success (1) nor
-  a failure (0), and it is left out of every mean. A class present in only one of them scores 0.
-- A case's Dice is the mean over its scored classes (NaN if no class is scored).
+Conventions:
+- Dice is computed for every foreground class 1..K of the label map (background is not scored) by
+  `maskgen.train.dice.dice_per_class` (the same function validation uses). A class that is not scored is NaN:
+  under `empty_class="ignore"` (default, the paper's code) every class absent from the reference, under "zero"
+  (nnU-Net) only a class absent from both maps (a false positive on an absent class then scores 0).
+- NaN values are left out of every mean. A case's Dice is the mean over its scored classes (NaN if none).
 - Summaries are the mean over cases and its standard error, sample standard deviation (ddof=1) / sqrt(n), where n
   counts the cases with a finite value; with a single case the standard error is NaN ("not estimable").
 """
@@ -16,33 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_foreground: int) -> np.ndarray:
-    """Dice of each foreground class 1..num_foreground between two integer label maps of the same shape.
-
-    Returns a float64 array of length `num_foreground`; NaN where the class is absent in both maps.
-    Uses MONAI's `compute_dice` on one binary channel per class, so memory stays at two boolean volumes.
-    """
-    import torch
-    from monai.metrics import compute_dice
-
-    if num_foreground < 1:
-        raise ValueError(f"num_foreground must be >= 1, got {num_foreground}")
-    pred = np.asarray(pred)
-    ref = np.asarray(ref)
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    p = torch.from_numpy(np.ascontiguousarray(pred))
-    r = torch.from_numpy(np.ascontiguousarray(ref))
-    out = np.full(num_foreground, np.nan, dtype=np.float64)
-    for c in range(1, num_foreground + 1):
-        pc = (p == c)[None, None]
-        rc = (r == c)[None, None]
-        if not bool(pc.any()) and not bool(rc.any()):
-            continue  # absent in both: not scored
-        out[c - 1] = float(compute_dice(pc, rc, include_background=True, ignore_empty=False)[0, 0])
-    return out
 
 
 def case_mean(dice: Sequence[float] | np.ndarray) -> float:

@@ -3,16 +3,23 @@
 Per file: preprocess as the run's pipeline says (RAS, pipeline spacing, intensity normalisation), compute features
 with the run's own extractor (refused if its weights differ from the store's), sliding-window inference as in
 evaluation, argmax, then `label_to_original` resamples the label map (nearest) back onto the input's original voxel
-grid with its original affine. Output: `<out>/<name>.nii.gz`, where an nnU-Net channel suffix `_0000` is dropped.
+grid with its original affine and the input's sform/qform codes. Output: `<out>/<name>.nii.gz`, where an nnU-Net
+channel suffix `_0000` is dropped; with `save_probabilities` also the softmax (resampled linearly onto the same grid)
+as `<name>_probabilities.nii.gz` or nnU-Net's `<name>.npz`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from maskgen.errors import MaskgenError
+import numpy as np
+
+from maskgen.errors import MaskgenError, OptionError
+
+
+PROBABILITY_FORMATS = ("nifti", "npz")
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,7 @@ class Prediction:
     input: Path
     output: Path | None
     error: str | None = None
+    probabilities: Path | None = None
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -69,32 +77,94 @@ def predict_files(
     weights: str | Path | None = None,
     channel: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    save_probabilities: str | None = None,
 ) -> list[Prediction]:
-    """Predict every input file; failures of single files are returned (with the reason), not raised."""
-    from maskgen.data.nifti import save_nifti_atomic
-    from maskgen.data.preprocess import label_to_original, preprocess_image_file
-    from maskgen.evaluate.runs import _check_overlap, features_for, open_run, run_extractor
+    """Predict every input file; failures of single files are returned (with the reason), not raised.
+
+    `save_probabilities`: also write the softmax on the input's grid, "nifti" (`<name>_probabilities.nii.gz`, 4D
+    X, Y, Z, class) or "npz" (`<name>.npz` with `probabilities` (class, Z, Y, X) as nnU-Net writes it); None: only
+    the label maps.
+    """
+    from maskgen.evaluate.runs import _check_overlap, open_run, run_extractor
 
     _check_overlap(overlap)
+    if save_probabilities not in (None, *PROBABILITY_FORMATS):
+        raise OptionError("probabilities_format", save_probabilities,
+                          f"is not one of {', '.join(PROBABILITY_FORMATS)}")
     files = input_files(input_path)
-    names = output_names(files, Path(out_dir))
+    out_dir = Path(out_dir)
+    names = output_names(files, out_dir)
     run = open_run(run_dir, checkpoint, device)
     extractor = run_extractor(run, weights) if run.uses_features else None
-    pipeline = run.store.pipeline
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for i, (path, name) in enumerate(zip(files, names)):
         try:
-            pre = preprocess_image_file(path, pipeline, channel)
-            feats = features_for(run, extractor, pre.image)
-            label = run.segment(pre.image, feats, run.fresh_stats(feats), overlap)
-            out = out_dir / name
-            save_nifti_atomic(label_to_original(label, pre.geometry), out)
-            results.append(Prediction(path, out))
+            results.append(_predict_one(run, extractor, path, out_dir / name, channel, overlap, save_probabilities))
         except MaskgenError as e:
             results.append(Prediction(path, None, str(e)))
         if progress is not None:
             progress(i + 1, len(files), path.name)
     return results
 
+
+def _predict_one(run: Any, extractor: Any, path: Path, out: Path, channel: int | None, overlap: float,
+                 save_probabilities: str | None) -> Prediction:
+    import torch
+
+    from maskgen.data.nifti import load_header, save_nifti_atomic
+    from maskgen.data.preprocess import label_to_original, preprocess_image_file
+    from maskgen.evaluate.runs import features_for
+
+    pre = preprocess_image_file(path, run.store.pipeline, channel)
+    feats = features_for(run, extractor, pre.image)
+    logits = run.logits(pre.image, feats, run.fresh_stats(feats), overlap)
+    label = logits.argmax(0).numpy().astype(np.uint8)
+    header = load_header(path).header
+    save_nifti_atomic(with_xforms_of(label_to_original(label, pre.geometry), header), out)
+    prob_path = None
+    if save_probabilities is not None:
+        prob_path = _save_probabilities(torch.softmax(logits, 0).numpy(), pre.geometry, header, out,
+                                        save_probabilities)
+    return Prediction(path, out, probabilities=prob_path)
+
+
+def _save_probabilities(probs_czyx: np.ndarray, geometry: Any, header: Any, out: Path, fmt: str) -> Path:
+    """The softmax resampled (linear) onto the input's grid, as NIfTI or nnU-Net-style .npz."""
+    import nibabel as nib
+
+    from maskgen.atomic import atomic_path
+    from maskgen.data.nifti import save_nifti_atomic
+    from maskgen.data.preprocess import resample_to_original
+
+    probs = resample_to_original(probs_czyx, geometry, mode="bilinear")  # (C, X, Y, Z)
+    probs = np.clip(probs, 0.0, 1.0).astype(np.float32)
+    stem = out.name[: -len(".nii.gz")]
+    if fmt == "npz":
+        path = out.with_name(f"{stem}.npz")
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, probabilities=np.ascontiguousarray(probs.transpose(0, 3, 2, 1)))
+        return path
+    path = out.with_name(f"{stem}_probabilities.nii.gz")
+    img = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(probs, 0, -1)), geometry_affine(geometry))
+    img.header.set_data_dtype(np.float32)
+    save_nifti_atomic(with_xforms_of(img, header), path)
+    return path
+
+
+def geometry_affine(geometry: Any) -> np.ndarray:
+    from maskgen.data.preprocess import Geometry
+
+    return Geometry.coerce(geometry).original_affine_array
+
+
+def with_xforms_of(img: Any, header: Any) -> Any:
+    """`img` with the sform and qform (matrices and codes) of the input `header`: the output lies on the input's
+    grid, so a viewer places it exactly where the input is, whatever codes the input used (scanner, aligned,
+    template, ...)."""
+    sform, sform_code = header.get_sform(), int(header["sform_code"])
+    qform, qform_code = header.get_qform(), int(header["qform_code"])
+    img.set_sform(sform, code=sform_code)
+    img.set_qform(qform, code=qform_code)
+    return img

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 from maskgen.atomic import atomic_path, write_text_atomic
 
+SE_BARS = "Error bars: \u00b11 standard error (s.e.) of the mean over cases"
+
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """One row per dict, columns in the given order; None/NaN written as empty cells."""
@@ -70,9 +72,14 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
+def _save(fig: Any, path: str | os.PathLike, note: str | None = None) -> None:
+    """Write the figure as PNG; `note` (e.g. what the error bars are) is printed under the plot and also stored as
+    the PNG's Description text chunk."""
+    if note:
+        fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize="small", color="dimgray")
+        fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Description": note} if note else None)
 
 
 def grouped_bar_plot(
@@ -85,8 +92,10 @@ def grouped_bar_plot(
     title: str = "",
     scale: float = 100.0,
     zero_line: bool = False,
+    note: str | None = None,
 ) -> None:
-    """Bars of `values[s][g]` (series s, group g), grouped by `groups`, optional error bars (e.g. s.e.)."""
+    """Bars of `values[s][g]` (series s, group g), grouped by `groups`, optional error bars (e.g. s.e.); `note`
+    says under the plot what the error bars are."""
     import numpy as np
 
     n_g, n_s = len(groups), len(series)
@@ -108,7 +117,7 @@ def grouped_bar_plot(
         ax.set_title(title)
     ax.legend(fontsize="small", ncols=min(n_s, 4), loc="best")
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    _save(fig, path, note)
 
 
 def line_plot(
@@ -116,9 +125,11 @@ def line_plot(
     panels: Sequence[dict[str, Any]],
     ylabel: str = "Dice (%)",
     scale: float = 100.0,
+    note: str | None = None,
 ) -> None:
     """Side-by-side panels; each {"title", "xlabel", "x": [...], "series": {name: (means, ses)}, "identity": x0,
-    "logx": bool}. Error bands show +- s.e.; a dashed vertical line marks the identity (no-corruption) level."""
+    "logx": bool}. Error bands show +- s.e. (say so in `note`); a dashed vertical line marks the identity
+    (no-corruption) level."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -152,7 +163,7 @@ def line_plot(
         ax.set_title(panel.get("title", ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    _save(fig, path)
+    _save(fig, path, note)
 
 
 def _nan(v: float | None) -> float:

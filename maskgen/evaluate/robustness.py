@@ -22,7 +22,7 @@ import numpy as np
 
 from maskgen.errors import MaskgenError
 from maskgen.evaluate.corruptions import BiasFieldShift, GammaShift
-from maskgen.evaluate.metrics import Stat, case_mean, dice_per_class, mean_se
+from maskgen.evaluate.metrics import Stat, case_mean, mean_se
 
 DEFAULT_BIAS_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_GAMMA_LEVELS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -95,11 +95,14 @@ def robustness_analysis(
     weights: str | Path | None = None,
     max_cases: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    empty_class: str = "ignore",
 ) -> RobustnessResult:
     """Dice of every run on the split's cases under each shift level (see the module docstring)."""
     from maskgen.evaluate.runs import _check_overlap
+    from maskgen.train.dice import check_empty_class
 
     _check_overlap(overlap)
+    check_empty_class(empty_class)
     if max_cases is not None and max_cases < 1:
         raise MaskgenError(f"--max-cases {max_cases} must be >= 1 (or left out for every case).")
     _check_levels(bias_levels, gamma_levels, draws)
@@ -108,7 +111,8 @@ def robustness_analysis(
     run_paths = [Path(r) for r in run_dirs]
     names = series_names(run_paths)
     runs, infos = _open_runs(run_paths, names, split, checkpoint, device, max_cases)
-    scorers = [_RunScorer(r, name, e, overlap) for r, name, e in zip(runs, names, _extractors(runs, weights))]
+    scorers = [_RunScorer(r, name, e, overlap, empty_class)
+               for r, name, e in zip(runs, names, _extractors(runs, weights))]
     shifts = _shift_plan(bias_levels, gamma_levels, draws)
     levels = {name: tuple(_level(sh) for sh in shs) for name, shs, _ in shifts}
     per_case: dict[str, dict[str, list[list[float]]]] = {n: {s: [[] for _ in levels[s]] for s in levels} for n in names}
@@ -126,7 +130,8 @@ def robustness_analysis(
                 for name in names:
                     per_case[name][shift_name][li].append(dice[name])
     settings = {"runs": [str(p) for p in run_paths], "split": split, "checkpoint": checkpoint, "draws": draws,
-                "seed": seed, "overlap": overlap, "seconds": round(time.perf_counter() - t0, 3),
+                "seed": seed, "overlap": overlap, "empty_class": empty_class,
+                "seconds": round(time.perf_counter() - t0, 3),
                 "bias": "exp(Legendre polynomial field, degree 3), coefficients uniform in [-level, level]; "
                         "image rescaled to [0, 1]",
                 "gamma": "x ** gamma on the [0, 1] image (MONAI AdjustContrast)"}
@@ -191,10 +196,13 @@ class _RunScorer:
     name: str
     extractor: Any          # None when the run does not use features
     overlap: float
+    empty_class: str        # Dice convention (maskgen.train.dice)
 
     def case_dice(self, image: np.ndarray, label: np.ndarray, feats: np.ndarray | None) -> float:
+        from maskgen.train.dice import dice_per_class
+
         pred = self.run.segment(image, feats, self.run.fresh_stats(feats), self.overlap)
-        return case_mean(dice_per_class(pred, label, self.run.num_foreground))
+        return case_mean(dice_per_class(pred, label, self.run.num_foreground, self.empty_class))
 
 
 def _score_level(scorers: Sequence[_RunScorer], originals: dict[str, dict[str, Any]], shift: Any, draws: int,
@@ -279,7 +287,7 @@ def write_robustness(result: RobustnessResult, out_dir: Path) -> dict[str, Path]
             "series": {run: ([result.stat(run, shift, i).mean for i in range(len(lv))],
                              [result.stat(run, shift, i).se for i in range(len(lv))]) for run in result.runs},
         })
-    line_plot(paths["png"], panels)
+    line_plot(paths["png"], panels, note="Bands: \u00b11 standard error (s.e.) of the mean over cases")
     return paths
 
 

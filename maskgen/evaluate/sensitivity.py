@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from maskgen.evaluate.metrics import Stat, case_mean, dice_per_class, mean_se
+from maskgen.evaluate.metrics import Stat, case_mean, mean_se
 
 
 class ZeroChannels:
@@ -65,10 +65,13 @@ def channel_sensitivity(
     device: str = "auto",
     features: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    empty_class: str = "ignore",
 ) -> SensitivityResult:
     from maskgen.evaluate.runs import _check_overlap, labelled_cases, open_run
+    from maskgen.train.dice import check_empty_class, dice_per_class
 
     _check_overlap(overlap)
+    check_empty_class(empty_class)
     run = open_run(run_dir, checkpoint, device, features)
     infos = labelled_cases(run.store, split)
     names = run.input_names
@@ -85,7 +88,7 @@ def channel_sensitivity(
 
         def score(model: Any = None) -> float:
             pred = run.segment(data["image"], data["features"], stats, overlap, model=model)
-            d = dice_per_class(pred, data["label"], run.num_foreground)
+            d = dice_per_class(pred, data["label"], run.num_foreground, empty_class)
             return case_mean(d)
 
         full_scores.append(score())
@@ -100,6 +103,7 @@ def channel_sensitivity(
 
     settings = {"run": str(Path(run_dir)), "checkpoint": checkpoint, "step": run.step, "overlap": overlap,
                 "inputs": run.cfg.inputs, "mask_rate": run.cfg.mask_rate, "cases": len(infos),
+                "empty_class": empty_class,
                 "seconds": round(time.perf_counter() - t0, 3)}
     return SensitivityResult(split, mean_se(full_scores), [row(n, c) for n, c in variants],
                              [row(n, c) for n, c in groups], settings)
@@ -109,7 +113,7 @@ def write_sensitivity(result: SensitivityResult, out_dir: Path, title: str = "")
     """`sensitivity-<split>.{json,csv,md,png}` in `out_dir`; returns the paths."""
     from maskgen.atomic import write_text_atomic
     from maskgen.config import write_json_atomic
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
+    from maskgen.evaluate.report import SE_BARS, grouped_bar_plot, markdown_table, write_csv
 
     stem = out_dir / f"sensitivity-{result.split}"
     paths = {ext: stem.with_suffix(f".{ext}") for ext in ("json", "csv", "md", "png")}
@@ -130,7 +134,7 @@ def write_sensitivity(result: SensitivityResult, out_dir: Path, title: str = "")
     deltas = [r.delta for r in result.rows] + [g.delta for g in result.groups if g.name != "image"]
     grouped_bar_plot(paths["png"], names, ["Delta Dice"], [[d.mean for d in deltas]], [[d.se for d in deltas]],
                      ylabel="Delta Dice (x100)", title=title or f"One-channel removal ({result.split})",
-                     zero_line=True)
+                     zero_line=True, note=SE_BARS)
     return paths
 
 

@@ -240,5 +240,6 @@ def write_stability(result: StabilityResult, out_dir: Path, title: str = "") -> 
         [[summ[name][dp].mean for name in result.channel_names] for dp in result.domain_pairs],
         [[summ[name][dp].se for name in result.channel_names] for dp in result.domain_pairs],
         ylabel="linear CKA", title=f"Cross-domain stability{(' of ' + title) if title else ''} (linear CKA)", scale=1.0,
+        note="Error bars: \u00b11 standard error (s.e.) of the mean over subjects",
     )
     return paths

@@ -19,6 +19,7 @@ pooled by averaging each case's Dice over the seeds, then mean (s.e.) over cases
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,18 +133,28 @@ def plan_variants(
 
 
 # -- running ------------------------------------------------------------------------------------------------------
-def variant_state(run_dir: Path, splits: Sequence[str]) -> str:
-    """'done' (every eval file present), 'trained' (last.pt, eval missing), 'partial' (folder without checkpoint),
-    or 'new'."""
+def variant_state(run_dir: Path, splits: Sequence[str], empty_class: str = "ignore") -> str:
+    """'done' (every eval file present, scored with the `empty_class` convention), 'trained' (last.pt, an eval file
+    missing or scored otherwise), 'partial' (folder without checkpoint), or 'new'."""
     from maskgen.evaluate.evaluate import eval_paths
 
-    if all(eval_paths(run_dir, s)[0].is_file() for s in splits):
+    if all(_eval_convention(eval_paths(run_dir, s)[0]) == empty_class for s in splits):
         return "done"
     if (run_dir / "last.pt").is_file():
         return "trained"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return "partial"
     return "new"
+
+
+def _eval_convention(path: Path) -> str | None:
+    """The Dice convention an eval file was scored with (None when it is missing or unreadable)."""
+    from maskgen.evaluate.evaluate import LEGACY_EMPTY_CLASS
+
+    try:
+        return str(json.loads(path.read_text()).get("empty_class", LEGACY_EMPTY_CLASS))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_existing(run_dir: Path, cfg: Any) -> None:
@@ -193,9 +204,11 @@ def run_sweep(
     overlap: float = 0.5,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    empty_class: str = "ignore",
 ) -> dict[str, Any]:
     """Train and evaluate every variant (skipping finished ones); returns {"trained", "skipped", "evaluated"}
-    lists of variant names and writes the results files."""
+    lists of variant names and writes the results files. `empty_class`: the Dice convention of validation and
+    evaluation (`maskgen.train.dice`)."""
     from maskgen.evaluate.evaluate import evaluate_run
     from maskgen.train.config import TrainConfig
     from maskgen.train.loop import train
@@ -208,17 +221,17 @@ def run_sweep(
     if not splits:
         raise MaskgenError("--splits is empty: give at least one split to evaluate (e.g. test).")
     _check_splits(store, splits, checkpoint)
-    reserved = {"features", "out", "inputs", "mask_rate", "seed", "dropout"} & set(train_options)
+    reserved = {"features", "out", "inputs", "mask_rate", "seed", "dropout", "empty_class"} & set(train_options)
     if reserved:
         raise MaskgenError(f"train options {sorted(reserved)} are set by the sweep itself.")
     # every variant's options are checked (TrainConfig) before anything is trained or written
-    configs = [TrainConfig(features=str(store), out=str(out_dir / v.name), **train_options, **v.train_changes())
-               for v in variants]
+    configs = [TrainConfig(features=str(store), out=str(out_dir / v.name), empty_class=empty_class, **train_options,
+                           **v.train_changes()) for v in variants]
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, list[str]] = {"trained": [], "skipped": [], "evaluated": []}
     for i, (v, cfg) in enumerate(zip(variants, configs)):
         run_dir = out_dir / v.name
-        state = variant_state(run_dir, splits)
+        state = variant_state(run_dir, splits, empty_class)
         if state != "new":
             _check_existing(run_dir, cfg)
         head = f"[{i + 1}/{len(variants)}] {v.name} ({v.label}, seed {v.seed})"
@@ -239,7 +252,8 @@ def run_sweep(
         if ckpt != checkpoint:
             say(f"{head}: no {checkpoint}.pt (no validation case?), evaluating last.pt")
         for split in splits:
-            evaluate_run(run_dir, split, ckpt, overlap, device=str(train_options.get("device", "auto")))
+            evaluate_run(run_dir, split, ckpt, overlap, device=str(train_options.get("device", "auto")),
+                         empty_class=empty_class)
         done["evaluated"].append(v.name)
         write_results(out_dir, variants, splits)
     write_results(out_dir, variants, splits)
@@ -282,7 +296,8 @@ def collect_results(out_dir: Path, variants: Sequence[Variant], splits: Sequence
                 rows.append({"variant": v.name, "method": v.label, "inputs": v.inputs, "mask_rate": v.mask_rate,
                              "dropout": v.dropout, "seed": v.seed, "split": split, "domain": d,
                              "dice": summ.overall.mean, "dice_se": summ.overall.se, "cases": summ.overall.n,
-                             "step": res.settings.get("step"), "checkpoint": res.settings.get("checkpoint")})
+                             "step": res.settings.get("step"), "checkpoint": res.settings.get("checkpoint"),
+                             "empty_class": res.empty_class})
             bucket = pooled.setdefault((v.label, split), {})
             for c in res.cases:
                 bucket.setdefault(c.case_id, (c.domain, []))[1].append(c.mean)
@@ -304,7 +319,7 @@ def collect_results(out_dir: Path, variants: Sequence[Variant], splits: Sequence
 def write_results(out_dir: str | Path, variants: Sequence[Variant], splits: Sequence[str]) -> dict[str, Path] | None:
     """results.csv, results.md, results.png from the eval files present; None when there is none yet."""
     from maskgen.atomic import write_text_atomic
-    from maskgen.evaluate.report import grouped_bar_plot, markdown_table, write_csv
+    from maskgen.evaluate.report import SE_BARS, grouped_bar_plot, markdown_table, write_csv
 
     out_dir = Path(out_dir)
     table = collect_results(out_dir, variants, splits)
@@ -312,17 +327,22 @@ def write_results(out_dir: str | Path, variants: Sequence[Variant], splits: Sequ
         return None
     paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "png": out_dir / "results.png"}
     write_csv(paths["csv"], table.rows, ["variant", "method", "inputs", "mask_rate", "dropout", "seed", "split",
-                                         "domain", "dice", "dice_se", "cases", "step", "checkpoint"])
+                                         "domain", "dice", "dice_se", "cases", "step", "checkpoint", "empty_class"])
     header, body = results_markdown_rows(table)
+    from maskgen.train.dice import EMPTY_CLASS_TEXT
+
+    conventions = "; ".join(f"{c}: {EMPTY_CLASS_TEXT.get(c, c)}" for c in dict.fromkeys(r["empty_class"]
+                                                                                        for r in table.rows))
     text = ("# Sweep results\n\nDice x100, mean (s.e.) over cases; with several seeds each case's Dice is first "
-            "averaged over the seeds. Columns: split: domain.\n\n" + markdown_table(header, body))
+            f"averaged over the seeds. Columns: split: domain. Dice convention ({conventions}).\n\n"
+            + markdown_table(header, body))
     write_text_atomic(paths["md"], text)
     methods = [m for m in table.methods if any((m, s, d) in table.cells for s, d in table.columns)]
     grouped_bar_plot(
         paths["png"], [f"{s}: {d}" for s, d in table.columns], methods,
         [[_cell(table, m, s, d).mean for s, d in table.columns] for m in methods],
         [[_cell(table, m, s, d).se for s, d in table.columns] for m in methods],
-        title=f"Sweep: {out_dir.name}",
+        title=f"Sweep: {out_dir.name}", note=f"{SE_BARS} (each case's Dice averaged over seeds first)",
     )
     return paths
 

@@ -105,9 +105,7 @@ def _anatomix_from(found: Any, layer: str, name: str = "anatomix") -> Any:
 def _anatomix_download() -> str | None:
     from maskgen.extract import weights as W
 
-    if W._hub_offline():
-        return None
-    path = W._hub_download()
+    path, _ = W._hub_fetch()
     return None if path is None else str(path)
 
 
@@ -309,9 +307,9 @@ def _build_auto(weights: str | None, layer: str, allow_download: bool) -> Any:
     from maskgen.extract import weights as W
     from maskgen.extract.mind import MindSSC
 
-    found = W.find_anatomix_weights(weights, allow_download)
-    if found is not None:
-        extractor = _anatomix_from(found, layer)
+    search = W.search_anatomix_weights(weights, allow_download)
+    if search.found is not None:
+        extractor = _anatomix_from(search.found, layer)
     else:
         shipped = W.find_shipped_default()
         if shipped is not None:
@@ -322,7 +320,7 @@ def _build_auto(weights: str | None, layer: str, allow_download: bool) -> Any:
             extractor = MindSSC()
             what = "the 'mind' extractor (MIND-SSC, 12 channels)" + (
                 f"; --layer {layer} is ignored" if layer != "final" else "")
-        warnings.warn(f"no anatomix weights found; falling back to {what}. For anatomix features, "
+        warnings.warn(f"no anatomix weights found ({search.why}); falling back to {what}. For anatomix features, "
                       f"{W.HOW_TO_PASS_FILE}.", ExtractorFallbackWarning, stacklevel=3)
     extractor.kind = "mind" if isinstance(extractor, MindSSC) else "anatomix"
     return extractor

@@ -32,7 +32,8 @@ DEVICE_CHOICES = ("cpu", "cuda")
 class ExtractConfig:
     """Everything `maskgen extract` needs; saved into the store's root attributes (`extract_config`)."""
 
-    dataset: str                                  # shipped pipeline name or path/to/pipeline.toml
+    dataset: str                                  # shipped pipeline name, path/to/pipeline.toml or an nnU-Net v2 folder
+    fold: int | None = None                       # nnU-Net v2 datasets: fold of splits_final.json (None: 0)
     out: str | None = None                        # default: cache/<pipeline name>.zarr
     data_root: str | None = None                  # default: $MASKGEN_DATA_ROOT or the pipeline's default
     extractor: str = "auto"                       # a name of maskgen.extract.registry, `auto` or KIND:PATH
@@ -76,6 +77,8 @@ class ExtractConfig:
         for name, value, choices in checks:
             if value not in choices:
                 raise OptionError(name, value, f"is not one of {', '.join(choices)}")
+        if self.fold is not None and (isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0):
+            raise OptionError("fold", self.fold, "must be an integer >= 0")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise OptionError("workers", self.workers, "must be an integer >= 1")
         if self.chunks is not None:
@@ -424,7 +427,7 @@ def _plan(config: ExtractConfig) -> _Plan:
 
     from maskgen.store.location import as_location
 
-    pipeline = load_pipeline(config.dataset)
+    pipeline = load_pipeline(config.dataset, fold=config.fold)
     out = as_location(config.out) if config.out else default_out(pipeline.name)  # a folder or an fsspec URL
     cases = discover_cases(pipeline, config.data_root)
     for case in cases:

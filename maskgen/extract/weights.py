@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,19 @@ class WeightsFile:
     origin: str  # "--weights" | ENV_VAR | "hub-cache" | "hub-download" | "shipped"
 
 
+#: Seconds the one request to the hub may take before `--extractor auto` gives up on it ($MASKGEN_HUB_TIMEOUT).
+HUB_TIMEOUT_ENV = "MASKGEN_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class WeightsSearch:
+    """The outcome of a weights lookup: the file (or None) and, when none was found, why (one clause)."""
+
+    found: WeightsFile | None
+    why: str = ""
+
+
 def _hub_offline() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         return True
@@ -55,6 +69,15 @@ def _hub_offline() -> bool:
     except ImportError:
         return True
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_timeout() -> float:
+    text = os.environ.get(HUB_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_HUB_TIMEOUT_S
+    except ValueError:
+        raise MaskgenError(f"{HUB_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+    return value if value > 0 else DEFAULT_HUB_TIMEOUT_S
 
 
 def _hub_cache_lookup() -> Path | None:
@@ -67,22 +90,59 @@ def _hub_cache_lookup() -> Path | None:
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def _hub_download() -> Path | None:
-    """Download `anatomix.pth` into the hub cache; None (with a warning) if that fails."""
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # a redirect (to the CDN) means "it is there"
+        return None
+
+
+def _hub_probe(timeout: float) -> str | None:
+    """One HEAD request for the file on the hub ($HF_ENDPOINT), no retries: None if it is there, else why not.
+
+    `hf_hub_download` alone retries with long timeouts (25-30 s when the hub refuses connections, minutes when it
+    does not answer), so the hub is asked once, briefly, before any download."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_url
     except ImportError:
-        warnings.warn("huggingface_hub is not installed; cannot download anatomix weights", stacklevel=3)
-        return None
+        return "huggingface_hub is not installed"
+    url = hf_hub_url(HUB_REPO, HUB_FILENAME)
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        return Path(hf_hub_download(HUB_REPO, HUB_FILENAME))
+        opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if 300 <= e.code < 400:
+            return None
+        return f"the hub answered HTTP {e.code} for {url}"
+    except (OSError, ValueError) as e:  # refused, unreachable, DNS, timeout (socket.timeout is an OSError)
+        reason = getattr(e, "reason", None) or e
+        text = "no answer" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else str(reason)
+        return f"the hub ({url.split('/' + HUB_REPO)[0]}) was tried once for {timeout:g} s: {text}"
+    return None
+
+
+def _hub_download(timeout: float) -> Path:
+    """Download `anatomix.pth` into the hub cache (raises on any failure)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(HUB_REPO, HUB_FILENAME, etag_timeout=timeout))
+
+
+def _hub_fetch() -> tuple[Path | None, str]:
+    """(the downloaded file, "") or (None, why): one short probe of the hub first, then the download."""
+    if _hub_offline():
+        return None, "HF_HUB_OFFLINE is set, so the hub was not asked"
+    timeout = hub_timeout()
+    problem = _hub_probe(timeout)
+    if problem is not None:
+        return None, problem + f" (set HF_HUB_OFFLINE=1 to skip this check, {HUB_TIMEOUT_ENV} to change the wait)"
+    try:
+        return _hub_download(timeout), ""
     except Exception as e:  # network, auth, disk: any failure means "not available"
-        warnings.warn(f"could not download {HUB_FILENAME} from {HUB_REPO}: {type(e).__name__}: {e}", stacklevel=3)
-        return None
+        return None, f"could not download {HUB_FILENAME} from {HUB_REPO}: {type(e).__name__}: {e}"
 
 
-def find_anatomix_weights(weights: str | os.PathLike | None = None, allow_download: bool = True) -> WeightsFile | None:
-    """The anatomix weights file to use, or None if none is available.
+def search_anatomix_weights(weights: str | os.PathLike | None = None, allow_download: bool = True) -> WeightsSearch:
+    """The anatomix weights file to use, or why there is none: `weights` > $MASKGEN_ANATOMIX_WEIGHTS > the local hub
+    cache > (if allowed, and HF_HUB_OFFLINE is not set) the hub, asked once with a short timeout.
 
     An explicit `weights` path or `$MASKGEN_ANATOMIX_WEIGHTS` that does not exist is an error, not a fallback.
     """
@@ -90,29 +150,34 @@ def find_anatomix_weights(weights: str | os.PathLike | None = None, allow_downlo
         path = Path(weights).expanduser()
         if not path.is_file():
             raise MaskgenError(f"weights file {path} (--weights) does not exist or is not a file")
-        return WeightsFile(path, "--weights")
+        return WeightsSearch(WeightsFile(path, "--weights"))
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
             raise MaskgenError(f"{ENV_VAR}={env} does not exist or is not a file; fix or unset the variable")
-        return WeightsFile(path, ENV_VAR)
+        return WeightsSearch(WeightsFile(path, ENV_VAR))
     cached = _hub_cache_lookup()
     if cached is not None:
-        return WeightsFile(cached, "hub-cache")
-    if allow_download and not _hub_offline():
-        downloaded = _hub_download()
-        if downloaded is not None:
-            return WeightsFile(downloaded, "hub-download")
-    return None
+        return WeightsSearch(WeightsFile(cached, "hub-cache"))
+    if not allow_download:
+        return WeightsSearch(None, "not in the Hugging Face cache; download not allowed")
+    path, why = _hub_fetch()
+    if path is None:
+        return WeightsSearch(None, f"not in the Hugging Face cache; {why}")
+    return WeightsSearch(WeightsFile(path, "hub-download"))
+
+
+def find_anatomix_weights(weights: str | os.PathLike | None = None, allow_download: bool = True) -> WeightsFile | None:
+    """The anatomix weights file to use, or None if none is available (`search_anatomix_weights` says why)."""
+    return search_anatomix_weights(weights, allow_download).found
 
 
 def require_anatomix_weights(weights: str | os.PathLike | None = None, allow_download: bool = True) -> WeightsFile:
-    found = find_anatomix_weights(weights, allow_download)
-    if found is None:
-        why = "offline or download disabled" if (_hub_offline() or not allow_download) else "download failed"
-        raise MaskgenError(f"no anatomix weights found ({why}, not in the Hugging Face cache): {HOW_TO_PASS}")
-    return found
+    search = search_anatomix_weights(weights, allow_download)
+    if search.found is None:
+        raise MaskgenError(f"no anatomix weights found ({search.why}): {HOW_TO_PASS}")
+    return search.found
 
 
 def find_shipped_default(directory: Path | None = None) -> tuple[WeightsFile, dict[str, Any]] | None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from maskgen.atomic import atomic_path
-from maskgen.config import from_dict, to_dict
+from maskgen.config import to_dict
 from maskgen.errors import MaskgenError
 from maskgen.train.config import TrainConfig
 
@@ -95,8 +95,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
         hint = " (best.pt is written at the first validation; use checkpoint 'last')" if checkpoint == "best" else ""
         raise MaskgenError(f"{path} does not exist{hint}.")
     ckpt = load_checkpoint(path)
-    cfg = from_dict(TrainConfig, ckpt["config"])
-    model = UNet(**dict(ckpt["model_config"]))
+    cfg = TrainConfig.from_saved(ckpt["config"])
+    model = UNet.from_config(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     model.place(device).eval()
     return model, cfg, ckpt

@@ -7,10 +7,13 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from maskgen.config import from_dict
 from maskgen.errors import MaskgenError, OptionError
+from maskgen.train.dice import EMPTY_CLASS_CONVENTIONS
 
 INPUT_MODES = ("both", "image", "features")
 FEATURE_NORMS = ("crop", "volume")
+UNET_KINDS = ("public", "table15")
 AUG_DEVICES = ("auto", "cpu", "device")
 DEVICES = ("auto", "cpu", "cuda")
 PAPER_STEPS = 250_000  # paper 4.1, all-data setting (few-shot: 40k)
@@ -27,15 +30,18 @@ class TrainConfig:
     features: str                                  # path of the feature store (maskgen extract)
     out: str = ""                                  # run folder; "" = runs/<store>-<inputs>-mr<rate>-s<seed>
     inputs: str = "both"                           # both (image + features) | image (ERM) | features
-    mask_rate: float = 0.5                         # view masking rate r: F.dropout3d over all input channels
+    mask_rate: float | None = None                 # view masking rate r: F.dropout3d over all input channels;
+                                                   # None = 0.5 with both inputs, 0 (ERM) with one (resolved here)
     steps: int = PAPER_STEPS
     batch_size: int = 4
     lr: float = 2e-4
     weight_decay: float = 1e-4
-    channels: int = 20                             # UNet width n_c (paper Table 15)
+    channels: int = 20                             # UNet width n_c (paper 3.2, Table 15)
     depth: int = 5                                 # number of max-pool levels
+    unet: str = "public"                           # public (the official code's UNet) | table15 (Table 15 literally)
     crop_zyx: tuple[int, int, int] | None = None   # None = the store pipeline's crop size
-    fg_fraction: float = 1.0 / 3.0                 # fraction of crops centred on a foreground voxel
+    fg_fraction: float = 0.0                       # fraction of crops centred on a foreground voxel (paper: 0,
+                                                   # uniform crops; nnU-Net: 1/3)
     aug_prob: float = 0.33                         # probability of each augmentation (paper C.2)
     aug_device: str = "auto"                       # where the spatial augmentation runs: auto | cpu | device
     feature_norm: str = "crop"                     # crop (instance norm per crop) | volume (stored statistics)
@@ -49,13 +55,15 @@ class TrainConfig:
     online_features: bool = False                  # recompute features from the augmented crop every step
     extractor_weights: str | None = None           # weights for --online-features (else the registry's lookup)
     dropout: float = 0.0                           # channel dropout after every UNet block (paper Table 5 baseline)
+    empty_class: str = "ignore"                    # validation Dice of a class absent from the reference: ignore
+                                                   # (paper / MONAI) | zero (nnU-Net); maskgen.train.dice
 
     def __post_init__(self) -> None:
         for name, allowed in (("inputs", INPUT_MODES), ("feature_norm", FEATURE_NORMS), ("aug_device", AUG_DEVICES),
-                              ("device", DEVICES)):
+                              ("device", DEVICES), ("empty_class", EMPTY_CLASS_CONVENTIONS)):
             _choice(name, getattr(self, name), allowed)
-        _fraction("mask_rate", self.mask_rate, upper_open=True,
-                  hint="(0 disables view masking; the paper uses 0.25-0.75, 0.5 untuned)")
+        _choice("unet", self.unet, UNET_KINDS)
+        self._resolve_mask_rate()
         for name in ("steps", "batch_size", "channels", "depth"):
             _at_least(name, getattr(self, name), 1)
         _finite("lr", self.lr, positive=True)
@@ -71,15 +79,49 @@ class TrainConfig:
         if self.num_workers is not None:
             _at_least("num_workers", self.num_workers, 0)
         if self.crop_zyx is not None:
-            check_crop(self.crop_zyx, self.depth)
+            check_crop(self.crop_zyx, self.depth, self.unet)
+
+    def _resolve_mask_rate(self) -> None:
+        """mask_rate None -> 0.5 with both inputs, 0 with one; a non-zero rate needs both inputs (view masking drops
+        whole input channels: on a single input it blanks samples, which is neither ERM nor MaskGen)."""
+        if self.mask_rate is None:
+            object.__setattr__(self, "mask_rate", 0.5 if self.inputs == "both" else 0.0)
+        _fraction("mask_rate", self.mask_rate, upper_open=True,
+                  hint="(0 disables view masking; the paper uses 0.25-0.75, 0.5 untuned)")
+        if self.mask_rate > 0 and self.inputs != "both":
+            raise OptionError(
+                "mask_rate", self.mask_rate,
+                f"needs both inputs: view masking drops whole input channels, and with {{inputs}} {self.inputs} it "
+                "would blank whole samples. Leave the rate at its default (0 with a single input: the paper's "
+                f"'{'Image' if self.inputs == 'image' else 'Reps.'} only' baseline) or use {{inputs}} both; the "
+                "channel-dropout baseline is {dropout} with {inputs} image.",
+            )
+
+    @classmethod
+    def from_saved(cls, data: dict) -> "TrainConfig":
+        """A TrainConfig from its `to_dict` form in a checkpoint or config.json (`history` ignored). Configs
+        recorded before the UNet kind was an option trained the Table 15 network."""
+        data = {k: v for k, v in data.items() if k != "history"}
+        data.setdefault("unet", "table15")
+        return from_dict(cls, data)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
 
-def check_crop(crop_zyx: tuple[int, ...], depth: int) -> None:
-    """Every crop side must be a positive multiple of 2**depth so the UNet's skips line up."""
-    m = 2**depth
+def check_crop(crop_zyx: tuple[int, ...], depth: int, unet: str = "public") -> None:
+    """Every crop side must be a positive multiple of 2**depth so the UNet's skips line up, and at least the
+    network's smallest input (the public UNet's reflect padding needs 2 voxels at the bottleneck)."""
+    from maskgen.train.unet import min_crop_side
+
+    m, low = 2**depth, min_crop_side(depth, unet)
+    if len(crop_zyx) == 3 and all(int(c) % m == 0 for c in crop_zyx) and min(int(c) for c in crop_zyx) < low:
+        fixed = tuple(max(low, int(c)) for c in crop_zyx)
+        raise OptionError(
+            "crop_zyx", tuple(crop_zyx),
+            f"is too small for the {unet} UNet of depth {depth}: every side must be at least {low} (2 voxels at "
+            f"the bottleneck); pass e.g. {{crop_zyx}} {xyz_text(fixed)} or a smaller {{depth}}.",
+        )
     if len(crop_zyx) != 3 or any(int(c) <= 0 or int(c) % m for c in crop_zyx):
         fixed = tuple(max(m, round(int(c) / m) * m) for c in crop_zyx)
         raise OptionError(

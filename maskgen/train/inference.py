@@ -67,19 +67,3 @@ def predict_volume(
     out = torch.softmax(logits, dim=0) if output == "probabilities" else logits
     return out.cpu()
 
-
-def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Foreground Dice of a hard prediction (Z, Y, X) against a label (Z, Y, X) with MONAI DiceMetric.
-
-    Classes absent from both give NaN (ignored by the mean); absent from the label only give 0.
-    """
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
-
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    p = one_hot(pred[None, None].long(), num_classes=num_classes)
-    y = one_hot(label[None, None].long(), num_classes=num_classes)
-    scores = metric(p, y)[0].cpu().numpy().astype(np.float64)
-    both_empty = (p[0, 1:].flatten(1).sum(1) == 0) & (y[0, 1:].flatten(1).sum(1) == 0)
-    scores[both_empty.cpu().numpy()] = np.nan
-    return scores

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from maskgen.config import config_diff, format_diff, from_dict
+from maskgen.config import config_diff, format_diff
 from maskgen.errors import MaskgenError
 from maskgen.train.config import TrainConfig, default_run_name
 
@@ -31,8 +31,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig recorded in a run folder's config.json."""
     path = Path(run_dir) / "config.json"
     try:
-        data = json.loads(path.read_text())
-        return from_dict(TrainConfig, {k: v for k, v in data.items() if k != "history"})
+        return TrainConfig.from_saved(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as e:
         raise MaskgenError(f"cannot read the run's config {path} ({e}); start a new run in another --out.") from None
 

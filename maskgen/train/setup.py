@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from maskgen.config import from_dict, to_dict, write_json_atomic
+from maskgen.config import to_dict, write_json_atomic
 from maskgen.errors import MaskgenError
 from maskgen.store.location import canonical
 from maskgen.train.checkpoint import load_checkpoint
@@ -72,7 +72,7 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
     else:
         cases = choose_train_cases(train_ids, cfg.n_train, cfg.seed)
     crop = tuple(int(c) for c in (cfg.crop_zyx or store.pipeline.crop_zyx))
-    check_crop(crop, cfg.depth)
+    check_crop(crop, cfg.depth, cfg.unet)
     return cfg.replace(features=canonical(cfg.features), out=str(run_dir_for(cfg)), crop_zyx=crop,
                        train_cases=cases)
 
@@ -113,7 +113,8 @@ def build_model(cfg: TrainConfig, num_features: int, num_classes: int, device: t
     """The UNet of `cfg`, initialised from `cfg.seed` (torch's global RNG is left as it was), placed on `device`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth, cfg.dropout)
+        model = UNet(input_channels(cfg.inputs, num_features), num_classes, cfg.channels, cfg.depth, cfg.dropout,
+                     kind=cfg.unet)
     return model.place(device)
 
 
@@ -130,7 +131,7 @@ def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path) -> tuple[TrainConf
     if not last.is_file():
         raise MaskgenError(f"cannot resume: no checkpoint {last}. Start a new run without --resume (or check --out).")
     ckpt = load_checkpoint(last)
-    cfg = continued_config(from_dict(TrainConfig, ckpt["config"]), cfg, run_dir)
+    cfg = continued_config(TrainConfig.from_saved(ckpt["config"]), cfg, run_dir)
     check_same_extractor(ckpt, store, run_dir)
     return cfg, ckpt
 

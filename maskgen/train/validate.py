@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from maskgen.train.config import TrainConfig
-from maskgen.train.inference import dice_per_class, predict_volume
+from maskgen.train.dice import dice_per_class
+from maskgen.train.inference import predict_volume
 from maskgen.train.inputs import uses_features
 
 VAL_CACHE_BYTES = 2 * 1024**3  # val volumes kept in memory between validations, at most
@@ -40,7 +41,8 @@ class Validator:
         return data
 
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
-        """{"val_dice", "val_dice_per_class", "val_cases"} ({} without val cases); the model is left in train mode."""
+        """{"val_dice", "val_dice_per_class", "val_cases", "val_empty_class"} ({} without val cases), Dice with the
+        run's `empty_class` convention (`maskgen.train.dice`); the model is left in train mode."""
         model.eval()
         per_case = {}
         try:
@@ -50,11 +52,12 @@ class Validator:
                 probs = predict_volume(
                     model, data["image"], data["features"], self.cfg, self.device, self.cfg.val_overlap, stats
                 )
-                scores = dice_per_class(probs.argmax(0), torch.from_numpy(np.asarray(data["label"])), self.num_classes)
-                per_case[info.case_id] = scores
+                per_case[info.case_id] = dice_per_class(probs.argmax(0), data["label"], self.num_classes - 1,
+                                                        self.cfg.empty_class)
         finally:
             model.train()
-        return summarize(per_case)
+        result = summarize(per_case)
+        return {**result, "val_empty_class": self.cfg.empty_class} if result else result
 
 
 def summarize(per_case: dict[str, np.ndarray]) -> dict[str, Any]:
