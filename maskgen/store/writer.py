@@ -194,7 +194,7 @@ def update_case_attrs(store: Any, case_id: str, changes: dict[str, Any]) -> None
 
     io = as_io(store)
     with quiet():
-        group = zarr.open_group(io.store, path=case_prefix(case_id), mode="r+", use_consolidated=False)
+        group = zarr.open_group(io.store, path=case_prefix(case_id), mode="r+", use_consolidated=False, zarr_format=3)
         group.attrs.update(changes)
 
 
