@@ -158,6 +158,8 @@ def parser(description: str, name: str) -> argparse.ArgumentParser:
                     help="torch intra-op threads of the main process [default: 1 on --device cpu (the cores are "
                          "shared: oversubscribed threads made steps 4x slower and noisy), torch's own on cuda]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                    help="wall time, or this process's CPU time (in-process CPU work on a shared machine; not cuda)")
     ap.add_argument("--profile", action="store_true", help="add a profile of the slowest variant to the record")
     ap.add_argument("--results", default=str(RESULTS), help="JSON-lines file the record is appended to")
     return ap
@@ -171,6 +173,9 @@ def setup(args: argparse.Namespace) -> None:
         torch.set_num_threads(int(threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: PyTorch sees no CUDA device here")
+    if getattr(args, "clock", "wall") == "cpu" and args.device != "cpu":
+        raise SystemExit("--clock cpu measures CPU work; use the wall clock with --device cuda")
+    set_clock(getattr(args, "clock", "wall"))
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
 
@@ -178,7 +183,8 @@ def settings(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The options that shape a measurement, for the record."""
     import torch
 
-    base = {"device": args.device, "extractor": args.extractor, "torch_threads": torch.get_num_threads()}
+    base = {"device": args.device, "extractor": args.extractor, "torch_threads": torch.get_num_threads(),
+            "clock": _CLOCK[0]}
     return {**base, **{n: getattr(args, n) for n in names}}
 
 
@@ -252,6 +258,24 @@ def ensure_store(
 
 
 # -- timing -------------------------------------------------------------------------------------------------------
+#: The clock of `timed`, `interleaved` and `lockstep`: wall time, or with `--clock cpu` the CPU time of this process
+#: (all its threads). On these shared CPUs other jobs stretch wall times by 2-7x and unevenly; a one-thread process's
+#: CPU time counts only its own work. Waiting (I/O, other processes such as DataLoader workers) is not counted, so
+#: `cpu` suits in-process CPU work only; CUDA timings are always wall time.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_CLOCK = ["wall"]
+
+
+def set_clock(name: str) -> None:
+    if name not in CLOCKS:
+        raise ValueError(f"unknown clock {name!r}; choose from {', '.join(CLOCKS)}")
+    _CLOCK[0] = name
+
+
+def clock() -> float:
+    return CLOCKS[_CLOCK[0]]()
+
+
 def sync(device: Any) -> None:
     """Wait for queued device work, so that the clock measures it."""
     import torch
@@ -262,10 +286,10 @@ def sync(device: Any) -> None:
 
 def timed(fn: Callable[[], Any], device: Any = "cpu") -> tuple[float, Any]:
     sync(device)
-    t = time.perf_counter()
+    t = clock()
     out = fn()
     sync(device)
-    return time.perf_counter() - t, out
+    return clock() - t, out
 
 
 def interleaved(
@@ -308,7 +332,7 @@ def lockstep(
 
     names = list(calls)
     cond = threading.Condition()
-    state: dict[str, Any] = {"turn": 0, "t": time.perf_counter()}
+    state: dict[str, Any] = {"turn": 0, "t": clock()}
     done: set[int] = set()
     times: dict[str, dict[str, float]] = {n: {} for n in names}
     errors: dict[str, BaseException] = {}
@@ -326,14 +350,14 @@ def lockstep(
         def progress(_i: int, _n: int, item: str) -> None:
             sync(device)
             with cond:
-                times[name][item] = time.perf_counter() - state["t"]
+                times[name][item] = clock() - state["t"]
                 advance(k)
                 cond.wait_for(lambda: state["turn"] == k)
-                state["t"] = time.perf_counter()
+                state["t"] = clock()
 
         with cond:
             cond.wait_for(lambda: state["turn"] == k)
-            state["t"] = time.perf_counter()
+            state["t"] = clock()
         try:
             calls[name](progress)
         except BaseException as e:  # re-raised in the caller

@@ -96,7 +96,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     scored = []
     for i, info in enumerate(infos):
-        data = run.store.read_case(info.case_id)
+        data = run.read_case(info.case_id)
         pred = run.segment(data["image"], data["features"], run.stats(info), overlap)
         scored.append(CaseMetrics(info.case_id, info.domain, case_metrics(
             pred, data["label"], run.num_foreground, empty_class, metrics, info.spacing_zyx, nsd_tolerance)))

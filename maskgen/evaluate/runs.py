@@ -55,6 +55,13 @@ class LoadedRun:
             names += [f"feature {c}" for c in range(int(self.store.num_features))]
         return names
 
+    def read_case(self, case_id: str) -> dict[str, Any]:
+        """A case of the run's store as inference needs it: image, label and, for runs that use them, the features,
+        in the store's own float16 (`maskgen.train.inference.read_for_inference`)."""
+        from maskgen.train.inference import read_for_inference
+
+        return read_for_inference(self.store, case_id, self.uses_features)
+
     def stats(self, info: Any) -> tuple[Any, Any] | None:
         """Per-volume feature statistics for `--feature-norm volume`; None for per-crop normalisation."""
         if self.cfg.feature_norm != "volume":

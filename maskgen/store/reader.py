@@ -310,16 +310,15 @@ class FeatureStore:
         return self._checksummed[key]
 
     # -- reading ---------------------------------------------------------------------------------------
-    def read_case(self, case_id: str, dtype: Any = np.float32) -> dict[str, np.ndarray | None]:
+    def read_case(self, case_id: str, dtype: Any = np.float32, features: bool = True) -> dict[str, np.ndarray | None]:
         """The whole case: image (1,Z,Y,X), features (C,Z,Y,X) dequantised, both `dtype`; label (Z,Y,X) uint8
-        (None for a case stored without label)."""
+        (None for a case stored without label). `features=False` reads only image and label (features None)."""
         info = self.case(case_id)
-        names = [IMAGE, FEATURES] + ([LABEL] if info.has_label else [])
-        got = self._fetch(case_id, [(n, (Ellipsis,)) for n in names], check_floats=True)
-        image = got[0].astype(dtype, copy=False)
-        feats = dequantize(got[1], _scale(info), dtype)
-        label = got[2] if info.has_label else None
-        return {"image": image, "features": feats, "label": label}
+        names = [IMAGE] + ([FEATURES] if features else []) + ([LABEL] if info.has_label else [])
+        got = dict(zip(names, self._fetch(case_id, [(n, (Ellipsis,)) for n in names], check_floats=True)))
+        image = got[IMAGE].astype(dtype, copy=False)
+        feats = dequantize(got[FEATURES], _scale(info), dtype) if features else None
+        return {"image": image, "features": feats, "label": got.get(LABEL)}
 
     def read_crop(
         self,

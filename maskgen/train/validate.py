@@ -11,7 +11,7 @@ import torch
 
 from maskgen.train.config import TrainConfig
 from maskgen.train.dice import dice_per_class
-from maskgen.train.inference import predict_volume
+from maskgen.train.inference import predict_volume, read_for_inference
 from maskgen.train.inputs import uses_features
 
 VAL_CACHE_BYTES = 2 * 1024**3  # val volumes kept in memory between validations, at most
@@ -31,9 +31,7 @@ class Validator:
     def _read(self, case_id: str) -> dict[str, Any]:
         data = self._cache.get(case_id)
         if data is None:
-            data = self.store.read_case(case_id)
-            if not uses_features(self.cfg.inputs):
-                data = {**data, "features": None}
+            data = read_for_inference(self.store, case_id, uses_features(self.cfg.inputs))
             size = sum(v.nbytes for v in data.values() if isinstance(v, np.ndarray))
             if self._cached_bytes + size <= self.cache_bytes:
                 self._cache[case_id] = data
