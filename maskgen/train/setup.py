@@ -11,6 +11,7 @@ import torch
 
 from maskgen.config import to_dict, write_json_atomic
 from maskgen.errors import MaskgenError
+from maskgen.store.location import canonical
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.config import TrainConfig, check_crop
 from maskgen.train.inputs import input_channels, uses_features
@@ -72,7 +73,7 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
         cases = choose_train_cases(train_ids, cfg.n_train, cfg.seed)
     crop = tuple(int(c) for c in (cfg.crop_zyx or store.pipeline.crop_zyx))
     check_crop(crop, cfg.depth, cfg.unet)
-    return cfg.replace(features=str(Path(cfg.features).absolute()), out=str(run_dir_for(cfg)), crop_zyx=crop,
+    return cfg.replace(features=canonical(cfg.features), out=str(run_dir_for(cfg)), crop_zyx=crop,
                        train_cases=cases)
 
 
