@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         run_extract(ExtractConfig(dataset=pipeline, data_root=str(args.demo), out=str(stores["pretrained"]),
                                   extractor="anatomix", weights=str(args.weights), layer=args.layer,
                                   allow_download=False))
-    train_options = dict(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-                         channels=settings.channels, depth=settings.depth, crop_zyx=tuple(settings.crop_xyz[::-1]),
-                         val_every=settings.val_every, device=settings.device, num_workers=settings.num_workers)
+    train_options = settings.train_options()      # exactly `maskgen demo`'s training options
     plans = {
         "mind": [Variant("maskgen", "image", 0.0, 0.0, s) for s in seeds]
         + [Variant("maskgen", "both", settings.mask_rate, 0.0, s) for s in seeds],

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="feature layer of the pretrained (and untrained) network")
     parser.add_argument("--extractors", default=None, help="comma-separated subset of: image, mind, pretrained, "
                         "untrained, anatomix (default: all available)")
-    parser.add_argument("--no-probe", action="store_true", help="stability only (no probe training)")
+    parser.add_argument("--no-probe", action="store_true", help="stability only (no probe training; only the test "
+                        "subjects are extracted)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results.jsonl")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, extractor in extractors.items():
         t = time.perf_counter()
-        feats = {cid: features_of(extractor, c["image"]) for cid, c in cases.items()}
+        needed = {cid: c for cid, c in cases.items() if not args.no_probe or c["split"] == "test"}   # stability: test only
+        feats = {cid: features_of(extractor, c["image"]) for cid, c in needed.items()}
         extract_s = time.perf_counter() - t
         controls = {cid: features_of(extractor, content_free_control(c["image"], c["label"]))
                     for cid, c in cases.items() if c["split"] == "test" and c["domain"] == "t1"}

@@ -39,6 +39,11 @@ def register(app: typer.Typer) -> None:
         synth: list[str] = typer.Option([], "--synth", help="Synthesis setting KEY=VALUE (repeatable; pairs as "
                                         "LO,HI), a field of maskgen.pretrain.config.SynthConfig, e.g. "
                                         "nested_fraction=0.4."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (bf16 autocast for the network; "
+                                   "the loss in float32). The CPU path is the exact float32 one."),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, help="Processes that synthesise the "
+                                                  "next batches (default: 0 on the CPU, up to 8 with cuda); the "
+                                                  "result does not depend on it."),
         checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="Steps between checkpoints."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run saved in '<out>.state/'."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop this invocation after "
@@ -57,7 +62,7 @@ def register(app: typer.Typer) -> None:
                 out=out, steps=steps, crop_size=crop_size, batch_size=batch_size, ngf=ngf, num_downs=num_downs,
                 out_channels=out_channels, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, temperature=temperature,
                 voxels_per_volume=voxels, loss=loss, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
-                synth=synth_from_overrides(synth),
+                synth=synth_from_overrides(synth), device=device, num_workers=num_workers,
             )
         except ValueError as e:
             raise MaskgenError(f"invalid pretrain settings: {e}") from None

@@ -46,6 +46,12 @@ class DemoSettings:
         if not self.seeds:
             raise MaskgenError("--seeds is empty: give at least one seed.")
 
+    def train_options(self) -> dict[str, Any]:
+        """The `maskgen train` options of this schedule (the sweep's, and benchmarks/extractor_e2e.py's)."""
+        return dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, channels=self.channels, depth=self.depth,
+                    crop_zyx=tuple(self.crop_xyz[::-1]), val_every=self.val_every, device=self.device,
+                    num_workers=self.num_workers)
+
     @classmethod
     def quick(cls, **changes: Any) -> "DemoSettings":
         base = dict(data_dir="cache/demo-data-quick", store="cache/demo-quick.zarr", out="runs/demo-quick",
@@ -72,10 +78,7 @@ def run_demo(settings: DemoSettings, overwrite: bool = False, log: Callable[[str
 
     variants = [Variant("maskgen", "image", 0.0, 0.0, s) for s in settings.seeds]
     variants += [Variant("maskgen", "both", settings.mask_rate, 0.0, s) for s in settings.seeds]
-    crop_zyx = tuple(settings.crop_xyz[::-1])
-    train_options = dict(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, channels=settings.channels,
-                         depth=settings.depth, crop_zyx=crop_zyx, val_every=settings.val_every,
-                         device=settings.device, num_workers=settings.num_workers)
+    train_options = settings.train_options()
     say(f"[3/3] train and evaluate ERM and MaskGen (mask rate {settings.mask_rate}) -> {settings.out}")
     done = run_sweep(settings.store, settings.out, variants, train_options, splits=("test",), log=say)
     paths = write_results(settings.out, variants, ("test",))

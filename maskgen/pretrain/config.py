@@ -135,6 +135,7 @@ def synth_from_overrides(items: list[str] | tuple[str, ...]) -> SynthConfig:
 
 
 LOSSES = ("voxel", "cross_view", "supcon")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,17 @@ class PretrainConfig:
     checkpoint_every: int = 50
     log_every: int = 10
     synth: SynthConfig = field(default_factory=SynthConfig)
+    # Where it runs (free to change on resume). cuda: bf16 autocast for the network, the loss in float32. The CPU
+    # path is bitwise the same as before these fields existed; a CUDA run is reproducible on the same GPU model only.
+    device: str = "auto"            # auto (cuda if available) | cpu | cuda
+    num_workers: int | None = None  # processes that synthesise the next batches; None: 0 on the CPU, up to 8 on cuda
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.num_workers is not None and (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
+                                             or self.num_workers < 0):
+            raise ValueError(f"num_workers must be a non-negative integer, got {self.num_workers!r}")
         positive = ("steps", "crop_size", "batch_size", "ngf", "num_downs", "out_channels", "voxels_per_volume",
                     "checkpoint_every", "log_every")
         for name in positive:

@@ -5,6 +5,10 @@ function of s, and the model is initialised from `seed` without touching the glo
 the model, the optimizer and the unlogged loss window, so N steps + resume + N steps gives the same weights
 as 2N steps (bitwise on the same machine and thread count).
 
+Devices: `cfg.device` cuda runs the network under bf16 autocast and the loss in float32; the batches are still
+synthesised on the CPU (in `cfg.num_workers` processes, which changes nothing but speed: a batch is a pure function
+of (seed, step)); the labels and the voxel samples stay on the CPU. On the CPU the loop is the plain float32 one.
+
 Files (state folder `<out>.state/`): `config.json`, `last.pt` (resumable state, written atomically),
 `metrics.jsonl` (one record per `log_every` steps) and `progress.png`. The output `<out>` is written at the end
 with `maskgen.extract.weights.save_anatomix_checkpoint`: `{"state_dict", "arch", "config", "step", ...}`, which
@@ -16,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -30,12 +34,15 @@ from maskgen.pretrain.contrastive import VoxelContrastiveLoss
 from maskgen.pretrain.synth import PairSynthesizer, synthesize_batch
 from maskgen.pretrain.plots import plot_progress
 from maskgen.train.metrics_log import MetricsLog
+from maskgen.train.inference import autocast
+from maskgen.train.placement import resolve_device, resolve_num_workers
 from maskgen.train.schedule import cosine_lr, set_lr
 
 STATE_FORMAT = "maskgen-pretrain-state/1"
 WEIGHTS_FORMAT = "maskgen-anatomix/1"
-#: Config fields that do not change the trained weights, so they may differ on resume.
-_RESUME_FREE = ("out", "checkpoint_every", "log_every")
+#: Config fields that may differ on resume (`device` changes the arithmetic, not the run: a run may start on a GPU and
+#: finish on the CPU; bitwise replay needs the same device).
+_RESUME_FREE = ("out", "checkpoint_every", "log_every", "device", "num_workers")
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -80,6 +87,7 @@ class _Run:
     loss_fn: VoxelContrastiveLoss
     synth: PairSynthesizer
     log: MetricsLog
+    device: torch.device = torch.device("cpu")
     step: int = 0
     window: list[list[float]] = field(default_factory=list)   # losses/cosines since the last logged record
     elapsed: float = 0.0
@@ -116,10 +124,11 @@ def _setup(cfg: PretrainConfig, resume: bool) -> _Run:
         LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3)
         if cfg.label_dir is not None else None,
     )
-    net = build_network(cfg)
+    device = resolve_device(cfg.device)
+    net = build_network(cfg).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
     loss_fn = VoxelContrastiveLoss(cfg.temperature, cfg.voxels_per_volume, mode=cfg.loss)
-    run = _Run(cfg, net, optimizer, loss_fn, synth, MetricsLog(cfg.state_dir / "metrics.jsonl"))
+    run = _Run(cfg, net, optimizer, loss_fn, synth, MetricsLog(cfg.state_dir / "metrics.jsonl"), device)
     if resume:
         state = load_state(run.last_path)
         diffs = config_diff(state["config"], to_dict(cfg), ignore=_RESUME_FREE)
@@ -142,20 +151,52 @@ def _setup(cfg: PretrainConfig, resume: bool) -> _Run:
 def _save_state(run: _Run) -> None:
     cfg = run.cfg
     with atomic_path(run.last_path) as tmp:
-        torch.save({"format": STATE_FORMAT, "step": run.step, "model": run.net.state_dict(),
+        model = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}   # the same tensors on the CPU
+        torch.save({"format": STATE_FORMAT, "step": run.step, "model": model, "device": run.device.type,
                     "optimizer": run.optimizer.state_dict(), "config": to_dict(cfg), "arch": dict(cfg.arch),
                     "window": run.window, "elapsed_s": run.elapsed, "maskgen_version": __version__}, tmp)
     plot_progress(run.records, cfg.state_dir / "progress.png", title=f"{Path(cfg.out).name}: step {run.step}/{cfg.steps}")
 
 
-def _step(run: _Run) -> None:
-    """One optimisation step at `run.step` (data, voxel samples and lr are pure functions of (seed, step))."""
+class StepBatches(torch.utils.data.Dataset):
+    """Item i: the batch of step `start + i`, `synthesize_batch(synth, seed, start + i, batch_size)`."""
+
+    def __init__(self, synth: PairSynthesizer, seed: int, batch_size: int, start: int, end: int) -> None:
+        self.synth, self.seed, self.batch_size, self.start, self.end = synth, seed, batch_size, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return synthesize_batch(self.synth, self.seed, self.start + i, self.batch_size)
+
+
+def num_workers_for(cfg: PretrainConfig, device: torch.device) -> int:
+    """`cfg.num_workers`, or by default none on the CPU (the network dominates) and up to 8 on CUDA (synthesis does)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    return resolve_num_workers(None, device) if device.type == "cuda" else 0
+
+
+def step_batches(run: _Run, end: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The batches of steps run.step .. end-1 in order, synthesised in worker processes when configured."""
+    data = StepBatches(run.synth, run.cfg.seed, run.cfg.batch_size, run.step, end)
+    workers = num_workers_for(run.cfg, run.device)
+    if workers == 0:
+        return (data[i] for i in range(len(data)))
+    return iter(torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                                            pin_memory=run.device.type == "cuda", prefetch_factor=4))
+
+
+def _step(run: _Run, batch: tuple[torch.Tensor, ...]) -> None:
+    """One optimisation step at `run.step` on its batch (data, voxel samples and lr are pure functions of (seed, step))."""
     cfg = run.cfg
     t0 = time.perf_counter()
     set_lr(run.optimizer, lr_at(run.step, cfg))
-    view1, view2, labels, offsets = synthesize_batch(run.synth, cfg.seed, run.step, cfg.batch_size)
-    features = run.net(torch.cat([view1, view2]))
-    f1, f2 = features.chunk(2)
+    view1, view2, labels, offsets = batch
+    with autocast(run.device):
+        features = run.net(torch.cat([view1, view2]).to(run.device, non_blocking=True))
+    f1, f2 = features.float().chunk(2)
     loss, stats = run.loss_fn(f1, f2, labels, _step_generator(cfg.seed, run.step),
                               offsets=offsets if cfg.synth.max_view_shift else None)
     if not torch.isfinite(loss):
@@ -208,8 +249,8 @@ def pretrain(
     try:
         with progress:
             task = progress.add_task("pretrain", total=cfg.steps, completed=run.step, loss=f"{last_loss:.4f}")
-            while run.step < end:
-                _step(run)
+            for batch in step_batches(run, end):
+                _step(run, batch)
                 if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                     _log(run)
                     last_loss = run.records[-1]["loss"]
@@ -234,6 +275,6 @@ def _write_weights(run: _Run, last_loss: float) -> Path:
     save_anatomix_checkpoint(run.net, out, extra={
         "format": WEIGHTS_FORMAT, "kind": "maskgen-pretrain", "config": to_dict(run.cfg), "step": run.step,
         "seed": run.cfg.seed, "final_loss": last_loss, "maskgen_version": __version__,
-        "torch_version": str(torch.__version__),
+        "torch_version": str(torch.__version__), "device": run.device.type,
     })
     return out
