@@ -8,8 +8,9 @@
    the drift of a shared machine falls on all variants alike. Ratios are medians over (round, crop) of per-crop time
    ratios; `per_round` gives each round's median ratio to show their spread.
 2. `loader`: the real loader (`make_loader`: sampling, CPU augmentation, collate; forked workers with zarr, spawned
-   with tensorstore) for the old default (float16, zarr) and the candidates, at 0 / 1 / 2 workers, against the same
-   crops sliced from RAM with and without the augmentation; peak RSS (VmHWM) and PSS of every worker process.
+   with tensorstore) for the old default (float16, zarr) and the candidates, at each worker count, with the training
+   augmentation and without it (`aug_prob` 0), against the same crops sliced from RAM with and without the
+   augmentation (the bound of each); peak RSS (VmHWM) and PSS of every worker process.
 3. `quantisation`: relative RMS error of int8 features against float16 ones, per channel.
 
     python -m benchmarks read_path --cases 6 --crops 20 --rounds 5
@@ -39,10 +40,15 @@ DTYPES = ("float16", "int8")
 CHECKSUMS = ("crc32c", "none")
 
 
+_STORES: dict[str, Any] = {}
+
+
 def write_stores(args: Any) -> tuple[Any, list[Any], dict[tuple[str, str], Path]]:
-    """(pipeline, data, {(dtype, checksum): store path}) for `--cases` demo cases."""
+    """(pipeline, data, {(dtype, checksum): store path}) for `--cases` demo cases (written once per process)."""
     from maskgen.store.layout import DEFAULT_LAYOUT, chunks_for_crop
 
+    if "made" in _STORES:
+        return _STORES["made"]
     pipeline, fp, data = storage._extracted(args)
     paths = {}
     for dtype in DTYPES:
@@ -52,6 +58,7 @@ def write_stores(args: Any) -> tuple[Any, list[Any], dict[tuple[str, str], Path]
             path = Path(args.workdir) / f"read-path-{args.extractor}-{dtype}-{checksum}.zarr"
             storage._write_store(path, pipeline, fp, layout, data)
             paths[(dtype, checksum)] = path
+    _STORES["made"] = (pipeline, data, paths)
     return pipeline, data, paths
 
 
@@ -141,13 +148,10 @@ def reads(args: Any) -> dict[str, Any]:
         "int8_over_float16": {f"{c}/{b}": _ratio(times[f"int8/{c}/{b}"], times[f"float16/{c}/{b}"])
                               for c in CHECKSUMS for b in backends},
     }
-    if "tensorstore" in backends:
-        out["tensorstore_over_zarr"] = {f"{d}/{c}": _ratio(times[f"{d}/{c}/tensorstore"], times[f"{d}/{c}/zarr"])
-                                        for d in DTYPES for c in CHECKSUMS}
+    for other in backends[1:]:
+        out[f"{other}_over_zarr"] = {f"{d}/{c}": _ratio(times[f"{d}/{c}/{other}"], times[f"{d}/{c}/zarr"])
+                                     for d in DTYPES for c in CHECKSUMS}
     out["crops_per_s"] = {n: 1000 / ms for n, ms in out["median_ms"].items()}
-    if not args.keep:
-        for path in paths.values():
-            shutil.rmtree(path, ignore_errors=True)
     return out
 
 
@@ -191,37 +195,46 @@ def loader_rates(args: Any, trainer: Any, workers: list[int], start: int) -> lis
 
 
 def loader(args: Any) -> dict[str, Any]:
-    """The real loader per candidate (dtype, backend) on full demo stores, against the in-RAM bound."""
+    """The real loader per candidate (dtype, backend) on full demo stores, with the training augmentation and
+    without it (`aug_prob` 0: store read + collate, the same work as the in-RAM bound), against the in-RAM bound."""
     from maskgen.store.reader import FeatureStore
 
     workers = [int(w) for w in args.workers.split(",") if w]
     out: dict[str, Any] = {}
     start = 20_000
+    _pipeline, _data, paths = write_stores(args)  # the same `--cases` demo cases (train cases among them)
     for spec in args.candidates.split(","):
         dtype, backend = spec.split("/")
-        path = common.ensure_store(args, dtype=dtype)
+        path = paths[(dtype, "crc32c")]
         store = FeatureStore(path, backend=backend)
-        trainer = ts.build_trainer("cached", ts.variant_config("cached", ts.base_config(args, path), args.mask_rate),
-                                   store)
-        row: dict[str, Any] = {"loader": loader_rates(args, trainer, workers, start)}
-        if not out:  # the bound: the same crops from RAM (store-independent)
-            out["in_ram"] = loader_bench.in_ram(trainer, start, args.batches, augment=False)
-            out["ram_augmented"] = loader_bench.in_ram(trainer, start, args.batches, augment=True)
-            out["aug_device"] = trainer.aug_device
-        for r in row["loader"]:
-            r["fraction_of_ram_augmented"] = r["crops_per_s"] / out["ram_augmented"]["crops_per_s"]
-            r["fraction_of_ram"] = r["crops_per_s"] / out["in_ram"]["crops_per_s"]
+        cfg = ts.variant_config("cached", ts.base_config(args, path), args.mask_rate)
+        row: dict[str, Any] = {}
+        for aug in ("augmented", "no_aug"):
+            trainer = ts.build_trainer("cached", cfg if aug == "augmented" else cfg.replace(aug_prob=0.0), store)
+            if "in_ram" not in out:  # the bound: the same crops from RAM (store-independent)
+                out["in_ram"] = loader_bench.in_ram(trainer, start, args.batches, augment=False)
+                out["ram_augmented"] = loader_bench.in_ram(trainer, start, args.batches, augment=True)
+                out["aug_device"] = trainer.aug_device
+            bound = out["ram_augmented" if aug == "augmented" else "in_ram"]["crops_per_s"]
+            rows = loader_rates(args, trainer, workers, start)
+            for r in rows:
+                r["fraction_of_bound"] = r["crops_per_s"] / bound
+                r["fraction_of_in_ram"] = r["crops_per_s"] / out["in_ram"]["crops_per_s"]
+            row[aug] = rows
+            common.say(f"loader {spec} {aug}: " + ", ".join(f"{r['num_workers']}w {r['crops_per_s']:.1f}/s "
+                                                           f"({r['fraction_of_bound']:.2f} of RAM)" for r in rows))
         out[spec] = row
-        common.say(f"loader {spec}: " + ", ".join(f"{r['num_workers']}w {r['crops_per_s']:.1f}/s"
-                                                  for r in row["loader"]))
     return out
 
 
 def quantisation(args: Any) -> dict[str, Any]:
+    """Relative RMS error of the int8 features against the float16 ones, per channel, over the `--cases` cases."""
     from maskgen.store.reader import FeatureStore
 
-    f16, i8 = FeatureStore(common.ensure_store(args)), FeatureStore(common.ensure_store(args, dtype="int8"))
-    return storage.quantisation_error(f16, i8, "test")
+    _pipeline, _data, paths = write_stores(args)
+    f16, i8 = FeatureStore(paths[("float16", "none")]), FeatureStore(paths[("int8", "none")])
+    splits = sorted({c.split for c in f16.cases()})
+    return {split: storage.quantisation_error(f16, i8, split) for split in splits}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -231,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--crops", type=int, default=20, help="random crops per round")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
     ap.add_argument("--batches", type=int, default=10, help="timed batches per loader measurement")
-    ap.add_argument("--workers", default="0,1,2", help="loader worker counts")
-    ap.add_argument("--candidates", default="float16/zarr,int8/tensorstore,int8/zarr,float16/tensorstore",
+    ap.add_argument("--workers", default="0,2", help="loader worker counts")
+    ap.add_argument("--candidates", default="float16/zarr,int8/tensorstore,int8/zarr",
                     help="dtype/backend pairs for the loader part (full demo stores)")
     ap.add_argument("--parts", default="reads,loader,quantisation")
     ap.add_argument("--keep", action="store_true", help="keep the stores of the reads part")
@@ -248,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["loader"] = loader(args)
     if "quantisation" in parts:
         result["quantisation"] = quantisation(args)
+    if not args.keep and "made" in _STORES:
+        for path in _STORES["made"][2].values():
+            shutil.rmtree(path, ignore_errors=True)
     return common.record("read_path", result, args.results)
 
 
