@@ -218,6 +218,9 @@ def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
 def test_backend_choice(tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     _make(path, cases=("c0",))
+    monkeypatch.delenv("MASKGEN_STORE_BACKEND", raising=False)
+    # the default, chosen by measurement (benchmarks/read_path.py): tensorstore when it is installed
+    assert FeatureStore(path).backend == ("tensorstore" if tensorstore_available() else "zarr")
     assert FeatureStore(path, backend="zarr").backend == "zarr"
     monkeypatch.setenv("MASKGEN_STORE_BACKEND", "zarr")
     assert FeatureStore(path).backend == "zarr"
@@ -384,3 +387,19 @@ def test_case_is_not_marked_complete_unless_every_array_reads_back(tmp_path, mon
     with pytest.raises(MaskgenError, match=r"case c1: the image array has \d+ of \d+ chunks after writing"):
         writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout(dtype="float16"))
     assert meta.case_state(path, "c1") == "absent"
+
+
+@pytest.mark.parametrize("stored", ["int8", "float16"])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+def test_dequantize_into_equals_dequantize_in_one_pass(stored, out_dtype):
+    """The reader's conversion into preallocated (here strided) outputs gives exactly what `dequantize` gives."""
+    from maskgen.store.layout import dequantize, dequantize_into
+
+    rng = np.random.default_rng(0)
+    scale = np.array([0.5, 0.01, 3.0], np.float32) if stored == "int8" else None
+    arr = (rng.integers(-127, 128, (3, 5, 6, 7)) if stored == "int8" else rng.normal(size=(3, 5, 6, 7)) * 100)
+    arr = arr.astype(stored)
+    out = np.full((3, 9, 6, 7), np.nan, dtype=out_dtype)
+    dequantize_into(arr, out[:, 2:7], scale)
+    np.testing.assert_array_equal(out[:, 2:7], dequantize(arr, scale, out_dtype))
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, 7:]).all()  # nothing written outside the view

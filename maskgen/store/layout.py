@@ -7,7 +7,7 @@ volume with air) smaller but reads 1.4-3x slower), in chunks holding all channel
 training crop (`chunks_for_crop`: 48^3 for 64^3 crops, 64^3 for 128^3 crops), balanced so the chunks tile the volume:
 full-size uncompressed edge chunks cost +25% (32^3) to +100% (64^3) disk otherwise. Image and label share the spatial
 chunks. Features are int8 with a per-channel scale (issue 16.3, `benchmarks/read_path.py`): half the bytes of float16,
-a 64^3 training crop read in 0.47x the time (tensorstore, checksummed, interleaved per crop), and no measurable Dice
+a 64^3 training crop read in 0.58x the time (tensorstore, checksummed, interleaved per crop), and no measurable Dice
 change (`benchmarks/storage.py`: +0.04 (s.e. 0.06) Dice points between runs, +0.0006 on the same model; relative RMS
 error of MIND features 0.9%). Stores made with float16 features read as before.
 """

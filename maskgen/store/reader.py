@@ -30,8 +30,9 @@ from maskgen.store.zarr_backend import ZarrBackend, configure_zarr_threads  # no
 #: "zarr" (zarr-python; fork-safe) or "tensorstore" (optional package `maskgen[fast-store]`, reads the same Zarr v3
 #: arrays in C++); "auto" (the default) picks tensorstore when it is installed. Default: $MASKGEN_STORE_BACKEND, else
 #: "auto". Chosen by measurement (`python -m benchmarks read_path`, benchmarks/README.md): a 64^3 training crop of
-#: the default int8 checksummed layout reads in 0.46x the time with tensorstore (0.69x for float16), interleaved per
-#: crop on 2 shared cores. DataLoader workers are spawned with tensorstore (it is not fork-safe).
+#: the default int8 checksummed layout reads in 0.69x the time with tensorstore (0.93x for float16), interleaved per
+#: crop on 2 shared cores, and the loader reaches 0.56 of the in-RAM bound (int8 with zarr-python: 0.40).
+#: DataLoader workers are spawned with tensorstore (it is not fork-safe): 15-39 s start-up on the loaded machine.
 BACKENDS = ("auto", "zarr", "tensorstore")
 BACKEND_ENV = "MASKGEN_STORE_BACKEND"
 
