@@ -8,8 +8,9 @@
    the drift of a shared machine falls on all variants alike. Ratios are medians over (round, crop) of per-crop time
    ratios; `per_round` gives each round's median ratio to show their spread.
 2. `loader`: the real loader (`make_loader`: sampling, CPU augmentation, collate; forked workers with zarr, spawned
-   with tensorstore) for the old default (float16, zarr) and the candidates, at 0 / 1 / 2 workers, against the same
-   crops sliced from RAM with and without the augmentation; peak RSS (VmHWM) and PSS of every worker process.
+   with tensorstore) for the old default (float16, zarr) and the candidates, at each worker count, with the training
+   augmentation and without it (`aug_prob` 0), against the same crops sliced from RAM with and without the
+   augmentation (the bound of each); peak RSS (VmHWM) and PSS of every worker process.
 3. `quantisation`: relative RMS error of int8 features against float16 ones, per channel.
 
     python -m benchmarks read_path --cases 6 --crops 20 --rounds 5
@@ -39,10 +40,15 @@ DTYPES = ("float16", "int8")
 CHECKSUMS = ("crc32c", "none")
 
 
+_STORES: dict[str, Any] = {}
+
+
 def write_stores(args: Any) -> tuple[Any, list[Any], dict[tuple[str, str], Path]]:
-    """(pipeline, data, {(dtype, checksum): store path}) for `--cases` demo cases."""
+    """(pipeline, data, {(dtype, checksum): store path}) for `--cases` demo cases (written once per process)."""
     from maskgen.store.layout import DEFAULT_LAYOUT, chunks_for_crop
 
+    if "made" in _STORES:
+        return _STORES["made"]
     pipeline, fp, data = storage._extracted(args)
     paths = {}
     for dtype in DTYPES:
@@ -52,6 +58,7 @@ def write_stores(args: Any) -> tuple[Any, list[Any], dict[tuple[str, str], Path]
             path = Path(args.workdir) / f"read-path-{args.extractor}-{dtype}-{checksum}.zarr"
             storage._write_store(path, pipeline, fp, layout, data)
             paths[(dtype, checksum)] = path
+    _STORES["made"] = (pipeline, data, paths)
     return pipeline, data, paths
 
 
@@ -141,13 +148,10 @@ def reads(args: Any) -> dict[str, Any]:
         "int8_over_float16": {f"{c}/{b}": _ratio(times[f"int8/{c}/{b}"], times[f"float16/{c}/{b}"])
                               for c in CHECKSUMS for b in backends},
     }
-    if "tensorstore" in backends:
-        out["tensorstore_over_zarr"] = {f"{d}/{c}": _ratio(times[f"{d}/{c}/tensorstore"], times[f"{d}/{c}/zarr"])
-                                        for d in DTYPES for c in CHECKSUMS}
+    for other in backends[1:]:
+        out[f"{other}_over_zarr"] = {f"{d}/{c}": _ratio(times[f"{d}/{c}/{other}"], times[f"{d}/{c}/zarr"])
+                                     for d in DTYPES for c in CHECKSUMS}
     out["crops_per_s"] = {n: 1000 / ms for n, ms in out["median_ms"].items()}
-    if not args.keep:
-        for path in paths.values():
-            shutil.rmtree(path, ignore_errors=True)
     return out
 
 
@@ -170,7 +174,8 @@ def worker_memory(it: Any) -> list[dict[str, float]]:
 
 
 def loader_rates(args: Any, trainer: Any, workers: list[int], start: int) -> list[dict[str, Any]]:
-    """crops/s through make_loader per worker count (as loader.loader_rate), with the workers' memory."""
+    """crops/s through make_loader per worker count (as loader.loader_rate), with the workers' peak memory (sampled
+    after every batch: a worker exits once its share of the steps is done)."""
     rows = []
     for n in workers:
         skip = 1 + 3 * n
@@ -178,50 +183,89 @@ def loader_rates(args: Any, trainer: Any, workers: list[int], start: int) -> lis
         t0 = time.perf_counter()
         next(it)
         first = time.perf_counter() - t0
+        memory: dict[int, dict[str, float]] = {}
+
+        def sample() -> None:
+            for w in worker_memory(it):
+                old = memory.setdefault(w["pid"], {})
+                for k, v in w.items():
+                    if k != "pid":
+                        old[k] = max(old.get(k, 0.0), v)
+
         for _ in range(skip - 1):
             next(it)
-        t1 = time.perf_counter()
+            sample()
+        dt = 0.0
         for _ in range(args.batches):
+            t1 = time.perf_counter()
             next(it)
-        dt = time.perf_counter() - t1
+            dt += time.perf_counter() - t1
+            sample()
         rows.append({"num_workers": n, "crops_per_s": args.batches * trainer.spec.batch_size / dt,
-                     "first_batch_s": first, "workers_mib": worker_memory(it)})
+                     "first_batch_s": first, "workers_mib": list(memory.values())})
         del it
     return rows
 
 
+def interleaved_batches(args: Any, trainers: dict[str, Any], start: int) -> dict[str, Any]:
+    """crops/s of each candidate's batches built in this process (the loader with 0 workers: sampling, store read,
+    augmentation or not, collate) and of the same crops sliced from RAM, `--rounds` rounds interleaved with the
+    order rotated; ratios to RAM are medians of per-round ratios."""
+    from maskgen.train.loader import TrainBatches
+
+    names = list(trainers)
+    any_trainer = trainers[names[0]]
+    fns: dict[str, Any] = {"ram": lambda r: loader_bench.in_ram(any_trainer, start + r * args.batches, args.batches,
+                                                                 augment=any_trainer.spec.aug_prob > 0)}
+    for name, t in trainers.items():
+        ds = TrainBatches(t.store, t.spec, start, start + 1)
+        fns[name] = (lambda ds: lambda r: [ds.batch(start + r * args.batches + i) for i in range(args.batches)])(ds)
+    times = common.interleaved(fns, args.rounds, warmup=1)
+    crops = args.batches * any_trainer.spec.batch_size
+    return {"crops_per_s": {k: crops / statistics.median(v) for k, v in times.items()},
+            "fraction_of_ram": {k: 1 / common.paired_ratio(v, times["ram"]) for k, v in times.items() if k != "ram"},
+            "per_round_fraction": {k: [b / a for a, b in zip(v, times["ram"])] for k, v in times.items() if k != "ram"}}
+
+
 def loader(args: Any) -> dict[str, Any]:
-    """The real loader per candidate (dtype, backend) on full demo stores, against the in-RAM bound."""
+    """The real loader per candidate (dtype, backend) on the `--cases` stores: batches built in this process,
+    interleaved with the in-RAM bound (with the training augmentation, and without it: `aug_prob` 0, the same work
+    as the in-RAM bound), then DataLoader worker processes (rate, start-up, peak memory per worker)."""
     from maskgen.store.reader import FeatureStore
 
-    workers = [int(w) for w in args.workers.split(",") if w]
+    workers = [int(w) for w in args.workers.split(",") if w and int(w) > 0]
     out: dict[str, Any] = {}
     start = 20_000
+    _pipeline, _data, paths = write_stores(args)  # the same `--cases` demo cases (train cases among them)
+    trainers: dict[str, dict[str, Any]] = {"augmented": {}, "no_aug": {}}
     for spec in args.candidates.split(","):
         dtype, backend = spec.split("/")
-        path = common.ensure_store(args, dtype=dtype)
+        path = paths[(dtype, "crc32c")]
         store = FeatureStore(path, backend=backend)
-        trainer = ts.build_trainer("cached", ts.variant_config("cached", ts.base_config(args, path), args.mask_rate),
-                                   store)
-        row: dict[str, Any] = {"loader": loader_rates(args, trainer, workers, start)}
-        if not out:  # the bound: the same crops from RAM (store-independent)
-            out["in_ram"] = loader_bench.in_ram(trainer, start, args.batches, augment=False)
-            out["ram_augmented"] = loader_bench.in_ram(trainer, start, args.batches, augment=True)
-            out["aug_device"] = trainer.aug_device
-        for r in row["loader"]:
-            r["fraction_of_ram_augmented"] = r["crops_per_s"] / out["ram_augmented"]["crops_per_s"]
-            r["fraction_of_ram"] = r["crops_per_s"] / out["in_ram"]["crops_per_s"]
-        out[spec] = row
-        common.say(f"loader {spec}: " + ", ".join(f"{r['num_workers']}w {r['crops_per_s']:.1f}/s"
-                                                  for r in row["loader"]))
+        cfg = ts.variant_config("cached", ts.base_config(args, path), args.mask_rate)
+        trainers["augmented"][spec] = ts.build_trainer("cached", cfg, store)
+        trainers["no_aug"][spec] = ts.build_trainer("cached", cfg.replace(aug_prob=0.0), store)
+    out["aug_device"] = next(iter(trainers["augmented"].values())).aug_device
+    for aug, group in trainers.items():
+        out[f"in_process_{aug}"] = res = interleaved_batches(args, group, start)
+        common.say(f"loader in process, {aug}: " + ", ".join(f"{k} {v:.1f}/s ({res['fraction_of_ram'].get(k, 1):.2f}"
+                                                             " of RAM)" for k, v in res["crops_per_s"].items()))
+    for aug, group in trainers.items():
+        for spec, trainer in group.items():
+            out.setdefault("workers", {}).setdefault(spec, {})[aug] = rows = loader_rates(args, trainer, workers, start)
+            common.say(f"loader {spec} {aug}: " + ", ".join(f"{r['num_workers']}w {r['crops_per_s']:.1f}/s, start "
+                                                           f"{r['first_batch_s']:.1f} s" for r in rows))
     return out
 
 
 def quantisation(args: Any) -> dict[str, Any]:
+    """Relative RMS error of the int8 features against the float16 ones, per channel, over the `--cases` cases."""
     from maskgen.store.reader import FeatureStore
 
-    f16, i8 = FeatureStore(common.ensure_store(args)), FeatureStore(common.ensure_store(args, dtype="int8"))
-    return storage.quantisation_error(f16, i8, "test")
+    _pipeline, _data, paths = write_stores(args)
+    f16, i8 = FeatureStore(paths[("float16", "none")]), FeatureStore(paths[("int8", "none")])
+    splits = sorted({c.split for c in f16.cases()})
+    return {split: storage.quantisation_error(f16, i8, split) for split in splits}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -231,8 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--crops", type=int, default=20, help="random crops per round")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
     ap.add_argument("--batches", type=int, default=10, help="timed batches per loader measurement")
-    ap.add_argument("--workers", default="0,1,2", help="loader worker counts")
-    ap.add_argument("--candidates", default="float16/zarr,int8/tensorstore,int8/zarr,float16/tensorstore",
+    ap.add_argument("--workers", default="1,2", help="loader worker process counts (0 is the in-process part)")
+    ap.add_argument("--candidates", default="float16/zarr,int8/tensorstore,int8/zarr",
                     help="dtype/backend pairs for the loader part (full demo stores)")
     ap.add_argument("--parts", default="reads,loader,quantisation")
     ap.add_argument("--keep", action="store_true", help="keep the stores of the reads part")
@@ -248,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["loader"] = loader(args)
     if "quantisation" in parts:
         result["quantisation"] = quantisation(args)
+    if not args.keep and "made" in _STORES:
+        for path in _STORES["made"][2].values():
+            shutil.rmtree(path, ignore_errors=True)
     return common.record("read_path", result, args.results)
 
 

@@ -56,7 +56,7 @@ def test_store_contents(reference, dataset):
     assert a["pipeline"]["name"] == "synthetic" and a["spacing_zyx"] == [1.0, 1.0, 1.0]
     assert a["normalization"] == "minmax"
     assert a["extractor"]["name"] == "mind" and a["extractor"]["out_channels"] == 12
-    assert a["layout"]["dtype"] == "float16" and a["layout"]["codec"] == "none"
+    assert a["layout"]["dtype"] == "int8" and a["layout"]["codec"] == "none"  # the default, chosen by measurement
     assert a["layout"]["chunks_zyx"] == [32, 32, 32]  # chunks_for_crop of the synthetic 16^3 crop
     assert a["extract_config"]["dataset"] == str(dataset) and a["extract_config"]["extractor"] == "mind"
     assert {c.split for c in s.cases()} == {"train", "val", "test"}
@@ -236,8 +236,8 @@ def test_refuses_a_store_made_with_other_settings(reference, dataset, tmp_path):
     assert "number of feature channels: store has 12, this run has 4" in result.stderr
     assert "--overwrite" in result.stderr
     result = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", "mind",
-                                 "--dtype", "int8"])
-    assert result.exit_code == 1 and "feature dtype: store has 'float16', this run has 'int8'" in result.stderr
+                                 "--dtype", "float16"])
+    assert result.exit_code == 1 and "feature dtype: store has 'int8', this run has 'float16'" in result.stderr
     result = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor", "mind",
                                  "--chunks", "16", "--codec", "blosc-lz4"])
     assert result.exit_code == 1

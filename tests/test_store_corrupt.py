@@ -28,7 +28,8 @@ def _corrupt(store: Path, case: str, kind: str) -> str:
     """Damage one case; returns the array that is damaged."""
     import zarr
 
-    name = "label" if kind.startswith("label") else "features"
+    # features are int8 by default: a NaN written through zarr goes into the float16 image instead
+    name = "label" if kind.startswith("label") else "image" if kind == "nan-zarr" else "features"
     chunk = _chunk_files(store, case, name)[0]
     raw = chunk.read_bytes()
     if kind == "truncated":
@@ -41,7 +42,7 @@ def _corrupt(store: Path, case: str, kind: str) -> str:
         chunk.write_bytes(np.random.default_rng(0).normal(size=len(raw) // 2).astype(np.float16).tobytes())
     elif kind == "nan-zarr":  # written through zarr: the checksum is valid, the value is not
         arr = zarr.open_array(str(store / "cases" / case / name), mode="r+")
-        arr[2, 3:5, 4, 5] = np.nan
+        arr[0, 3:5, 4, 5] = np.nan
     elif kind == "label200":  # a label beyond the classes, checksum valid
         arr = zarr.open_array(str(store / "cases" / case / name), mode="r+")
         arr[5:9, 5:9, 5:9] = 200

@@ -25,7 +25,7 @@ SPLITS = {"c0": ("train", "ct"), "c1": ("train", "ct"), "c2": ("val", "mr"), "c3
 @pytest.fixture()
 def store(tmp_path):
     path = tmp_path / "s.zarr"
-    layout = StoreLayout(chunks_zyx=(8, 8, 8))
+    layout = StoreLayout(dtype="float16", chunks_zyx=(8, 8, 8))
     writer.prepare_store(path, writer.root_attributes(PIPE, FP, layout))
     rng = np.random.default_rng(0)
     for cid, (split, domain) in SPLITS.items():
@@ -106,7 +106,7 @@ def test_verify_names_each_broken_case(store):
 def test_verify_without_checksums_reports_them_and_still_finds_nan(tmp_path):
     """A store made before checksums existed: verify says overwritten chunks are undetectable there."""
     path = tmp_path / "old.zarr"
-    layout = StoreLayout(chunks_zyx=(8, 8, 8), checksum="none")
+    layout = StoreLayout(dtype="float16", chunks_zyx=(8, 8, 8), checksum="none")
     writer.prepare_store(path, writer.root_attributes(PIPE, FP, layout))
     shape = (12, 10, 9)
     rng = np.random.default_rng(0)

@@ -108,3 +108,18 @@ def test_chunks_carry_a_standard_crc32c(tmp_path):
     assert len(raw) == 3 * 3 * 2 + 4
     assert raw[-4:] == np.uint32(google_crc32c.value(raw[:-4])).tobytes()
     np.testing.assert_array_equal(np.frombuffer(raw[:-4], np.float16), np.arange(36).reshape(6, 6)[3:, :3].ravel())
+
+
+def test_default_dtype_is_int8_and_a_rerun_keeps_an_existing_stores_dtype():
+    """int8 features are the default of new stores (chosen by measurement, benchmarks/README.md); `maskgen extract`
+    without --dtype on a store made before (float16) keeps adding float16 cases instead of refusing."""
+    from maskgen.data.pipeline import Pipeline
+    from maskgen.extract.run import ExtractConfig
+
+    pipe = Pipeline(name="toy", layout="nnunet", spacing=(1.0, 1.0, 1.0), crop_size=(64, 64, 64),
+                    normalization="minmax", classes=("a",))
+    cfg = ExtractConfig(dataset="demo", extractor="mind")
+    assert StoreLayout().dtype == "int8" and cfg.layout_for(pipe).dtype == "int8"
+    older = {"layout": StoreLayout(dtype="float16").to_attrs()}
+    assert cfg.layout_for(pipe, older).dtype == "float16"
+    assert ExtractConfig(dataset="demo", extractor="mind", dtype="int8").layout_for(pipe, older).dtype == "int8"

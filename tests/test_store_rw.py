@@ -30,7 +30,7 @@ def _case(seed: int, shape=(10, 13, 17), channels=3):
     return image, feats, label
 
 
-def _make(path, layout=StoreLayout(), cases=("c0", "c1", "c2"), consolidate=True, shape=(10, 13, 17)):
+def _make(path, layout=StoreLayout(dtype="float16"), cases=("c0", "c1", "c2"), consolidate=True, shape=(10, 13, 17)):
     writer.prepare_store(path, writer.root_attributes(PIPE, FP, layout))
     data = {}
     for i, cid in enumerate(cases):
@@ -54,7 +54,7 @@ def backend(request):
 @pytest.fixture(scope="module")
 def store16(tmp_path_factory):
     path = tmp_path_factory.mktemp("s") / "f16.zarr"
-    return path, _make(path, StoreLayout(chunks_zyx=(4, 8, 8)))
+    return path, _make(path, StoreLayout(dtype="float16", chunks_zyx=(4, 8, 8)))
 
 
 def test_cases_metadata_and_root(store16):
@@ -157,7 +157,7 @@ def test_incomplete_cases_are_ignored(tmp_path):
     _make(path, cases=("c0", "c1"))
     assert FeatureStore(path).used_consolidated
     # A new run first drops the consolidated copy, then (here) gets killed while rewriting c1.
-    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout()))
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout(dtype="float16")))
     meta_file = path / "cases" / "c1" / "zarr.json"
     doc = json.loads(meta_file.read_text())
     doc["attributes"]["complete"] = False
@@ -189,7 +189,7 @@ def test_non_finite_features_write_nothing(tmp_path):
     image, feats, label = _case(5)
     feats[1, 2, 3, 4] = np.nan
     with pytest.raises(MaskgenError, match=r"case bad: 1 non-finite .* channel\(s\) \[1\]"):
-        writer.write_case(path, "bad", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+        writer.write_case(path, "bad", image=image, features=feats, label=label, attrs={}, layout=StoreLayout(dtype="float16"))
     assert meta.case_state(path, "bad") == "absent"
 
 
@@ -210,7 +210,7 @@ def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "_write_slabs", full_disk)
     image, feats, label = _case(1)
     with pytest.raises(OSError):
-        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout(dtype="float16"))
     assert meta.case_state(path, "c1") == "absent"
     assert [c.case_id for c in FeatureStore(path).cases()] == ["c0"]
 
@@ -218,6 +218,9 @@ def test_write_error_leaves_no_partial_group(tmp_path, monkeypatch):
 def test_backend_choice(tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     _make(path, cases=("c0",))
+    monkeypatch.delenv("MASKGEN_STORE_BACKEND", raising=False)
+    # the default, chosen by measurement (benchmarks/read_path.py): tensorstore when it is installed
+    assert FeatureStore(path).backend == ("tensorstore" if tensorstore_available() else "zarr")
     assert FeatureStore(path, backend="zarr").backend == "zarr"
     monkeypatch.setenv("MASKGEN_STORE_BACKEND", "zarr")
     assert FeatureStore(path).backend == "zarr"
@@ -335,17 +338,17 @@ def test_foreground_locations_sampled_once_and_cached_atomically(tmp_path):
     assert s.foreground_locations("c0", max_per_class=50, seed=4)[1].tolist() != locs[1].tolist()
     # re-writing the case drops its cached locations
     image, feats, lab = _case(7)
-    writer.write_case(path, "c0", image=image, features=feats, label=lab, attrs={}, layout=StoreLayout())
+    writer.write_case(path, "c0", image=image, features=feats, label=lab, attrs={}, layout=StoreLayout(dtype="float16"))
     assert not cache.exists()
 
 
 @pytest.mark.parametrize("bad", ["zarr.json", "ZARR.JSON", "Zarr.Json", ".zattrs", ".maskgen"])
 def test_reserved_case_ids_are_refused_by_the_writer(tmp_path, bad):
     path = tmp_path / "s.zarr"
-    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout()))
+    writer.prepare_store(path, writer.root_attributes(PIPE, FP, StoreLayout(dtype="float16")))
     image, feats, label = _case(0)
     with pytest.raises(MaskgenError, match="rename the case file"):
-        writer.write_case(path, bad, image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+        writer.write_case(path, bad, image=image, features=feats, label=label, attrs={}, layout=StoreLayout(dtype="float16"))
     assert sorted(p.name for p in (path / "cases").iterdir()) == ["zarr.json"]  # nothing written
 
 
@@ -382,5 +385,21 @@ def test_case_is_not_marked_complete_unless_every_array_reads_back(tmp_path, mon
     monkeypatch.setattr(writer, "write_arrays", then_lose_a_chunk)
     image, feats, label = _case(1)
     with pytest.raises(MaskgenError, match=r"case c1: the image array has \d+ of \d+ chunks after writing"):
-        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout())
+        writer.write_case(path, "c1", image=image, features=feats, label=label, attrs={}, layout=StoreLayout(dtype="float16"))
     assert meta.case_state(path, "c1") == "absent"
+
+
+@pytest.mark.parametrize("stored", ["int8", "float16"])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+def test_dequantize_into_equals_dequantize_in_one_pass(stored, out_dtype):
+    """The reader's conversion into preallocated (here strided) outputs gives exactly what `dequantize` gives."""
+    from maskgen.store.layout import dequantize, dequantize_into
+
+    rng = np.random.default_rng(0)
+    scale = np.array([0.5, 0.01, 3.0], np.float32) if stored == "int8" else None
+    arr = (rng.integers(-127, 128, (3, 5, 6, 7)) if stored == "int8" else rng.normal(size=(3, 5, 6, 7)) * 100)
+    arr = arr.astype(stored)
+    out = np.full((3, 9, 6, 7), np.nan, dtype=out_dtype)
+    dequantize_into(arr, out[:, 2:7], scale)
+    np.testing.assert_array_equal(out[:, 2:7], dequantize(arr, scale, out_dtype))
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, 7:]).all()  # nothing written outside the view

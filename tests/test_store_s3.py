@@ -177,13 +177,13 @@ def test_extract_to_s3_killed_refuses_a_second_writer_and_resumes(data, s3_bucke
 
 
 # -- reading from S3: training, evaluation, prediction, sweeps -------------------------------------------------------
-def test_train_evaluate_predict_and_sweep_from_s3(data, s3_bucket, tmp_path):
+def test_train_evaluate_predict_and_sweep_from_s3(data, s3_bucket, tmp_path, monkeypatch):
     import json
 
     _toml, ref = data
     url = _upload(ref, f"{s3_bucket}/amos.zarr")
     run = tmp_path / "run"
-    res = invoke("train", "--features", url, "--out", run, *TINY, "--num-workers", "1")  # a forked worker reads S3
+    res = invoke("train", "--features", url, "--out", run, *TINY, "--num-workers", "1")  # a spawned worker reads S3
     assert res.exit_code == 0, res.output
     assert json.loads((run / "config.json").read_text())["features"] == url
 
@@ -197,8 +197,9 @@ def test_train_evaluate_predict_and_sweep_from_s3(data, s3_bucket, tmp_path):
     assert pr.exit_code == 0, pr.output
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 1
 
+    monkeypatch.setenv("MASKGEN_STORE_BACKEND", "zarr")  # a forked loader worker reading through s3fs
     sw = invoke("sweep", "--features", url, "--out", tmp_path / "sw", "--inputs", "both", "--mask-rate", "0.5",
-                "--splits", "test", *TINY, "--num-workers", "0")
+                "--splits", "test", *TINY, "--num-workers", "1")
     assert sw.exit_code == 0, sw.output
     assert (tmp_path / "sw" / "results.csv").is_file()
     missing = invoke("train", "--features", f"{s3_bucket}/nothing.zarr", "--out", tmp_path / "r2", *TINY)

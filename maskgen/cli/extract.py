@@ -65,8 +65,10 @@ def register(app: typer.Typer) -> None:
             None, "--pad-multiple", min=1, help="torchscript/onnx models: pad each spatial size to a multiple of this "
             "[default: 16]."
         ),
-        dtype: str = typer.Option(
-            "float16", "--dtype", help="Stored feature dtype: float16 | int8 (per-channel scale, half the bytes)."
+        dtype: Optional[str] = typer.Option(
+            None, "--dtype", help="Stored feature dtype: int8 (per-channel scale; default, chosen by measurement: "
+            "half the bytes, reads 2x faster, no measurable Dice change) | float16 [default: an existing store's, "
+            "else int8]."
         ),
         chunks: Optional[str] = typer.Option(
             None, "--chunks", help="Largest spatial chunk edge(s) z,y,x [default: an existing store's, else 3/4 of the "

@@ -43,7 +43,7 @@ class ExtractConfig:
     weights: str | None = None
     layer: str | None = None                      # None: the extractor's default ("final" for anatomix)
     pad_multiple: int | None = None               # torchscript/onnx: spatial sizes padded to a multiple (16)
-    dtype: str = DEFAULT_LAYOUT.dtype             # "float16" | "int8"
+    dtype: str | None = None                      # "int8" | "float16"; None: the existing store's, else int8
     chunks: tuple[int, int, int] | None = None    # None: the existing store's, else chunks_for_crop(pipeline crop)
     codec: str | None = None                      # None: the existing store's, else "none"
     workers: int = 1
@@ -73,7 +73,7 @@ class ExtractConfig:
                                               or not isinstance(self.pad_multiple, int) or self.pad_multiple < 1):
             raise OptionError("pad_multiple", self.pad_multiple, "must be an integer >= 1")
         checks = (
-            ("dtype", self.dtype, FEATURE_DTYPES),
+            ("dtype", self.dtype if self.dtype is not None else DEFAULT_LAYOUT.dtype, FEATURE_DTYPES),
             ("codec", self.codec if self.codec is not None else "none", CODECS),
             ("parallel", self.parallel, PARALLEL_CHOICES),
             ("device", self.device, DEVICE_CHOICES),
@@ -93,13 +93,14 @@ class ExtractConfig:
     @property
     def layout(self) -> StoreLayout:
         """The layout without a pipeline: the given chunks (default 64^3) and codec (default none)."""
-        return StoreLayout(dtype=self.dtype, chunks_zyx=self.chunks or DEFAULT_LAYOUT.chunks_zyx,
-                           codec=self.codec or DEFAULT_LAYOUT.codec)
+        layout = DEFAULT_LAYOUT
+        return StoreLayout(dtype=self.dtype or layout.dtype, chunks_zyx=self.chunks or layout.chunks_zyx,
+                           codec=self.codec or layout.codec)
 
     def layout_for(self, pipeline: Any, store_attrs: dict[str, Any] | None = None) -> StoreLayout:
-        """The layout of this run: unset chunks/codec follow an existing store (so re-runs resume it), else the
-        chunks suit the pipeline's crop size (`chunks_for_crop`) and the codec is none. The dtype is always this
-        run's (a different dtype is refused by the store)."""
+        """The layout of this run: unset dtype/chunks/codec follow an existing store (so re-runs resume it, stores
+        made before int8 became the default included), else the dtype is int8, the chunks suit the pipeline's crop
+        size (`chunks_for_crop`) and the codec is none. A given dtype that differs is refused by the store."""
         existing = None
         if store_attrs and not self.overwrite and store_attrs.get("layout"):
             existing = StoreLayout.from_attrs(store_attrs["layout"])
@@ -107,11 +108,13 @@ class ExtractConfig:
             chunks = self.chunks or existing.chunks_zyx
             codec = self.codec or existing.codec
             same = chunks == existing.chunks_zyx and codec == existing.codec
-            return StoreLayout(dtype=self.dtype, chunks_zyx=chunks, codec=codec, clevel=existing.clevel,
+            return StoreLayout(dtype=self.dtype or existing.dtype, chunks_zyx=chunks, codec=codec,
+                               clevel=existing.clevel,
                                balance=existing.balance if same else True,
                                channel_chunk=existing.channel_chunk if same else 0,
                                shards_zyx=existing.shards_zyx if same else None)
-        return StoreLayout(dtype=self.dtype, chunks_zyx=self.chunks or chunks_for_crop(pipeline.crop_zyx),
+        return StoreLayout(dtype=self.dtype or DEFAULT_LAYOUT.dtype,
+                           chunks_zyx=self.chunks or chunks_for_crop(pipeline.crop_zyx),
                            codec=self.codec or DEFAULT_LAYOUT.codec)
 
 

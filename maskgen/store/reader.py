@@ -22,22 +22,24 @@ from maskgen.store import fg_cache
 from maskgen.store.chunk_cache import CacheSettings, case_version
 from maskgen.store.integrity import TRANSIENT, ArrayReadError, CorruptStoreError, has_checksum, value_problem
 from maskgen.store.kv import StoreIO, as_io
-from maskgen.store.layout import CASES_GROUP, COMPLETE_ATTR, FEATURES, IMAGE, LABEL, StoreLayout, dequantize
+from maskgen.store.layout import CASES_GROUP, COMPLETE_ATTR, FEATURES, IMAGE, LABEL, StoreLayout, dequantize_into
 from maskgen.store.meta import case_folders, case_prefix, read_many_case_attrs, read_root_doc, root_attrs_of
 from maskgen.store.tensorstore_backend import TensorstoreBackend, tensorstore_available
 from maskgen.store.zarr_backend import ZarrBackend, configure_zarr_threads  # noqa: F401 - re-exported
 
-#: "zarr" (zarr-python; default, fork-safe) or "tensorstore" (optional package, reads the same Zarr v3 arrays in
-#: C++); "auto" picks tensorstore when it is installed. Default: $MASKGEN_STORE_BACKEND, else "zarr".
-#: Measured (benchmarks/results.jsonl, 2 shared cores): tensorstore reads 64^3 training samples 1.4-2.2x faster, and
-#: 128^3 samples no faster (0.8-1.0x), so zarr-python stays the default.
+#: "zarr" (zarr-python; fork-safe) or "tensorstore" (optional package `maskgen[fast-store]`, reads the same Zarr v3
+#: arrays in C++); "auto" (the default) picks tensorstore when it is installed. Default: $MASKGEN_STORE_BACKEND, else
+#: "auto". Chosen by measurement (`python -m benchmarks read_path`, benchmarks/README.md): a 64^3 training crop of
+#: the default int8 checksummed layout reads in 0.69x the time with tensorstore (0.93x for float16), interleaved per
+#: crop on 2 shared cores, and the loader reaches 0.56 of the in-RAM bound (int8 with zarr-python: 0.40).
+#: DataLoader workers are spawned with tensorstore (it is not fork-safe): 15-39 s start-up on the loaded machine.
 BACKENDS = ("auto", "zarr", "tensorstore")
 BACKEND_ENV = "MASKGEN_STORE_BACKEND"
 
 
 def resolve_backend(backend: str | None) -> str:
-    """'zarr' or 'tensorstore' for a requested backend (None: $MASKGEN_STORE_BACKEND or 'zarr')."""
-    backend = backend or os.environ.get(BACKEND_ENV) or "zarr"
+    """'zarr' or 'tensorstore' for a requested backend (None: $MASKGEN_STORE_BACKEND or 'auto')."""
+    backend = backend or os.environ.get(BACKEND_ENV) or "auto"
     if backend not in BACKENDS:
         raise MaskgenError(f"store backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -272,30 +274,32 @@ class FeatureStore:
                 )
         return self._zarr_backend()
 
-    def _fetch(self, case_id: str, requests: list[tuple[str, tuple[slice, ...]]], check_floats: bool = False
-               ) -> list[np.ndarray]:
-        """Read several (array name, selection) pairs of a case (tensorstore issues them concurrently) and check
+    def _read_into(self, case_id: str, items: list[tuple[str, tuple[Any, ...], np.ndarray, np.ndarray | None]],
+                   check_floats: bool = False) -> None:
+        """Read each (array name, selection, output view, int8 scale or None) of a case into its output view,
+        converted on the way (dtype cast; int8 features times their per-channel scale: `dequantize_into`), and check
         the values; damage raises CorruptStoreError naming the case and array (see `maskgen.store.integrity`).
 
-        Labels are always range-checked (cheap). Image and features are checked for NaN/inf when `check_floats` (whole
-        cases: small next to what is done with them) or when the array has no checksums; checksummed chunks hold
-        exactly what the writer wrote, and the writer refuses non-finite values (crops skip the check: 15% of a
-        64^3 crop's read time)."""
+        Labels are always range-checked (cheap). Image and float features are checked for NaN/inf when `check_floats`
+        (whole cases: small next to what is done with them) or when the array has no checksums; checksummed chunks
+        hold exactly what the writer wrote, and the writer refuses non-finite values (crops skip the check: 15% of a
+        64^3 crop's read time); int8 features cannot hold NaN."""
         try:
-            got = self._backend().fetch(case_id, requests)
+            got = self._backend().fetch(case_id, [(name, sel) for name, sel, _, _ in items])
         except ArrayReadError as e:
             if isinstance(e.cause, TRANSIENT):
                 raise MaskgenError(f"{self.path}: cannot read case {case_id}, array {e.name}: "
                                    f"{type(e.cause).__name__}: {e.cause}") from None
             raise CorruptStoreError.of(self.path, case_id, e.name, f"{type(e.cause).__name__}: {e.cause}") from None
-        for (name, _), arr in zip(requests, got):
+        for (_, _, out, scale), arr in zip(items, got):
+            dequantize_into(arr, out, scale)
+        for name, _, out, scale in items:
             # checksummed chunks cannot hold values the writer refused; without checksums, check floats here
-            floats = arr.dtype.kind == "f" and (check_floats or not self._has_checksum(case_id, name))
+            floats = name != LABEL and scale is None and (check_floats or not self._has_checksum(case_id, name))
             if floats or name == LABEL:
-                problem = value_problem(name, arr, self.num_classes)
+                problem = value_problem(name, out, self.num_classes)
                 if problem:
                     raise CorruptStoreError.of(self.path, case_id, name, problem)
-        return got
 
     def _has_checksum(self, case_id: str, name: str) -> bool:
         key = (case_id, name)
@@ -314,11 +318,13 @@ class FeatureStore:
         """The whole case: image (1,Z,Y,X), features (C,Z,Y,X) dequantised, both `dtype`; label (Z,Y,X) uint8
         (None for a case stored without label). `features=False` reads only image and label (features None)."""
         info = self.case(case_id)
-        names = [IMAGE] + ([FEATURES] if features else []) + ([LABEL] if info.has_label else [])
-        got = dict(zip(names, self._fetch(case_id, [(n, (Ellipsis,)) for n in names], check_floats=True)))
-        image = got[IMAGE].astype(dtype, copy=False)
-        feats = dequantize(got[FEATURES], _scale(info), dtype) if features else None
-        return {"image": image, "features": feats, "label": got.get(LABEL)}
+        out = self._outputs(info, tuple(info.shape_zyx), dtype, np.empty)
+        if not features:
+            out[FEATURES] = None
+        scale = _scale(info)
+        self._read_into(case_id, [(name, (Ellipsis,), arr, scale if name == FEATURES else None)
+                                  for name, arr in out.items() if arr is not None], check_floats=True)
+        return {"image": out[IMAGE], "features": out[FEATURES], "label": out[LABEL]}
 
     def read_crop(
         self,
@@ -341,31 +347,25 @@ class FeatureStore:
         lo = np.maximum(start, 0)
         hi = np.minimum(start + size, shape)
         inside = bool((lo == start).all() and (hi == start + size).all())
+        out = self._outputs(info, tuple(int(s) for s in size), dtype, np.empty if inside else np.zeros)
+        if bool((hi <= lo).any()):
+            return out  # entirely outside the volume: zeros
         src = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
-        empty = bool((hi <= lo).any())
-        size_t = tuple(int(s) for s in size)
-        c = len(info.feature_mean)
-        names = [IMAGE, FEATURES] + ([LABEL] if info.has_label else [])
-        leads = {IMAGE: (1,), FEATURES: (c,), LABEL: ()}
-        got = [] if empty else self._fetch(case_id, [(n, (slice(None),) * len(leads[n]) + src) for n in names])
         scale = _scale(info)
-        convert = {
-            IMAGE: (dtype, lambda a: a.astype(dtype, copy=False)),
-            FEATURES: (dtype, lambda a: dequantize(a, scale, dtype)),
-            LABEL: (np.uint8, lambda a: a),
-        }
-        out: dict[str, np.ndarray | None] = {LABEL: None}
-        for i, name in enumerate(names):
-            out_dtype, conv = convert[name]
-            if inside:
-                out[name] = conv(got[i])
-                continue
-            arr = np.zeros(leads[name] + size_t, dtype=out_dtype)
-            if not empty:
-                arr[(slice(None),) * len(leads[name]) + dst] = conv(got[i])
-            out[name] = arr
-        return {"image": out[IMAGE], "features": out[FEATURES], "label": out[LABEL]}
+        items = []
+        for name, arr in out.items():
+            if arr is not None:
+                lead = (slice(None),) * (arr.ndim - 3)
+                items.append((name, lead + src, arr[lead + dst], scale if name == FEATURES else None))
+        self._read_into(case_id, items)
+        return out
+
+    @staticmethod
+    def _outputs(info: CaseInfo, size: tuple[int, ...], dtype: Any, alloc: Any) -> dict[str, np.ndarray | None]:
+        """Output arrays of a read: image (1, *size) and features (C, *size) of `dtype`, label uint8 (or None)."""
+        return {IMAGE: alloc((1, *size), dtype=dtype), FEATURES: alloc((len(info.feature_mean), *size), dtype=dtype),
+                LABEL: alloc(size, dtype=np.uint8) if info.has_label else None}
 
     # -- foreground locations --------------------------------------------------------------------------
     def foreground_locations(self, case_id: str, max_per_class: int = 10000, seed: int = 0) -> dict[int, np.ndarray]:
@@ -381,7 +381,9 @@ class FeatureStore:
             raise MaskgenError(f"case {case_id} of {self.path} has no label, so no foreground locations")
 
         def read_label() -> np.ndarray:
-            return self._fetch(case_id, [(LABEL, (Ellipsis,))])[0]
+            label = np.empty(info.shape_zyx, dtype=np.uint8)
+            self._read_into(case_id, [(LABEL, (Ellipsis,), label, None)])
+            return label
 
         self._check_pid()
         return fg_cache.cached_locations(self.io, case_id, read_label, self.num_classes, max_per_class, seed)
