@@ -9,7 +9,7 @@ from maskgen.errors import MaskgenError
 from maskgen.evaluate.corruptions import BiasFieldShift, GammaShift
 from maskgen.evaluate.report import markdown_table
 from maskgen.evaluate.stability import DomainPair, find_pairs, subject_of
-from maskgen.evaluate.sweep import Variant, plan_variants
+from maskgen.evaluate.sweep_plan import Variant, plan_variants
 
 
 def _image(seed=0, shape=(1, 12, 10, 8)):
@@ -275,3 +275,29 @@ def test_summary_table_rows_per_domain_then_all():
     assert [r[:3] for r in rows] == [["t2", "2", "50.0 (20.0)"], ["flair", "1", "50.0 (-)"], ["all", "3", "50.0 (11.5)"]]
     one = summarize_by_domain(cases[:2])
     assert [r[0] for r in summary_table(EvalResult("test", ("a", "b"), cases[:2], *one))[1]] == ["t2"]
+
+
+# -- sweep results: seeds pooled per case, then mean (s.e.) over cases -----------------------------------------------
+def test_sweep_results_pool_seeds_per_case(tmp_path):
+    from maskgen.config import write_json_atomic
+    from maskgen.evaluate.evaluate import EvalResult
+    from maskgen.evaluate.metrics import CaseDice, summarize_by_domain
+    from maskgen.evaluate.sweep_results import collect_results, results_markdown_rows
+
+    variants = [Variant("maskgen", "both", 0.5, 0.0, 0), Variant("maskgen", "both", 0.5, 0.0, 1)]
+    case_dice = {0: {"c1": 0.6, "c2": 0.2}, 1: {"c1": 0.8, "c2": 0.4}}   # seed -> case -> Dice (one class)
+    for v in variants:
+        cases = [CaseDice(c, "t2", (d,)) for c, d in case_dice[v.seed].items()]
+        result = EvalResult("test", ("organ",), cases, *summarize_by_domain(cases), {"step": 10})
+        write_json_atomic(tmp_path / v.name / "eval-test.json", result.as_dict())
+    table = collect_results(tmp_path, variants, ["test"])
+    # per case over seeds: c1 0.7, c2 0.3 -> mean 0.5, s.e. std([0.7, 0.3]) / sqrt(2) = 0.2
+    cell = table.cells[("MR=50%", "test", "t2")]
+    assert cell.mean == pytest.approx(0.5) and cell.se == pytest.approx(0.2) and cell.n == 2
+    assert table.seeds == {"MR=50%": [0, 1]} and table.columns == [("test", "t2")]
+    assert [(r["variant"], r["domain"], r["dice"]) for r in table.rows] == [
+        ("both-mr50-s0", "t2", pytest.approx(0.4)), ("both-mr50-s0", "all", pytest.approx(0.4)),
+        ("both-mr50-s1", "t2", pytest.approx(0.6)), ("both-mr50-s1", "all", pytest.approx(0.6))]
+    assert all(r["empty_class"] == "ignore" for r in table.rows)
+    assert results_markdown_rows(table) == (["method", "seeds", "test: t2"], [["MR=50%", "0,1", "50.0 (20.0)"]])
+    assert collect_results(tmp_path, [Variant("maskgen", "image", 0, 0, 5)], ["test"]).rows == []  # not run yet

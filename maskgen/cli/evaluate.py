@@ -205,11 +205,13 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
         empty_class: str = _empty_class_option(),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the variants as tasks on a dask.distributed cluster (e.g. tcp://host:8786); each asks for one GPU where workers declare --resources GPU=1."),
         quiet: bool = _quiet_option(),
     ) -> None:
         """Train and evaluate a grid of variants (mask rates, inputs, seeds, baselines) from one store; resumable."""
         from maskgen.evaluate.report import rich_table
-        from maskgen.evaluate.sweep import collect_results, plan_variants, results_markdown_rows, run_sweep
+        from maskgen.evaluate.sweep import plan_variants, run_sweep
+        from maskgen.evaluate.sweep_results import collect_results, results_markdown_rows
         from maskgen.train.config import parse_crop_size
 
         variants, notes = plan_variants(
@@ -227,7 +229,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"sweep {out}: {len(variants)} variants: {', '.join(v.name for v in variants)}")
         split_list = _words(splits)
         run_sweep(features, out, variants, options, split_list, checkpoint, overlap, progress=not quiet,
-                  log=console.print, empty_class=empty_class)
+                  log=console.print, empty_class=empty_class, scheduler=scheduler)
         header, rows = results_markdown_rows(collect_results(out, variants, split_list))
         console.print(rich_table(f"sweep {out.name}: Dice x100, mean (s.e.)", header, rows))
         console.print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
