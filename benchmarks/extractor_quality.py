@@ -69,21 +69,21 @@ class ImageIdentity:
     name = "image"
 
 
-def build_extractors(weights: Path | None, anatomix_weights: Path | None) -> dict[str, object]:
+def build_extractors(weights: Path | None, anatomix_weights: Path | None, layer: str = "final") -> dict[str, object]:
     from maskgen.extract.anatomix import AnatomixExtractor
     from maskgen.extract.registry import build_extractor
     from maskgen.extract.weights import load_anatomix_net, read_checkpoint
 
     extractors: dict[str, object] = {"image": ImageIdentity(), "mind": build_extractor("mind")}
     if weights is not None:
-        extractors["pretrained"] = build_extractor("anatomix", weights=str(weights), allow_download=False)
+        extractors["pretrained"] = build_extractor("anatomix", weights=str(weights), layer=layer, allow_download=False)
         _, arch = read_checkpoint(weights)
         from maskgen.extract.anatomix import AnatomixUNet
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = AnatomixUNet(**(arch or load_anatomix_net(weights).arch())).eval()
-        extractors["untrained"] = AnatomixExtractor(net, name="untrained-control")
+        extractors["untrained"] = AnatomixExtractor(net, layer=layer, name="untrained-control")
     if anatomix_weights is not None:
         extractors["anatomix"] = build_extractor("anatomix", weights=str(anatomix_weights), allow_download=False)
     return extractors
@@ -103,7 +103,22 @@ def standardise(feat: np.ndarray) -> np.ndarray:
     return ((feat - mean) / np.where(std > 1e-8, std, 1.0)).astype(np.float32)
 
 
-def stability(cases: dict, feats: dict, max_voxels: int) -> dict[str, dict[str, float]]:
+def content_free_control(image: np.ndarray, label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A (1, Z, Y, X) image with the subject's head outline but no anatomy: smooth noise inside the dilated brain mask.
+
+    Features that are as similar between t1 and this control as between t1 and t2 encode the outline (or the
+    position in the volume), not the tissue: CKA t1-vs-control is the floor that t1-vs-t2 should be read against."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(label.shape), 2.0)
+    noise = (noise - noise.min()) / max(float(noise.max() - noise.min()), 1e-8)
+    head = ndimage.binary_dilation(label > 0, iterations=3)
+    return np.where(head, noise, 0.0)[None].astype(image.dtype)
+
+
+def stability(cases: dict, feats: dict, max_voxels: int, controls: dict | None = None) -> dict[str, dict[str, float]]:
+    """CKA / cosine / channel correlation inside the brain of each test subject's t1 vs its t2, flair and (given
+    `controls`: t1 case id -> features of `content_free_control`) the content-free control."""
     from maskgen.extract.stability import cross_domain_stability
 
     by_subject: dict[str, dict[str, str]] = {}
@@ -123,6 +138,11 @@ def stability(cases: dict, feats: dict, max_voxels: int) -> dict[str, dict[str, 
             rows.append(cross_domain_stability(feats[a], feats[b], mask=mask, max_voxels=max_voxels, seed=0))
         out[f"t1_vs_{other}"] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "voxels"}
         out[f"t1_vs_{other}"]["subjects"] = len(rows)
+    if controls:
+        rows = [cross_domain_stability(feats[cid], f, mask=cases[cid]["label"] > 0, max_voxels=max_voxels, seed=0)
+                for cid, f in sorted(controls.items())]
+        out["t1_vs_control"] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "voxels"}
+        out["t1_vs_control"]["subjects"] = len(rows)
     return out
 
 
@@ -184,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="probe training steps")
     parser.add_argument("--crop", type=int, default=32, help="probe training crop edge")
     parser.add_argument("--max-voxels", type=int, default=50000, help="voxels per stability comparison")
+    parser.add_argument("--layer", default="final", choices=("final", "penultimate"),
+                        help="feature layer of the pretrained (and untrained) network")
+    parser.add_argument("--extractors", default=None, help="comma-separated subset of: image, mind, pretrained, "
+                        "untrained, anatomix (default: all available)")
+    parser.add_argument("--no-probe", action="store_true", help="stability only (no probe training)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results.jsonl")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -191,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cases = load_demo(args.demo)
     num_classes = int(max(int(c["label"].max()) for c in cases.values())) + 1
-    extractors = build_extractors(args.weights, args.anatomix_weights)
+    extractors = build_extractors(args.weights, args.anatomix_weights, args.layer)
+    if args.extractors:
+        wanted = [e.strip() for e in args.extractors.split(",") if e.strip()]
+        unknown = sorted(set(wanted) - set(extractors))
+        if unknown:
+            parser.error(f"--extractors: {unknown} not available (have {sorted(extractors)})")
+        extractors = {k: v for k, v in extractors.items() if k in wanted}
     common = {
         "benchmark": "extractor_quality",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -200,22 +231,28 @@ def main(argv: list[str] | None = None) -> int:
         "versions": provenance.versions(),
         "dataset": {"path": str(args.demo), "dataset_json_sha256": _sha256(args.demo / "dataset.json"),
                     "cases": len(cases)},
-        "probe": {"seeds": args.seeds, "steps": args.steps, "crop": args.crop},
+        "probe": {"seeds": 0 if args.no_probe else args.seeds, "steps": args.steps, "crop": args.crop},
+        "layer": args.layer,
     }
     rows = []
     for name, extractor in extractors.items():
         t = time.perf_counter()
         feats = {cid: features_of(extractor, c["image"]) for cid, c in cases.items()}
         extract_s = time.perf_counter() - t
-        stab = stability(cases, feats, args.max_voxels)
+        controls = {cid: features_of(extractor, content_free_control(c["image"], c["label"]))
+                    for cid, c in cases.items() if c["split"] == "test" and c["domain"] == "t1"}
+        stab = stability(cases, feats, args.max_voxels, controls)
         normed = {cid: standardise(f) for cid, f in feats.items()}
-        dice_runs = [probe_dice(cases, normed, num_classes, seed, args.steps, args.crop) for seed in range(args.seeds)]
-        dice = {d: float(np.mean([r[d] for r in dice_runs])) for d in dice_runs[0]}
-        dice_sd = {d: float(np.std([r[d] for r in dice_runs])) for d in dice_runs[0]}
+        seeds = 0 if args.no_probe else args.seeds
+        dice_runs = [probe_dice(cases, normed, num_classes, seed, args.steps, args.crop) for seed in range(seeds)]
+        dice = {d: float(np.mean([r[d] for r in dice_runs])) for d in (dice_runs[0] if dice_runs else {})}
+        dice_sd = {d: float(np.std([r[d] for r in dice_runs])) for d in (dice_runs[0] if dice_runs else {})}
+        dice_se = {d: float(np.std([r[d] for r in dice_runs], ddof=1) / np.sqrt(len(dice_runs)))
+                   for d in (dice_runs[0] if len(dice_runs) > 1 else {})}
         record = {
             **common, "extractor": name, "channels": int(next(iter(feats.values())).shape[0]),
             "weights_sha256": getattr(extractor, "weights_sha256", None),
-            "stability": stab, "probe_dice": dice, "probe_dice_sd_over_seeds": dice_sd,
+            "stability": stab, "probe_dice": dice, "probe_dice_sd_over_seeds": dice_sd, "probe_dice_se": dice_se,
             "extract_s": round(extract_s, 2),
         }
         rows.append(record)

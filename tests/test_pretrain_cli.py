@@ -89,3 +89,14 @@ def test_lr_is_a_pure_function_of_step(tmp_path):
     values = [lr_at(s, cfg) for s in range(10, 100)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert [lr_at(s, cfg) for s in range(100)] == [lr_at(s, cfg) for s in range(100)]
+
+
+def test_synth_settings_reach_the_saved_config_and_bad_ones_fail(tmp_path):
+    out = tmp_path / "w.pt"
+    result = _run("--out", str(out), "--steps", "1", "--synth", "nested_fraction=0.5",
+                  "--synth", "layer_thickness=0.1,0.2")
+    assert result.exit_code == 0, result.output
+    saved = torch.load(out, weights_only=True)["config"]["synth"]
+    assert saved["nested_fraction"] == 0.5 and list(saved["layer_thickness"]) == [0.1, 0.2]
+    bad = _run("--out", str(tmp_path / "x.pt"), "--steps", "1", "--synth", "nested_fractoin=0.5")
+    assert bad.exit_code == 1 and "unknown synthesis setting 'nested_fractoin'" in bad.stderr

@@ -10,6 +10,7 @@ from maskgen.pretrain.contrastive import (
     MODES,
     VoxelContrastiveLoss,
     cross_view_supcon_loss,
+    paired_voxels,
     sample_voxels,
     supcon_loss,
     voxel_infonce_loss,
@@ -114,3 +115,25 @@ def test_loss_checks_its_arguments():
     f = torch.zeros(1, 4, 4, 4, 4)
     with pytest.raises(ValueError, match="labels"):
         loss_fn(f, f, torch.zeros(1, 4, 4, 5, dtype=torch.int64), torch.Generator())
+
+
+def test_shifted_views_pair_the_same_voxel_not_the_same_position():
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(1, 6, 20, 20, 20, generator=g)           # one "rendered volume"
+    labels_big = (big[0, 0] > 0).long() + (big[0, 1] > 0.5).long()
+    a, b = (1, 4, 0), (3, 0, 2)                                # crop starts of the two views
+    crop = lambda t, s: t[..., s[0]:s[0] + 16, s[1]:s[1] + 16, s[2]:s[2] + 16]  # noqa: E731
+    f1, f2, labels = crop(big, a), crop(big, b), crop(labels_big, a)[None]
+    offset = tuple(bi - ai for ai, bi in zip(a, b))
+    i1, i2 = paired_voxels(labels[0], 64, torch.Generator().manual_seed(1), offset)
+    assert torch.equal(f1[0].flatten(1)[:, i1], f2[0].flatten(1)[:, i2])        # the same voxels of the volume
+    assert not torch.equal(i1, i2)
+    loss_fn = VoxelContrastiveLoss(voxels_per_volume=64, temperature=0.05)
+    offsets = torch.tensor([offset])
+    aligned, _ = loss_fn(f1, f2, labels, torch.Generator().manual_seed(2), offsets=offsets)
+    unaligned, _ = loss_fn(f1, f2, labels, torch.Generator().manual_seed(2))    # offset ignored: wrong pairs
+    assert aligned.item() < 0.5 * unaligned.item()
+    # a zero offset is exactly the unshifted path (same draws, same loss)
+    same, _ = loss_fn(f1, f1, labels, torch.Generator().manual_seed(3), offsets=torch.zeros(1, 3, dtype=torch.int64))
+    plain, _ = loss_fn(f1, f1, labels, torch.Generator().manual_seed(3))
+    assert same.item() == plain.item()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -96,7 +97,8 @@ def test_pair_views_differ_but_share_labels_and_batches_are_pure():
     a = synthesize_batch(synth, seed=7, step=3, batch_size=2)
     b = synthesize_batch(synth, seed=7, step=3, batch_size=2)
     c = synthesize_batch(synth, seed=7, step=4, batch_size=2)
-    assert [t.shape for t in a] == [(2, 1, 16, 16, 16), (2, 1, 16, 16, 16), (2, 16, 16, 16)]
+    assert [t.shape for t in a] == [(2, 1, 16, 16, 16), (2, 1, 16, 16, 16), (2, 16, 16, 16), (2, 3)]
+    assert not a[3].any()                               # no shifted views by default
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[2], c[2])
     assert not torch.equal(a[2][0], a[2][1])           # the two samples of a batch are different label maps
@@ -147,3 +149,61 @@ def test_config_checks_name_the_bad_value(tmp_path):
         SynthConfig(p_invert=1.5)
     with pytest.raises(ValueError, match="scale"):
         SynthConfig(scale=(1.5, 1.0))
+
+
+def test_nested_shapes_are_layered_and_off_by_default():
+    # Default config: no nested shapes and no extra parameters (older runs replay draw for draw).
+    ens = RandomLabelEnsemble((24, 24, 24))
+    p = ens.sample(np.random.default_rng(0))
+    assert "nested" not in p.kinds and p.layers == () and p.folds == ()
+    # Only nested shapes: each is a core wrapped in thin layers; every layer is its own label.
+    cfg = SynthConfig(num_regions=(1, 1), num_shapes=(1, 1), tube_fraction=0.0, shell_fraction=0.0,
+                      nested_fraction=1.0, nested_layers=(2, 2), layer_thickness=(0.25, 0.25),
+                      shape_roughness=(0.0, 0.0), fold_amplitude=(0.0, 0.0), nested_scale=(1.0, 1.0),
+                      shape_radius=(0.8, 0.8))
+    ens = RandomLabelEnsemble((32, 32, 32), cfg)
+    p = dataclasses.replace(ens.sample(np.random.default_rng(1)), centers=((0.0, 0.0, 0.0),),
+                            radii=((0.8, 0.8, 0.8),))
+    assert p.kinds == ("nested",) and len(p.layers[0]) == 2 and p.num_labels == 4
+    labels = ens.apply(p)
+    assert torch.equal(torch.unique(labels), torch.arange(4))          # background, core, two layers
+    line = labels[16, 16, 16:]                                         # centre -> edge along x
+    values = torch.unique_consecutive(line).tolist()
+    assert len(values) == 4 and values[-1] == labels[0, 0, 0]          # core, inner layer, outer layer, background
+    widths = [int((line == v).sum()) for v in values[1:3]]
+    assert all(2 <= w <= 4 for w in widths)                            # 0.25 x radius 12.8 voxels ~ 3 voxels
+    # The label count bound holds with nested shapes mixed in.
+    mixed = RandomLabelEnsemble((16, 16, 16), SynthConfig(nested_fraction=0.5))
+    for seed in range(5):
+        q = mixed.sample(np.random.default_rng(seed))
+        assert int(mixed.apply(q).max()) + 1 <= q.num_labels
+
+
+def test_synth_overrides_parse_and_name_bad_settings():
+    from maskgen.pretrain.config import synth_from_overrides
+
+    cfg = synth_from_overrides(["nested_fraction=0.4", "layer-thickness=0.05,0.2", "nested_layers=1,2"])
+    assert cfg.nested_fraction == 0.4 and cfg.layer_thickness == (0.05, 0.2) and cfg.nested_layers == (1, 2)
+    assert synth_from_overrides([]) == SynthConfig()
+    with pytest.raises(ValueError, match="unknown synthesis setting 'bogus'"):
+        synth_from_overrides(["bogus=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        synth_from_overrides(["nested_fraction"])
+    with pytest.raises(ValueError, match="nested_fraction"):
+        synth_from_overrides(["nested_fraction=0.9"])          # with tube + shell fractions above 1
+
+
+def test_shifted_views_are_offset_crops_of_one_rendering():
+    synth = PairSynthesizer(16, SynthConfig(max_view_shift=4))
+    params = synth.sample(np.random.default_rng(2))
+    pair = synth.apply(params)
+    assert pair.view1.shape == pair.view2.shape == (1, 16, 16, 16) and pair.labels.shape == (16, 16, 16)
+    (a, b) = params.starts
+    assert pair.offset == tuple(bi - ai for ai, bi in zip(a, b)) and any(pair.offset)
+    big = synth.spatial.apply(synth._labels(params.labels), params.spatial)       # the 20^3 label map
+    assert big.shape == (20, 20, 20)
+    assert torch.equal(pair.labels, big[a[0]:a[0] + 16, a[1]:a[1] + 16, a[2]:a[2] + 16])
+    view2_full = synth.appearance.apply(big, params.views[1])
+    assert torch.equal(pair.view2, view2_full[:, b[0]:b[0] + 16, b[1]:b[1] + 16, b[2]:b[2] + 16])
+    with pytest.raises(ValueError, match="max_view_shift"):
+        PretrainConfig(out=Path("w.pt"), crop_size=16, num_downs=2, synth=SynthConfig(max_view_shift=9))

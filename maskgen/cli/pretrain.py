@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, the data and the voxel samples."),
         label_dir: Optional[Path] = typer.Option(None, "--label-dir", help="Folder of NIfTI label maps to mix in "
                                                  "with the synthetic ensembles (optional)."),
+        synth: list[str] = typer.Option([], "--synth", help="Synthesis setting KEY=VALUE (repeatable; pairs as "
+                                        "LO,HI), a field of maskgen.pretrain.config.SynthConfig, e.g. "
+                                        "nested_fraction=0.4."),
         checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="Steps between checkpoints."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run saved in '<out>.state/'."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop this invocation after "
@@ -46,7 +49,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from maskgen.errors import MaskgenError
-        from maskgen.pretrain.config import PretrainConfig
+        from maskgen.pretrain.config import PretrainConfig, synth_from_overrides
         from maskgen.pretrain.loop import pretrain
 
         try:
@@ -54,6 +57,7 @@ def register(app: typer.Typer) -> None:
                 out=out, steps=steps, crop_size=crop_size, batch_size=batch_size, ngf=ngf, num_downs=num_downs,
                 out_channels=out_channels, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, temperature=temperature,
                 voxels_per_volume=voxels, loss=loss, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
+                synth=synth_from_overrides(synth),
             )
         except ValueError as e:
             raise MaskgenError(f"invalid pretrain settings: {e}") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -31,6 +31,18 @@ class SynthConfig:
     shape_roughness: tuple[float, float] = (0.0, 0.6)
     tube_fraction: float = 0.3                         # probability that a shape is a thin tube or sheet
     shell_fraction: float = 0.2                        # probability that a shape is a hollow shell
+    # Nested shapes (off by default, so older runs reproduce): a core wrapped in 1..N thin layers, each its own
+    # label, with a folded boundary (cortex, organ capsules, vessel and bowel walls).
+    nested_fraction: float = 0.0                       # probability that a shape is nested (taken from the blobs)
+    nested_layers: tuple[int, int] = (1, 3)            # layers around the core
+    layer_thickness: tuple[float, float] = (0.06, 0.3)  # per layer, in units of the shape's radius
+    fold_grid: tuple[int, int] = (4, 10)               # coarse grid of the folding field (finer: more folds)
+    fold_amplitude: tuple[float, float] = (0.0, 0.5)   # displacement of the boundary, in units of the radius
+    nested_scale: tuple[float, float] = (1.0, 3.0)     # nested shapes' radii are the drawn radius times this
+    # Shifted views (off by default): both views are cut from one larger rendered volume at independent random
+    # offsets of 0..max_view_shift voxels per axis, so a voxel sits at different positions in the two crops and
+    # position within the crop (which a UNet can read from its borders) no longer identifies a voxel.
+    max_view_shift: int = 0
     # spatial
     rotation_deg: float = 180.0
     scale: tuple[float, float] = (0.75, 1.33)
@@ -53,6 +65,11 @@ class SynthConfig:
         _check_range("num_shapes", *self.num_shapes, minimum=0)
         _check_range("shape_radius", *self.shape_radius, minimum=0.01)
         _check_range("shape_roughness", *self.shape_roughness, minimum=0.0)
+        _check_range("nested_layers", *self.nested_layers, minimum=1)
+        _check_range("layer_thickness", *self.layer_thickness, minimum=0.01)
+        _check_range("fold_grid", *self.fold_grid, minimum=2)
+        _check_range("fold_amplitude", *self.fold_amplitude, minimum=0.0)
+        _check_range("nested_scale", *self.nested_scale, minimum=0.1)
         _check_range("scale", *self.scale, minimum=0.1)
         _check_range("elastic_strength", *self.elastic_strength, minimum=0.0)
         _check_range("within_label_std", *self.within_label_std, minimum=0.0)
@@ -62,16 +79,59 @@ class SynthConfig:
         _check_range("bias_strength", *self.bias_strength, minimum=0.0)
         _check_range("noise_std", *self.noise_std, minimum=0.0)
         _check_range("log_gamma", *self.log_gamma)
-        for name in ("tube_fraction", "shell_fraction", "p_resolution_loss", "p_invert", "p_zero_background", "p_real_labels"):
+        for name in ("tube_fraction", "shell_fraction", "nested_fraction", "p_resolution_loss", "p_invert", "p_zero_background", "p_real_labels"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-        if self.tube_fraction + self.shell_fraction > 1.0:
+        if self.tube_fraction + self.shell_fraction + self.nested_fraction > 1.0:
             raise ValueError(
-                f"tube_fraction + shell_fraction must be <= 1, got {self.tube_fraction} + {self.shell_fraction}"
+                f"tube_fraction + shell_fraction + nested_fraction must be <= 1, got {self.tube_fraction} + "
+                f"{self.shell_fraction} + {self.nested_fraction}"
             )
+        if isinstance(self.max_view_shift, bool) or not isinstance(self.max_view_shift, int) or self.max_view_shift < 0:
+            raise ValueError(f"max_view_shift must be a non-negative integer (voxels), got {self.max_view_shift!r}")
         if self.rotation_deg < 0:
             raise ValueError(f"rotation_deg must be >= 0, got {self.rotation_deg}")
+
+
+def _parse_value(text: str) -> object:
+    parts = [p.strip() for p in text.split(",")]
+    values: list[object] = []
+    for part in parts:
+        if part.lower() in ("true", "false"):
+            values.append(part.lower() == "true")
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise ValueError(f"{text!r} is not a number or a comma-separated pair of numbers") from None
+    return values[0] if len(values) == 1 else values
+
+
+def synth_from_overrides(items: list[str] | tuple[str, ...]) -> SynthConfig:
+    """A SynthConfig from `KEY=VALUE` strings (`--synth nested_fraction=0.4 --synth layer_thickness=0.05,0.2`)."""
+    from maskgen.config import from_dict
+
+    names = [f.name for f in fields(SynthConfig)]
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not value.strip():
+            raise ValueError(f"synthesis setting {item!r} must look like KEY=VALUE (e.g. nested_fraction=0.4)")
+        if key not in names:
+            raise ValueError(f"unknown synthesis setting {key!r}; choose from {', '.join(names)}")
+        try:
+            overrides[key] = _parse_value(value)
+        except ValueError as e:
+            raise ValueError(f"synthesis setting {key}: {e}") from None
+    try:
+        return from_dict(SynthConfig, overrides)
+    except TypeError as e:
+        raise ValueError(f"synthesis settings {items}: {e}") from None
 
 
 LOSSES = ("voxel", "cross_view", "supcon")
@@ -138,6 +198,12 @@ class PretrainConfig:
         if self.voxels_per_volume > self.crop_size ** 3:
             raise ValueError(
                 f"voxels_per_volume {self.voxels_per_volume} exceeds the {self.crop_size ** 3} voxels of a crop"
+            )
+        shift = self.synth.max_view_shift
+        if shift and (2 * shift > self.crop_size or self.voxels_per_volume > (self.crop_size - shift) ** 3):
+            raise ValueError(
+                f"synth max_view_shift {shift} is too large for crop_size {self.crop_size}: the two views must "
+                f"overlap by at least half the crop and hold voxels_per_volume ({self.voxels_per_volume}) voxels"
             )
 
     @property

@@ -16,7 +16,9 @@ views: every variant rewards features that are stable across appearance. Modes:
 - `supcon`: both views pooled, every voxel an anchor against all others with label positives (SupCon, Khosla et
   al., 2020), so within-view pairs count too.
 
-The loss is averaged over anchors and over the volumes of a batch (negatives never cross volumes).
+The loss is averaged over anchors and over the volumes of a batch (negatives never cross volumes). With shifted
+views (`SynthConfig.max_view_shift`) the two crops are offset, and voxel p of view 1 is compared with voxel
+p - offset of view 2 (`paired_voxels`): a network can then no longer match voxels by their position in the crop.
 """
 
 from __future__ import annotations
@@ -36,6 +38,30 @@ def sample_voxels(labels: torch.Tensor, num: int, generator: torch.Generator) ->
     present = (counts > 0).sum()
     weights = 1.0 / (counts[flat].to(torch.float64) * present)
     return torch.multinomial(weights, num, replacement=False, generator=generator)
+
+
+def paired_voxels(
+    labels: torch.Tensor, num: int, generator: torch.Generator, offset: tuple[int, int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of `num` label-balanced voxels into view 1 and view 2 (the same voxels without an offset).
+
+    `offset` (view-2 crop start minus view-1 crop start, shifted views): voxel p of view 1 is voxel p - offset of
+    view 2; only voxels that both crops contain are drawn.
+    """
+    if offset is None or not any(offset):
+        idx = sample_voxels(labels, num, generator)
+        return idx, idx
+    size = labels.shape
+    lo = [max(0, d) for d in offset]
+    hi = [min(s, s + d) for s, d in zip(size, offset)]
+    sub = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].contiguous()
+    local = sample_voxels(sub, num, generator)
+    z = local // (sub.shape[1] * sub.shape[2]) + lo[0]
+    y = (local // sub.shape[2]) % sub.shape[1] + lo[1]
+    x = local % sub.shape[2] + lo[2]
+    first = (z * size[1] + y) * size[2] + x
+    second = ((z - offset[0]) * size[1] + (y - offset[1])) * size[2] + (x - offset[2])
+    return first, second
 
 
 def supcon_loss(z: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -97,8 +123,10 @@ class VoxelContrastiveLoss(torch.nn.Module):
         self.mode = mode
 
     def forward(
-        self, f1: torch.Tensor, f2: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+        self, f1: torch.Tensor, f2: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+        offsets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`labels` are view 1's; `offsets` (B, 3): view-2 crop start minus view-1 crop start (shifted views)."""
         if f1.shape != f2.shape or f1.ndim != 5:
             raise ValueError(f"features must be two (B, C, Z, Y, X) tensors of one shape, got {tuple(f1.shape)} "
                              f"and {tuple(f2.shape)}")
@@ -110,10 +138,11 @@ class VoxelContrastiveLoss(torch.nn.Module):
         f2 = F.instance_norm(f2)
         losses, pos_cos, neg_cos = [], [], []
         for b in range(f1.shape[0]):
-            idx = sample_voxels(labels[b], self.voxels_per_volume, generator).to(f1.device)
-            z1 = F.normalize(f1[b].flatten(1)[:, idx].t(), dim=1)        # (M, C)
-            z2 = F.normalize(f2[b].flatten(1)[:, idx].t(), dim=1)
-            keys = labels[b].reshape(-1)[idx.to(labels.device)].to(f1.device)
+            offset = None if offsets is None else tuple(int(v) for v in offsets[b])
+            idx1, idx2 = paired_voxels(labels[b], self.voxels_per_volume, generator, offset)
+            keys = labels[b].reshape(-1)[idx1.to(labels.device)].to(f1.device)
+            z1 = F.normalize(f1[b].flatten(1)[:, idx1.to(f1.device)].t(), dim=1)        # (M, C)
+            z2 = F.normalize(f2[b].flatten(1)[:, idx2.to(f1.device)].t(), dim=1)
             if self.mode == "voxel":
                 losses.append(voxel_infonce_loss(z1, z2, keys, self.temperature))
             elif self.mode == "cross_view":

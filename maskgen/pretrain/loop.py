@@ -113,7 +113,8 @@ def _setup(cfg: PretrainConfig, resume: bool) -> _Run:
     synth = PairSynthesizer(
         cfg.crop_size,
         cfg.synth,
-        LabelFolder(cfg.label_dir, (cfg.crop_size,) * 3) if cfg.label_dir is not None else None,
+        LabelFolder(cfg.label_dir, (cfg.crop_size + cfg.synth.max_view_shift,) * 3)
+        if cfg.label_dir is not None else None,
     )
     net = build_network(cfg)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
@@ -152,10 +153,11 @@ def _step(run: _Run) -> None:
     cfg = run.cfg
     t0 = time.perf_counter()
     set_lr(run.optimizer, lr_at(run.step, cfg))
-    view1, view2, labels = synthesize_batch(run.synth, cfg.seed, run.step, cfg.batch_size)
+    view1, view2, labels, offsets = synthesize_batch(run.synth, cfg.seed, run.step, cfg.batch_size)
     features = run.net(torch.cat([view1, view2]))
     f1, f2 = features.chunk(2)
-    loss, stats = run.loss_fn(f1, f2, labels, _step_generator(cfg.seed, run.step))
+    loss, stats = run.loss_fn(f1, f2, labels, _step_generator(cfg.seed, run.step),
+                              offsets=offsets if cfg.synth.max_view_shift else None)
     if not torch.isfinite(loss):
         raise MaskgenError(f"pretraining diverged at step {run.step + 1} (loss {loss.item()}); "
                            f"lower --lr (now {cfg.lr}) and start a new run")
