@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="Store split to evaluate: train | val | test."),
         checkpoint: str = _checkpoint_option(),
         overlap: float = _overlap_option(),
-        features: Optional[Path] = typer.Option(None, "--features", help="The run's store, if it moved (default: the path recorded in the run)."),
+        features: Optional[str] = typer.Option(None, "--features", help="The run's store, if it moved (default: the path recorded in the run); a folder or an fsspec URL."),
         empty_class: str = _empty_class_option(),
         metrics: str = typer.Option("dice", "--metrics", help="dice, plus hd95 (95th percentile Hausdorff distance, mm) and/or nsd (normalised surface Dice), e.g. dice,hd95,nsd."),
         nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD: boundary voxels within this distance (mm) count as correct."),
@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
     @app.command("sweep")
     @handle_errors(fields={"crop_zyx": ("crop_size", xyz_text)})
     def sweep(
-        features: Path = typer.Option(..., "--features", help="Feature store made by `maskgen extract` (never re-extracted)."),
+        features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract` (never re-extracted): a folder or an fsspec URL."),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run folder per variant, results.{csv,md,png}."),
         mask_rate: str = typer.Option("0,0.25,0.5,0.75", "--mask-rate", help="View masking rates for --inputs both."),
         inputs: str = typer.Option("image,features,both", "--inputs", help="Input modes: image (ERM), features (reps. only), both; image and features are trained at rate 0 only."),
@@ -297,18 +297,22 @@ def register(app: typer.Typer) -> None:
     @analyze_app.command("stability")
     @handle_errors
     def stability(
-        store: Path = typer.Argument(..., help="Feature store made by `maskgen extract`."),
+        store: str = typer.Argument(..., help="Feature store made by `maskgen extract` (a folder or an fsspec URL)."),
         region: str = typer.Option("foreground", "--region", help="Voxels compared: foreground (labelled anatomy of either case) | all."),
         max_voxels: int = typer.Option(200_000, "--max-voxels", help="Voxels sampled per pair (fixed seed)."),
-        out: Optional[Path] = _out_option("Output folder (default: <store>-stability next to the store)."),
+        out: Optional[Path] = _out_option("Output folder (default: <store>-stability next to the store; in the current folder for a remote store)."),
         quiet: bool = _quiet_option(),
     ) -> None:
         """Per-channel linear CKA and cosine similarity between domains of the same subjects (paper Appendix B.1)."""
         from maskgen.evaluate.report import rich_table
         from maskgen.evaluate.stability import stability_analysis, stability_table, write_stability
 
-        name = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
-        out_dir = out if out is not None else store.parent / f"{name}-stability"
+        from maskgen.store.location import local_path, name_of
+
+        name = name_of(store)
+        name = name[: -len(".zarr")] if name.endswith(".zarr") else name
+        folder = local_path(store)
+        out_dir = out if out is not None else (folder.parent if folder is not None else Path(".")) / f"{name}-stability"
         with _progress("stability", not quiet) as cb:
             result = stability_analysis(store, region, max_voxels, progress=lambda d, t: cb(d, t, ""))
         paths = write_stability(result, out_dir, title=name)

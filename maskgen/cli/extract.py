@@ -47,8 +47,9 @@ def register(app: typer.Typer) -> None:
         data_root: Optional[Path] = typer.Option(
             None, "--data-root", help="Dataset folder (default: $MASKGEN_DATA_ROOT or the pipeline's default)."
         ),
-        out: Optional[Path] = typer.Option(
-            None, "--out", "-o", help="Store to create or complete (default: cache/<pipeline name>.zarr)."
+        out: Optional[str] = typer.Option(
+            None, "--out", "-o", help="Store to create or complete: a folder or an fsspec URL such as "
+            "s3://bucket/amos.zarr (default: cache/<pipeline name>.zarr)."
         ),
         extractor: str = typer.Option(
             "auto", "--extractor", help=f"{escape(choices_help())}. auto: anatomix if its weights are found, else "
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
         config = ExtractConfig(
             dataset=dataset,
             fold=fold,
-            out=None if out is None else str(out),
+            out=out,
             data_root=None if data_root is None else str(data_root),
             extractor=extractor,
             weights=None if weights is None else str(weights),

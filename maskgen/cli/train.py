@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors(fields={"crop_zyx": ("crop_size", xyz_text)})
     def train_command(
         ctx: typer.Context,
-        features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract`."),
+        features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract`: a folder or an fsspec URL (s3://bucket/amos.zarr)."),
         out: Optional[str] = typer.Option(
             None, "--out", help="Run folder (default: runs/STORE-INPUTS-mrRATE-sSEED)."
         ),
@@ -80,16 +80,15 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
-        from pathlib import Path
-
         from maskgen.errors import MaskgenError
+        from maskgen.store.kv import store_exists
         from maskgen.train.config import TrainConfig, parse_crop_size
         from maskgen.train.loop import train
         from maskgen.train.resume import resume_config
 
         values = {name: ctx.params[name] for name in _FIELDS}
         values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
-        if not Path(features).exists():
+        if not store_exists(features):
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
         if resume:  # the run continues as recorded; only options given on this command line may change
             cfg = resume_config(features, out, {k: values[k] for k in _explicit(ctx)})

@@ -112,9 +112,12 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
 
     dev = resolve_device(device)
     model, cfg, ckpt = load_run(run_dir, checkpoint, dev)
+    from maskgen.store.kv import store_exists
+    from maskgen.store.location import as_location
+
     recorded = (ckpt.get("store") or {}).get("path") or cfg.features
-    path = Path(features) if features is not None else Path(recorded)
-    if not path.exists():
+    path = as_location(features if features is not None else recorded)  # a folder or an fsspec URL
+    if not store_exists(path):
         raise MaskgenError(
             f"the feature store of run {run_dir} ({path}) does not exist; pass its new location with --features."
         )

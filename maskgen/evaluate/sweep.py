@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from maskgen.errors import MaskgenError
+from maskgen.store.kv import store_exists
+from maskgen.store.location import as_location, canonical, same_store
 from maskgen.evaluate.sweep_plan import INPUT_ORDER, METHODS, Variant, plan_variants  # noqa: F401 (the sweep's API)
 from maskgen.evaluate.sweep_results import collect_results, results_markdown_rows, write_results  # noqa: F401
 
@@ -100,7 +102,7 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
     unset = ("crop_zyx",) if cfg.crop_zyx is None else ()
     diffs = [f"{k} {a!r} there, {b!r} now" for k, (a, b) in
              config_diff(saved, cfg, ignore=(*RUNTIME_FIELDS, "features", "out", "train_cases", *unset)).items()]
-    if Path(saved.features).resolve() != Path(cfg.features).resolve():
+    if not same_store(saved.features, cfg.features):
         diffs.append(f"store {saved.features} there, {cfg.features} now")
     if diffs:
         raise MaskgenError(
@@ -109,7 +111,7 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
         )
 
 
-def _check_splits(store: Path, splits: Sequence[str], checkpoint: str) -> None:
+def _check_splits(store: Path | str, splits: Sequence[str], checkpoint: str) -> None:
     """Before any training: every split to evaluate exists in the store with labelled cases."""
     from maskgen.evaluate.evaluate import SPLITS
     from maskgen.store.reader import FeatureStore
@@ -216,8 +218,8 @@ def run_sweep(
 def _prepare(store: str | Path, out_dir: str | Path, variants: Sequence[Variant], train_options: dict[str, Any],
              splits: Sequence[str], checkpoint: str, overlap: float, empty_class: str) -> SweepSpec:
     """Every check before anything is trained or written; the sweep folder is created last."""
-    store, out_dir = Path(store), Path(out_dir)
-    if not store.exists():
+    store, out_dir = as_location(store), Path(out_dir)  # the store: a folder or an fsspec URL
+    if not store_exists(store):
         raise MaskgenError(f"--features {store} does not exist; create the store with `maskgen extract`.")
     if not splits:
         raise MaskgenError("--splits is empty: give at least one split to evaluate (e.g. test).")
@@ -225,7 +227,7 @@ def _prepare(store: str | Path, out_dir: str | Path, variants: Sequence[Variant]
     reserved = {"features", "out", "inputs", "mask_rate", "seed", "dropout", "empty_class"} & set(train_options)
     if reserved:
         raise MaskgenError(f"train options {sorted(reserved)} are set by the sweep itself.")
-    spec = SweepSpec(str(store.absolute()), str(out_dir.absolute()), tuple(sorted(train_options.items())),
+    spec = SweepSpec(canonical(store), str(out_dir.absolute()), tuple(sorted(train_options.items())),
                      tuple(splits), checkpoint, overlap, empty_class)
     for v in variants:
         spec.config(v)  # every variant's options are checked (TrainConfig) first

@@ -126,7 +126,7 @@ class CaseResult:
 
 @dataclass(frozen=True)
 class ExtractSummary:
-    store: Path
+    store: Path | str          # a folder, or the URL of a remote store
     extractor: str
     cases_total: int
     cases_written: int
@@ -414,7 +414,7 @@ class _Plan:
     """What a run works on, resolved before anything is written."""
 
     pipeline: Any
-    out: Path
+    out: Path | str
     cases: list
     existing: dict[str, Any] | None
 
@@ -425,8 +425,10 @@ def _plan(config: ExtractConfig) -> _Plan:
     from maskgen.data.pipeline import load_pipeline
     from maskgen.store import meta
 
+    from maskgen.store.location import as_location
+
     pipeline = load_pipeline(config.dataset, fold=config.fold)
-    out = Path(config.out) if config.out else default_out(pipeline.name)
+    out = as_location(config.out) if config.out else default_out(pipeline.name)  # a folder or an fsspec URL
     cases = discover_cases(pipeline, config.data_root)
     for case in cases:
         meta.check_case_id(case.case_id)

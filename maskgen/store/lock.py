@@ -3,8 +3,10 @@
 The lock is an object in the store itself (`.maskgen/lock.json`, written through the store's zarr Store), so it works
 on a local disk and on an object store alike. It records who holds it (user, host, pid, command, a random token)
 and a heartbeat that a background thread refreshes every `heartbeat_s`. Taking it:
-- absent: create it (an atomic exclusive create on a local disk), wait `settle_s` and read it back: the process whose
-  token is there holds it (on object stores, where create-if-absent is check-then-write, the read-back settles a race);
+- absent: create it if absent and read it back: the process whose token is there holds it. The create is atomic on a
+  local disk (exclusive create) and on S3 (a conditional PUT with `If-None-Match: *`: of two writers exactly one
+  succeeds, the other gets 412); on other object stores it is check-then-write, so the taker waits `settle_s` (1 s)
+  before the read-back, letting a racing writer's PUT land first;
 - held by a live process: refuse with who holds it (`StoreLocked`), or with `wait=True` poll until it is free;
 - stale (no heartbeat for `stale_after_s`, or its pid is gone on this host): take it over, saying so.
 A holder whose lock was taken over (it stalled for longer than `stale_after_s`) notices at its next heartbeat; `check()`
@@ -87,7 +89,7 @@ class WriterLock:
         self.io: StoreIO = as_io(store)
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
-        self.settle_s = (0.0 if self.io.is_local else 1.0) if settle_s is None else settle_s
+        self.settle_s = (0.0 if self.io.atomic_create else 1.0) if settle_s is None else settle_s
         self.poll_s = poll_s
         self.on_message = on_message or (lambda message: None)
         self.record: LockRecord | None = None

@@ -19,6 +19,7 @@ import numpy as np
 from maskgen.data.intensity import describe_record
 from maskgen.errors import MaskgenError
 from maskgen.store import fg_cache
+from maskgen.store.chunk_cache import CacheSettings, case_version
 from maskgen.store.integrity import TRANSIENT, ArrayReadError, CorruptStoreError, has_checksum, value_problem
 from maskgen.store.kv import StoreIO, as_io
 from maskgen.store.layout import CASES_GROUP, COMPLETE_ATTR, FEATURES, IMAGE, LABEL, StoreLayout, dequantize
@@ -81,10 +82,19 @@ class CaseInfo:
 class FeatureStore:
     """A maskgen Zarr v3 feature store (see docs/ARCHITECTURE.md for the layout)."""
 
-    def __init__(self, path: str | os.PathLike | StoreIO, read_threads: int | None = None, backend: str | None = None):
-        """`read_threads`: decode threads per process (default $MASKGEN_ZARR_THREADS or 1); `backend`: see BACKENDS."""
-        self.io = as_io(path, read_only=True)
-        self.path = Path(self.io.location)
+    def __init__(self, path: str | os.PathLike | StoreIO, read_threads: int | None = None, backend: str | None = None,
+                 chunk_cache: Any = None):
+        """`path`: a folder, an fsspec URL (`s3://bucket/amos.zarr`) or a StoreIO; `read_threads`: decode threads per
+        process (default $MASKGEN_ZARR_THREADS or 1); `backend`: see BACKENDS; `chunk_cache`: a
+        `chunk_cache.CacheSettings` for remote stores, False for none, None for $MASKGEN_CHUNK_CACHE."""
+        if chunk_cache is None:
+            chunk_cache = CacheSettings.from_env()
+        if isinstance(path, StoreIO):
+            self.io = as_io(path, read_only=True)
+        else:
+            self.io = StoreIO(path, read_only=True, chunk_cache=chunk_cache or None)
+        #: the location for messages and records: a Path for a local store, the URL (str) for a remote one
+        self.path: Path | str = self.io.local_path() if self.io.is_local else self.io.location
         doc = read_root_doc(self.io)
         attrs = root_attrs_of(doc)
         if attrs is None:
@@ -118,7 +128,9 @@ class FeatureStore:
         """After a fork (DataLoader workers), reopen the zarr Store (its event loop is per process)."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self.io = StoreIO(self.io.location, read_only=True)
+            old = self.io
+            self.io = StoreIO(old.location, read_only=True, chunk_cache=old.chunk_cache)
+            self.io.case_versions.update(old.case_versions)
             self._zarr = None
             if self._reader is not None and self._reader.name == "zarr":
                 self._reader = None
@@ -185,6 +197,7 @@ class FeatureStore:
                 infos[cid] = CaseInfo.from_attrs(attrs)
             except (KeyError, TypeError, ValueError):
                 continue  # a complete marker with unreadable attributes: treat as incomplete
+            self.io.case_versions[cid] = case_version(attrs)  # the chunk cache keys cached chunks by it
         return infos
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import uuid
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -144,7 +145,7 @@ def prepare_store(
                 + "\nRe-run with --overwrite to rebuild it, or choose another --out."
             )
         with quiet():
-            root = zarr.open_group(io.store, mode="r+", use_consolidated=False)
+            root = zarr.open_group(io.store, mode="r+", use_consolidated=False, zarr_format=3)
             # Rewriting the root metadata without consolidation invalidates the consolidated copy.
             root.attrs.update({"extract_config": attrs.get("extract_config", {}), "consolidated": False})
             if CASES_GROUP not in root:
@@ -174,7 +175,7 @@ def consolidate(store: Any) -> None:
 
     io = as_io(store)
     with quiet():
-        root = zarr.open_group(io.store, mode="r+", use_consolidated=False)
+        root = zarr.open_group(io.store, mode="r+", use_consolidated=False, zarr_format=3)
         root.attrs.update({"consolidated": True})
         zarr.consolidate_metadata(io.store)
 
@@ -241,6 +242,7 @@ def case_record(
     info = {
         **attrs,
         "case_id": case_id,
+        "write_id": uuid.uuid4().hex,  # new on every write: readers' chunk caches key cached chunks by it
         "shape_zyx": [int(s) for s in features.shape[1:]],
         "num_features": int(features.shape[0]),
         "feature_mean": mean,
@@ -312,7 +314,7 @@ def check_readable(io: StoreIO, case_id: str, names: list[str]) -> None:
 
     for name in names:
         try:
-            arr = zarr.open_array(io.store, path=f"{case_prefix(case_id)}/{name}", mode="r")
+            arr = zarr.open_array(io.store, path=f"{case_prefix(case_id)}/{name}", mode="r", zarr_format=3)
             stored, total = int(arr.nchunks_initialized), int(arr.nchunks)
         except Exception as e:
             raise MaskgenError(f"case {case_id}: the {name} array cannot be read back after writing "
@@ -352,7 +354,7 @@ def write_case(
     delete_case(io, case_id)
     try:
         with quiet():
-            cases = zarr.open_group(io.store, path=CASES_GROUP, mode="r+", use_consolidated=False)
+            cases = zarr.open_group(io.store, path=CASES_GROUP, mode="r+", use_consolidated=False, zarr_format=3)
             group = cases.create_group(case_id, attributes={**info, COMPLETE_ATTR: False})
             write_arrays(group, image, features, label, layout,
                          None if scale is None else np.asarray(scale, dtype=np.float32))

@@ -11,6 +11,7 @@ import torch
 
 from maskgen.config import to_dict, write_json_atomic
 from maskgen.errors import MaskgenError, OptionError
+from maskgen.store.location import canonical
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.config import TrainConfig, check_crop, xyz_text
 from maskgen.train.inputs import input_channels, uses_features
@@ -77,7 +78,7 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
     check_crop(crop, cfg.depth, cfg.unet)
     check_crop_fits(crop, [tuple(c.shape_zyx) for c in store.cases(split="train") if c.case_id in set(cases)],
                     cfg.depth, cfg.unet)
-    return cfg.replace(features=str(Path(cfg.features).absolute()), out=str(run_dir_for(cfg)), crop_zyx=crop,
+    return cfg.replace(features=canonical(cfg.features), out=str(run_dir_for(cfg)), crop_zyx=crop,
                        train_cases=cases)
 
 
