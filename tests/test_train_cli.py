@@ -146,3 +146,40 @@ def test_single_input_trains_erm_by_default_and_refuses_a_mask_rate(store, tmp_p
     assert refused.exit_code == 1 and not bad.exists()
     assert "--mask-rate 0.5 needs both inputs" in refused.stderr and "--inputs features" in refused.stderr
     assert "--dropout with --inputs image" in refused.stderr
+
+
+def test_unwritable_out_is_one_line_naming_the_folder(store, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "run"  # cannot be created, even by root
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(out)] + TINY)
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith(f"Error: cannot write the run folder {out}") and "--out" in line
+
+
+def test_a_crop_larger_than_every_volume_is_refused_at_once_naming_the_largest_useful_crop(store, tmp_path):
+    """The store's volumes are 32^3: a 256^3 crop would be almost all padding (and minutes per CPU step)."""
+    import time
+
+    out = tmp_path / "r"
+    t0 = time.perf_counter()
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(out), "--crop-size", "256,256,32"]
+                           + TINY)
+    assert time.perf_counter() - t0 < 60  # no training step was attempted (a generous bound for a busy machine)
+    assert result.exit_code == 1 and not out.exists()
+    assert "--crop-size 256,256,32 is larger than every train volume (the largest spans 32,32,32 voxels" \
+        in result.stderr and "Use at most --crop-size 32,32,32" in result.stderr
+    # a crop larger than the volumes but needed by the network (depth 5: 64 voxels) is padded and trains, as
+    # nnU-Net pads a volume to its patch size
+    padded = runner.invoke(app, ["train", "--features", str(store), "--out", str(out), *TINY, "--crop-size",
+                                 "64,64,64", "--depth", "5", "--channels", "2", "--steps", "1", "--val-every", "0"])
+    assert padded.exit_code == 0, padded.output
+    assert json.loads((out / "config.json").read_text())["crop_zyx"] == [64, 64, 64]
+
+
+def test_progress_output_keeps_bracketed_words(store, tmp_path):
+    out = tmp_path / "[layout] run"
+    result = runner.invoke(app, ["train", "--features", str(store), "--out", str(out)] + TINY[:-1])
+    assert result.exit_code == 0, result.output
+    assert f"maskgen train {out}:" in result.stderr and f"{out}" in result.stderr.splitlines()[-1]

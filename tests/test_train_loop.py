@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
 
     monkeypatch.setattr(loop, "assemble_inputs", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(MaskgenError, match=r"non-finite \(nan\) at step 3.*step 2\) is untouched"):
+    with pytest.raises(MaskgenError, match=r"non-finite \(nan; the update was not applied\) at step 3.*step 2\) is untouched"):
         train(tiny_train_config(store, run), progress=False)
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["step"] == 2

@@ -16,7 +16,7 @@ from maskgen.config import to_dict
 from maskgen.errors import MaskgenError
 from maskgen.train.config import TrainConfig
 from maskgen.train.loop import train
-from maskgen.train.resume import RUNTIME_FIELDS, continued_config, read_run_config, resume_config
+from maskgen.train.resume import RESUMABLE_FIELDS, continued_config, read_run_config, resume_config
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
@@ -45,14 +45,20 @@ def test_resume_config_is_the_recorded_run_with_the_given_options(tmp_path):
         os.chdir(cwd)
 
 
-def test_continued_config_keeps_the_run_and_takes_only_runtime_changes(tmp_path):
-    saved = TrainConfig(features="/a.zarr", out="r", crop_zyx=(16, 16, 16), depth=2, train_cases=("a",))
-    given = saved.replace(features="/b.zarr", num_workers=3, val_every=7, crop_zyx=None, train_cases=())
-    cfg = continued_config(saved, given, Path("r"))
-    assert cfg == saved.replace(features="/b.zarr", num_workers=3, val_every=7)
+def test_continued_config_keeps_the_run_and_takes_only_resumable_changes(tmp_path):
+    saved = TrainConfig(features="/a.zarr", out="r", crop_zyx=(16, 16, 16), depth=2, train_cases=("a",), steps=10)
+    given = saved.replace(features="/b.zarr", num_workers=3, val_every=7, lr=1e-3, steps=12, crop_zyx=None,
+                          train_cases=())
+    cfg, changes = continued_config(saved, given, Path("r"))
+    assert cfg == saved.replace(features="/b.zarr", num_workers=3, val_every=7, lr=1e-3, steps=12)
+    assert changes == {"features": ("/a.zarr", "/b.zarr"), "steps": (10, 12), "lr": (2e-4, 1e-3),
+                       "val_every": (1000, 7), "num_workers": (None, 3)}
+    assert continued_config(saved, saved, Path("r")) == (saved, {})
     with pytest.raises(MaskgenError, match="mask_rate: run has 0.5, given 0.25; channels: run has 20, given 8"):
         continued_config(saved, given.replace(mask_rate=0.25, channels=8), Path("r"))
-    assert set(RUNTIME_FIELDS) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(MaskgenError, match=r"--steps can only be raised \(run has 10, given 9\)"):
+        continued_config(saved, given.replace(steps=9), Path("r"))
+    assert set(RESUMABLE_FIELDS) <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_training_leaves_the_callers_random_state_alone(store, tmp_path):

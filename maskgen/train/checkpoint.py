@@ -15,6 +15,7 @@ from maskgen.atomic import atomic_path
 from maskgen.config import to_dict
 from maskgen.errors import MaskgenError
 from maskgen.train.config import TrainConfig
+from maskgen.train.finite import nonfinite
 
 CHECKPOINT_VERSION = 1
 CHECKPOINTS = ("best", "last")
@@ -46,16 +47,37 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
 
 
+def diverged_error(run: Any, step: int, what: str) -> MaskgenError:
+    """The message of a run stopped at (0-based) `step` because something became non-finite: what is kept on disk
+    and how to continue."""
+    kept = (
+        f"The last good checkpoint {run.dir / 'last.pt'} (step {run.last_saved}) is untouched and finite"
+        if run.last_saved > 0 else "No checkpoint had been written yet"
+    )
+    return MaskgenError(
+        f"{what} at step {step + 1}; the run stopped. {kept}. Lower --lr (now {run.cfg.lr:g}) and continue with "
+        f"`maskgen train --resume --out {run.dir} --lr <lower>` (if it stops again at once, the steps before had "
+        "already damaged the weights: start again with --overwrite), or check the store for bad values."
+    )
+
+
 def write_checkpoint(run: Any, name: str, val_dice: float | None) -> None:
     """`run.dir / name` for a `maskgen.train.setup.Run` after `run.step` steps: model, optimiser, step, RNG state,
-    the loader's position, the configs, the store it trains on and the validation scores."""
+    the loader's position, the configs and their history, the store it trains on and the validation scores.
+
+    Written only when every parameter, buffer and optimiser state is finite (else `diverged_error`)."""
+    model, optimizer = run.model.state_dict(), run.optimizer.state_dict()
+    bad = nonfinite({"model": model, "optimizer": optimizer["state"]})
+    if bad:
+        raise diverged_error(run, run.step - 1, f"{name} was not written: {bad.describe()} after the update")
     save_checkpoint(run.dir / name, {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "step": run.step,
         "rng": rng_state(),
         "loader": {"scheme": "sample_rng(seed, step, slot)", "seed": run.cfg.seed, "next_step": run.step},
         "config": to_dict(run.cfg),
+        "history": list(run.history),
         "model_config": run.model.config(),
         "store": run.store_info,
         "best_val_dice": run.best_val_dice,
@@ -66,7 +88,8 @@ def write_checkpoint(run: Any, name: str, val_dice: float | None) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(weights_only=True)`; a missing or unreadable file is a MaskgenError naming it."""
+    """`torch.load(weights_only=True)`; a missing or unreadable file, or one holding non-finite weights or optimiser
+    state (a diverged run's), is a MaskgenError naming it: nothing evaluates, predicts with or resumes from it."""
     path = Path(path)
     if not path.is_file():
         raise MaskgenError(f"checkpoint {path} does not exist.")
@@ -76,6 +99,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise MaskgenError(f"cannot read checkpoint {path}: {e}. Is the file complete?") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise MaskgenError(f"{path} is not a maskgen training checkpoint (no model/config).")
+    bad = nonfinite({"model": ckpt["model"], "optimizer": (ckpt.get("optimizer") or {}).get("state", {})})
+    if bad:
+        raise MaskgenError(
+            f"{path} holds non-finite weights ({bad.describe()}): its run diverged before it was written. Use the "
+            "run's other checkpoint (best.pt / last.pt) if it is finite, or train again with a lower --lr."
+        )
     return ckpt
 
 

@@ -16,8 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
-from maskgen.errors import MaskgenError
-from maskgen.train.checkpoint import set_rng_state, write_checkpoint
+from maskgen.train.checkpoint import diverged_error, set_rng_state, write_checkpoint
 from maskgen.train.config import TrainConfig
 from maskgen.train.inputs import input_channels
 from maskgen.train.plots import plot_progress
@@ -73,7 +72,9 @@ def _loop(run: Run, loader: Any, bar: Any) -> None:
                 loss = train_step(run.model, run.optimizer, run.loss_fn, batch, cfg, step, run.device,
                                   run.aug_device, run.extractor)
                 if not math.isfinite(loss):
-                    raise _diverged(run, step, f"the loss became non-finite ({loss})")
+                    raise diverged_error(run, step, f"the loss became non-finite ({loss}; the update was not applied)")
+                if not run.weights_finite():
+                    raise diverged_error(run, step, f"the weights became non-finite after the update (lr {lr:.3g})")
                 run.step = step + 1
                 now = time.perf_counter()
                 cps = cfg.batch_size / max(now - t_prev, 1e-9)
@@ -111,17 +112,6 @@ def describe(run: Run) -> str:
         f"inputs {cfg.inputs} ({n_in} ch), mask rate {cfg.mask_rate}, crop zyx {cfg.crop_zyx}, batch "
         f"{cfg.batch_size}, UNet {count_parameters(run.model) / 1e6:.2f}M params, {run.device.type}, spatial aug on "
         f"{run.aug_device}, {run.num_workers} loader workers" + (", online features" if cfg.online_features else "")
-    )
-
-
-def _diverged(run: Run, step: int, what: str) -> MaskgenError:
-    kept = (
-        f"The last good checkpoint {run.dir / 'last.pt'} (step {run.last_saved}) is untouched"
-        if run.last_saved > 0 else "No checkpoint had been written yet"
-    )
-    return MaskgenError(
-        f"{what} at step {step + 1}; the run stopped without applying that update. {kept}. Check the store for bad "
-        "values or lower --lr, then continue with --resume or start again with --overwrite."
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 def console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # long lines (paths) are not broken up
 
 
 def say(out: Any, message: str, style: str | None = None) -> None:

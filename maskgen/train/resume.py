@@ -1,8 +1,19 @@
 """The resume policy: which options may change when a run is continued, and the config a resumed run trains with.
 
-A run continues as it was configured. Options that change where or how fast it runs (not what it computes) may be
-given again with other values; any other difference is refused, naming each field. The CLI passes only the options
-given explicitly on its command line (`resume_config`); the library compares a whole config (`continued_config`).
+A run continues as it was configured. Options that do not change what was already trained may be given again with
+other values (`RESUMABLE_FIELDS`): where and how fast it runs, how often and how it validates, and the optimiser
+settings of the steps still to come (`--lr`, `--weight-decay`, `--steps` upward). Any other difference is refused,
+naming each field. Each accepted change is recorded, with the step it applies from, in the run's `history`
+(config.json and every checkpoint).
+
+Schedule rule: the learning rate stays a pure function of the step and the current settings,
+lr(t) = lr * (1 + cos(pi t / steps)) / 2 (`maskgen.train.schedule.lr_at`). After `--resume --lr L` the remaining
+steps follow that cosine with base L; after `--resume --steps M` (M >= the run's steps) the cosine is recomputed
+over M steps, so from the resume step s the rate is lr * (1 + cos(pi s / M)) / 2 (a step up when the old run had
+already decayed): a run extended this way is not the run a fresh `--steps M` would give.
+
+The CLI passes only the options given explicitly on its command line (`resume_config`); the library compares a
+whole config (`continued_config`).
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ from maskgen.train.config import TrainConfig, default_run_name
 #: Options that may differ when resuming: they change where/how fast the run executes, not what it computes
 #: (aug_device only changes floating-point rounding of the same transform).
 RUNTIME_FIELDS = ("num_workers", "device", "aug_device", "val_every", "extractor_weights")
+#: Options that may change on --resume: the runtime ones and those of the steps still to come (module docstring).
+RESUMABLE_FIELDS = (*RUNTIME_FIELDS, "val_overlap", "lr", "weight_decay", "steps")
 #: Fields that say where the run is, not what it trains.
 LOCATION_FIELDS = ("features", "out")
 
@@ -46,19 +59,34 @@ def resume_config(features: str, out: str | None, given: Mapping[str, Any]) -> T
     return base.replace(features=features, out=out or base.out, **dict(given))
 
 
-def continued_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The config to continue a run saved with `saved` when `given` was asked for: `saved` with the runtime
-    fields of `given`; any other difference is a MaskgenError naming the fields. `given.crop_zyx` /
-    `given.train_cases` left empty mean "as the run" (they are filled from the store)."""
+def continued_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config to continue a run saved with `saved` when `given` was asked for, and the changes it makes
+    ({field: (old, new)}): `saved` with the `RESUMABLE_FIELDS` of `given`; any other difference is a MaskgenError
+    naming the fields, as is a lower `steps`. `given.crop_zyx` / `given.train_cases` left empty mean "as the run"
+    (they are filled from the store)."""
     unset = [k for k in ("crop_zyx", "train_cases") if not getattr(given, k)]
-    conflicts = config_diff(saved, given, ignore=(*RUNTIME_FIELDS, *LOCATION_FIELDS, *unset))
+    conflicts = config_diff(saved, given, ignore=(*RESUMABLE_FIELDS, *LOCATION_FIELDS, *unset))
     if conflicts:
         raise MaskgenError(
             f"--resume of {run_dir}: options differ from the run's config "
             f"({format_diff(conflicts, 'run has', 'given')}); drop them to continue the run as it was, or start a "
-            "new run."
+            f"new run. Options that may change on --resume: {', '.join(RESUMABLE_FIELDS)}."
         )
-    return saved.replace(**{k: getattr(given, k) for k in RUNTIME_FIELDS}, features=given.features)
+    if given.steps < saved.steps:
+        raise MaskgenError(
+            f"--resume of {run_dir}: --steps can only be raised (run has {saved.steps}, given {given.steps}); stop "
+            "earlier with --stop-at instead."
+        )
+    cfg = saved.replace(**{k: getattr(given, k) for k in RESUMABLE_FIELDS}, features=given.features)
+    return cfg, config_diff(saved, cfg, ignore=("out",))
+
+
+def history_entry(step: int, changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """A record of config.json's `history`: the options changed on a resume, from which step they apply."""
+    import datetime
+
+    return {"step": int(step), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "changes": {k: [a, b] for k, (a, b) in changes.items()}}
 
 
 def check_same_extractor(ckpt: Mapping[str, Any], store: Any, run_dir: Path) -> None:

@@ -10,16 +10,17 @@ from typing import Any
 import torch
 
 from maskgen.config import to_dict, write_json_atomic
-from maskgen.errors import MaskgenError
+from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.location import canonical
 from maskgen.train.checkpoint import load_checkpoint
-from maskgen.train.config import TrainConfig, check_crop
+from maskgen.train.config import TrainConfig, check_crop, xyz_text
 from maskgen.train.inputs import input_channels, uses_features
 from maskgen.train.loader import LoaderSpec, choose_train_cases, make_loader
 from maskgen.train.metrics_log import MetricsLog
 from maskgen.train.placement import resolve_aug_device, resolve_device, resolve_num_workers
-from maskgen.train.resume import check_same_extractor, continued_config, run_dir_for
-from maskgen.train.unet import UNet
+from maskgen.train.finite import WeightsCheck
+from maskgen.train.resume import check_same_extractor, continued_config, history_entry, run_dir_for
+from maskgen.train.unet import UNet, min_crop_side
 from maskgen.train.validate import Validator
 
 RUN_FILES = ("config.json", "metrics.jsonl", "progress.png", "best.pt", "last.pt")
@@ -47,6 +48,8 @@ class Run:
     last_saved: int = -1                # step of the last last.pt written (-1: none yet)
     rng: dict[str, Any] | None = None   # torch RNG state to restore (resume)
     store_info: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)   # options changed on resumes (resume.py)
+    weights_finite: Any = None          # WeightsCheck of the model: called after every update
 
     @property
     def num_classes(self) -> int:
@@ -73,23 +76,46 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
         cases = choose_train_cases(train_ids, cfg.n_train, cfg.seed)
     crop = tuple(int(c) for c in (cfg.crop_zyx or store.pipeline.crop_zyx))
     check_crop(crop, cfg.depth, cfg.unet)
+    check_crop_fits(crop, [tuple(c.shape_zyx) for c in store.cases(split="train") if c.case_id in set(cases)],
+                    cfg.depth, cfg.unet)
     return cfg.replace(features=canonical(cfg.features), out=str(run_dir_for(cfg)), crop_zyx=crop,
                        train_cases=cases)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """A new run needs an empty folder (or --overwrite, which removes only the run's own files)."""
-    if resume:
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise MaskgenError(
-                f"run folder {run_dir} is not empty: pass --resume to continue that run, --overwrite to start it "
-                "again, or another --out."
-            )
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def check_crop_fits(crop_zyx: tuple[int, ...], shapes_zyx: list[tuple[int, ...]], depth: int, unet: str) -> None:
+    """A crop may exceed a volume (it is zero-padded around it, as nnU-Net pads a volume to its patch size), but not
+    the largest train volume rounded up to the network's multiple: beyond that a crop only adds padding and time."""
+    m = 2**depth
+    largest = [max(s[a] for s in shapes_zyx) for a in range(3)]
+    useful = tuple(max(min_crop_side(depth, unet), -(-n // m) * m) for n in largest)
+    if any(c > u for c, u in zip(crop_zyx, useful)):
+        best = tuple(min(c, u) for c, u in zip(crop_zyx, useful))
+        raise OptionError(
+            "crop_zyx", tuple(crop_zyx),
+            f"is larger than every train volume (the largest spans {xyz_text(tuple(largest))} voxels, x,y,z): a "
+            f"bigger crop only adds zero padding and makes every step slower. Use at most {{crop_zyx}} "
+            f"{xyz_text(best)} (the largest volume rounded up to a multiple of 2**depth={m}).",
+        )
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, config: dict[str, Any]) -> None:
+    """Make the run folder and write its config.json: a new run needs an empty folder (or --overwrite, which
+    removes only the run's own files). A folder that cannot be written is one MaskgenError naming it."""
+    try:
+        if not resume and run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise MaskgenError(
+                    f"run folder {run_dir} is not empty: pass --resume to continue that run, --overwrite to start it "
+                    "again, or another --out."
+                )
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", config)
+    except OSError as e:
+        raise MaskgenError(
+            f"cannot write the run folder {run_dir}: {e.strerror or e}; pass an --out in a folder you can write to."
+        ) from None
 
 
 def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderSpec:
@@ -131,8 +157,9 @@ def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path) -> tuple[TrainConf
     if not last.is_file():
         raise MaskgenError(f"cannot resume: no checkpoint {last}. Start a new run without --resume (or check --out).")
     ckpt = load_checkpoint(last)
-    cfg = continued_config(TrainConfig.from_saved(ckpt["config"]), cfg, run_dir)
+    cfg, changes = continued_config(TrainConfig.from_saved(ckpt["config"]), cfg, run_dir)
     check_same_extractor(ckpt, store, run_dir)
+    ckpt["history"] = list(ckpt.get("history") or []) + ([history_entry(int(ckpt["step"]), changes)] if changes else [])
     return cfg, ckpt
 
 
@@ -144,10 +171,10 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_
     if resume:
         cfg, ckpt = _resume_from(cfg, store, run_dir)
     cfg = resolve_config(cfg, store)
-    prepare_run_dir(run_dir, resume, overwrite)
     if stop_at is not None and not (0 < stop_at <= cfg.steps):
         raise MaskgenError(f"--stop-at {stop_at} must be in 1..{cfg.steps} (--steps).")
-    write_json_atomic(run_dir / "config.json", to_dict(cfg))
+    history = list(ckpt["history"]) if ckpt is not None else []
+    prepare_run_dir(run_dir, resume, overwrite, {**to_dict(cfg), "history": history})
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one crop size for the whole run: let cuDNN pick its kernels
@@ -159,7 +186,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_
               loss_fn=_loss(), extractor=None, validator=Validator(store, cfg, device, num_classes),
               log=MetricsLog(run_dir / "metrics.jsonl"), end_step=cfg.steps if stop_at is None else stop_at,
               store_info={"path": cfg.features, "extractor": store.extractor, "num_features": num_features,
-                          "classes": list(store.pipeline.classes), "pipeline": store.pipeline.name})
+                          "classes": list(store.pipeline.classes), "pipeline": store.pipeline.name},
+              history=history, weights_finite=WeightsCheck(model))
     if ckpt is not None:
         _restore(run, ckpt)
     return run
@@ -174,6 +202,8 @@ def _loss() -> Any:
 def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
+    for group in run.optimizer.param_groups:  # a changed --weight-decay applies from here (lr is set every step)
+        group["weight_decay"] = run.cfg.weight_decay
     run.step = run.last_saved = int(ckpt["step"])
     run.best_val_dice = float(ckpt.get("best_val_dice", -1.0))
     run.rng = ckpt["rng"]
