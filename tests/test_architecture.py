@@ -25,14 +25,15 @@ CLI_IMPORTS_TODO: set[str] = set()
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
     "atomic": set(),
-    "config": {"errors", "atomic"},
-    "data": {"errors", "atomic", "config"},
-    "store": {"errors", "atomic", "config", "data"},
-    "extract": {"errors", "atomic", "config", "data", "store"},
-    "train": {"errors", "atomic", "config", "data", "store", "extract"},
-    "pretrain": {"errors", "atomic", "config", "data", "extract", "train"},
-    "evaluate": {"errors", "atomic", "config", "data", "store", "extract", "train"},
-    "demo": {"errors", "atomic", "config", "data", "store", "extract", "train", "evaluate"},
+    "threads": {"errors"},
+    "config": {"errors", "atomic", "threads"},
+    "data": {"errors", "atomic", "threads", "config"},
+    "store": {"errors", "atomic", "threads", "config", "data"},
+    "extract": {"errors", "atomic", "threads", "config", "data", "store"},
+    "train": {"errors", "atomic", "threads", "config", "data", "store", "extract"},
+    "pretrain": {"errors", "atomic", "threads", "config", "data", "extract", "train"},
+    "evaluate": {"errors", "atomic", "threads", "config", "data", "store", "extract", "train"},
+    "demo": {"errors", "atomic", "threads", "config", "data", "store", "extract", "train", "evaluate"},
 }
 
 

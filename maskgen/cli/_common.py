@@ -78,3 +78,20 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, fields: FieldAliases 
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+THREADS_HELP = ("CPU threads of torch's operations, >= 1 (default: $OMP_NUM_THREADS if set, else the cores this "
+                "process may use, by affinity and cgroup quota, minus its worker processes).")
+
+
+def threads_option() -> Any:
+    """The `--threads N` option every command that computes shares (maskgen.threads has the policy)."""
+    return typer.Option(None, "--threads", help=THREADS_HELP, show_default=False)
+
+
+def use_threads(threads: int | None, workers: int = 0) -> None:
+    """Apply the thread policy at the start of a command body (before any parallel work): --threads, else
+    OMP_NUM_THREADS, else the available cores minus `workers`. Stages that start workers later re-apply it."""
+    from maskgen.threads import configure
+
+    configure(threads, workers)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, threads_option, use_threads
 
 DEFAULT_DEMO_DIR = "cache/demo-data"
 
@@ -53,6 +54,7 @@ def register(app: typer.Typer) -> None:
                                       "if found, else the best offline extractor)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild data, store and runs from scratch."),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Run everything on the offline demo data: data, features, ERM vs MaskGen, evaluation on unseen contrasts."""
         import shutil
@@ -64,6 +66,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.demo.run import DemoSettings, run_demo
         from maskgen.errors import MaskgenError
 
+        use_threads(threads)  # each stage re-applies it for its own workers (extract, train, evaluate)
         try:
             seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
         except ValueError:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, threads_option, use_threads
 from maskgen.train.config import xyz_text
 
 analyze_app = typer.Typer(
@@ -118,6 +118,7 @@ def register(app: typer.Typer) -> None:
         nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD: boundary voxels within this distance (mm) count as correct."),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Dice of a trained run on every case of a split: per case and class, mean (s.e.) per domain; also an
         nnU-Net-style summary-<split>.json (Dice, IoU, TP/FP/FN, optional HD95 and NSD)."""
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.report import rich_table
         from maskgen.evaluate.summary import distance_table, parse_metrics
 
+        use_threads(threads)
         chosen = parse_metrics(metrics)
         with _progress(f"evaluate {run.name}", not quiet) as cb:
             result = evaluate_run(run, split, checkpoint, overlap, device, features, progress=cb,
@@ -156,12 +158,14 @@ def register(app: typer.Typer) -> None:
         probabilities_format: str = typer.Option("nifti", "--probabilities-format", help="nifti (<name>_probabilities.nii.gz, 4D x,y,z,class) | npz (<name>.npz, 'probabilities' class,z,y,x, as nnU-Net)."),
         device: str = _device_option(),
         quiet: bool = _quiet_option(),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Segment new NIfTI volumes with a trained run; label maps on each input's original grid, with its affine and
         sform/qform codes."""
         from maskgen.errors import MaskgenError
         from maskgen.evaluate.predict import predict_files
 
+        use_threads(threads)
         with _progress("predict", not quiet) as cb:
             results = predict_files(run, input, out, checkpoint, overlap, device, weights, channel, progress=cb,
                                     save_probabilities=probabilities_format if save_probabilities else None)
@@ -207,6 +211,7 @@ def register(app: typer.Typer) -> None:
         empty_class: str = _empty_class_option(),
         scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the variants as tasks on a dask.distributed cluster (e.g. tcp://host:8786); each asks for one GPU where workers declare --resources GPU=1."),
         quiet: bool = _quiet_option(),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Train and evaluate a grid of variants (mask rates, inputs, seeds, baselines) from one store; resumable."""
         from maskgen.evaluate.report import rich_table
@@ -214,6 +219,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.sweep_results import collect_results, results_markdown_rows
         from maskgen.train.config import parse_crop_size
 
+        use_threads(threads)  # each variant's training re-applies it for its loader workers
         variants, notes = plan_variants(
             _floats(mask_rate, "--mask-rate"), _words(inputs), _ints(seeds, "--seeds"), _words(method),
             None if dropout_rate is None else _floats(dropout_rate, "--dropout-rate"),

@@ -12,7 +12,7 @@ import typer
 
 from rich.markup import escape
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, threads_option, use_threads
 from maskgen.extract.registry import choices_help
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
@@ -99,12 +99,14 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(
             False, "--wait", help="If another process is writing the store, wait for it instead of exiting."
         ),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
         from rich.console import Console
 
         from maskgen.extract.run import ExtractConfig, ExtractFailed, run_extract
 
+        use_threads(threads)  # shared by the --workers cases when they start (maskgen.extract.run)
         config = ExtractConfig(
             dataset=dataset,
             fold=fold,

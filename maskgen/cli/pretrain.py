@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, threads_option, use_threads
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop this invocation after "
                                                  "that many steps (resume later with --resume)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Pretrain an anatomix-style feature extractor on synthetic label ensembles (contrastive)."""
         from rich.console import Console
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.pretrain.config import PretrainConfig, synth_from_overrides
         from maskgen.pretrain.loop import pretrain
 
+        use_threads(threads)  # re-applied for the synthesis workers when they start (maskgen.pretrain.loop)
         try:
             cfg = PretrainConfig(
                 out=out, steps=steps, crop_size=crop_size, batch_size=batch_size, ngf=ngf, num_downs=num_downs,

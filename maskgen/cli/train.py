@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, threads_option, use_threads
 from maskgen.train.config import xyz_text
 
 # option name (python) -> TrainConfig field, for options that map one to one
@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
             None, "--stop-at", help="Stop after this many steps in total (continue later with --resume)."
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        threads: Optional[int] = threads_option(),
     ) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
         from maskgen.errors import MaskgenError
@@ -86,6 +87,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.train.loop import train
         from maskgen.train.resume import resume_config
 
+        use_threads(threads)  # re-applied for the loader workers when they start (maskgen.threads)
         values = {name: ctx.params[name] for name in _FIELDS}
         values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
         if not store_exists(features):

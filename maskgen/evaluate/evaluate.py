@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from maskgen.errors import MaskgenError
+from maskgen.threads import reconfigure as reconfigure_threads
 from maskgen.evaluate.metrics import CaseDice, Summary, from_json_float, summarize_by_domain
 from maskgen.evaluate.summary import (
     DEFAULT_NSD_TOLERANCE_MM, CaseMetrics, case_metrics, check_tolerance, parse_metrics, summary_document,
@@ -91,6 +92,7 @@ def evaluate_run(
     metrics = parse_metrics(metrics)
     check_tolerance(nsd_tolerance)
     _check_overlap(overlap)
+    reconfigure_threads(0)  # no worker processes here (after a sweep's training with its loader workers)
     run = open_run(run_dir, checkpoint, device, features)
     infos = labelled_cases(run.store, split)
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLayout, chunks_for_crop
 from maskgen.store.lock import WriterLock
+from maskgen.threads import reconfigure as reconfigure_threads, worker_threads
 
 PARALLEL_CHOICES = ("processes", "threads")
 DEVICE_CHOICES = ("cpu", "cuda")
@@ -411,6 +412,7 @@ def _run_local(tasks: list[CaseTask], cfg: ExtractConfig, on_result: Callable[[C
     """One worker: `run_pipelined` in this process. More: dask's local threaded or process scheduler, each task one
     whole case (`process_case`)."""
     workers = min(cfg.workers, len(tasks))
+    reconfigure_threads(0, parallel=workers if cfg.parallel == "threads" else 1)  # the command's thread policy
     if workers <= 1:
         run_pipelined(tasks, on_result)
         return
@@ -431,7 +433,7 @@ def _run_local(tasks: list[CaseTask], cfg: ExtractConfig, on_result: Callable[[C
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        torch_threads = max(1, (os.cpu_count() or 1) // workers)
+        torch_threads = worker_threads(workers)  # the available cores shared by the processes, or --threads
         with ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),

@@ -33,6 +33,7 @@ from maskgen.pretrain.config import PretrainConfig
 from maskgen.pretrain.contrastive import VoxelContrastiveLoss
 from maskgen.pretrain.synth import PairSynthesizer, synthesize_batch
 from maskgen.pretrain.plots import plot_progress
+from maskgen.threads import one_thread_worker_init, reconfigure as reconfigure_threads
 from maskgen.train.metrics_log import MetricsLog
 from maskgen.train.inference import autocast
 from maskgen.train.placement import resolve_device, resolve_num_workers
@@ -182,10 +183,12 @@ def step_batches(run: _Run, end: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """The batches of steps run.step .. end-1 in order, synthesised in worker processes when configured."""
     data = StepBatches(run.synth, run.cfg.seed, run.cfg.batch_size, run.step, end)
     workers = num_workers_for(run.cfg, run.device)
+    reconfigure_threads(workers)  # the command's thread policy, minus the synthesis workers
     if workers == 0:
         return (data[i] for i in range(len(data)))
     return iter(torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
-                                            pin_memory=run.device.type == "cuda", prefetch_factor=4))
+                                            pin_memory=run.device.type == "cuda", prefetch_factor=4,
+                                            worker_init_fn=one_thread_worker_init))
 
 
 def _step(run: _Run, batch: tuple[torch.Tensor, ...]) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskgen.errors import MaskgenError
+from maskgen.threads import one_thread_worker_init
 from maskgen.train.augment import Augmenter
 from maskgen.train.sampling import CropSampler, sample_rng
 from maskgen.train.spatial_device import pack_spatial
@@ -112,10 +113,6 @@ class TrainBatches(IterableDataset):
         return data
 
 
-def _worker_init(worker_id: int) -> None:  # noqa: ARG001
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
-
-
 def _worker_start_method(store: Any) -> str:
     """fork where it is safe (fast start: no re-import of torch/monai per worker); spawn for the tensorstore backend,
     whose thread pools abort a process forked after they started, and where fork does not exist."""
@@ -136,7 +133,7 @@ def make_loader(
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
+        worker_init_fn=one_thread_worker_init if num_workers > 0 else None,  # parallelism: the workers
         multiprocessing_context=_worker_start_method(store) if num_workers > 0 else None,
         prefetch_factor=2 if num_workers > 0 else None,
         persistent_workers=False,

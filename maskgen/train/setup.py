@@ -12,6 +12,7 @@ import torch
 from maskgen.config import to_dict, write_json_atomic
 from maskgen.errors import MaskgenError, OptionError
 from maskgen.store.location import canonical
+from maskgen.threads import current as current_threads, reconfigure as reconfigure_threads
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.config import TrainConfig, check_crop, xyz_text
 from maskgen.train.inputs import input_channels, uses_features
@@ -216,6 +217,8 @@ def start(run: Run) -> Any:
     from maskgen.train.online import build_online_extractor
 
     cfg = run.cfg
+    reconfigure_threads(run.num_workers)  # the command's thread policy, minus this run's loader workers
+    run.log.append({"step": run.step, **current_threads()})  # what torch uses from the first step on
     if cfg.online_features:
         run.extractor = build_online_extractor(run.store, cfg, run.device)
     spec = loader_spec(cfg, bool(run.store.pipeline.allow_flips), run.aug_device)
