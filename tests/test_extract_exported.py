@@ -221,7 +221,7 @@ def test_a_plugin_registered_by_entry_point(dataset, plugin_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "maskgen", "extract", "--dataset", str(dataset), "--out", str(out)]
-    done = subprocess.run([*cmd, "--extractor", "toy", "--dtype", "float16"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--extractor", "toy"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     store = FeatureStore(out)
     fp = store.extractor
@@ -236,5 +236,5 @@ def test_a_plugin_registered_by_entry_point(dataset, plugin_dir, tmp_path):
     assert done.returncode == 1 and "--weights" in done.stderr and "is not used by the 'toy' extractor" in done.stderr
     # without the plugin installed, the name is unknown and the message says where plugins register
     bare = {**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([*cmd, "--extractor", "toy", "--dtype", "float16"], env=bare, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--extractor", "toy"], env=bare, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "--extractor 'toy' is unknown" in done.stderr and "maskgen.extractors" in done.stderr
