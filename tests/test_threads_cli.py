@@ -106,7 +106,7 @@ def test_real_process_picks_the_available_cores(store, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     out = tmp_path / "r"
     proc = subprocess.run([sys.executable, "-m", "maskgen", "train", "--features", str(store), "--out", str(out),
-                           *TINY, "--num-workers", "0"], env=env, capture_output=True, text=True, timeout=300)
+                           *TINY, "--num-workers", "0"], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     expected = subprocess.run([sys.executable, "-c", "from maskgen.threads import available_cpus; "
                                "print(available_cpus())"], env=env, capture_output=True, text=True).stdout
