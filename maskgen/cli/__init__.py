@@ -41,6 +41,11 @@ from maskgen.cli import demo as _demo  # noqa: E402
 for _module in (_data, _extract, _cache, _train, _evaluate, _pretrain, _demo):
     _module.register(app)
 
+from maskgen.cli import _help  # noqa: E402
+
+_help.install()
+_help.escape_markup(app)
+
 
 def main() -> None:
     app()

@@ -10,7 +10,6 @@ from typing import Optional
 
 import typer
 
-from rich.markup import escape
 
 from maskgen.cli._common import handle_errors
 from maskgen.extract.registry import choices_help
@@ -52,7 +51,7 @@ def register(app: typer.Typer) -> None:
             "s3://bucket/amos.zarr (default: cache/<pipeline name>.zarr)."
         ),
         extractor: str = typer.Option(
-            "auto", "--extractor", help=f"{escape(choices_help())}. auto: anatomix if its weights are found, else "
+            "auto", "--extractor", help=f"{choices_help()}. auto: anatomix if its weights are found, else "
             "a fallback (named on stderr)."
         ),
         weights: Optional[Path] = typer.Option(
