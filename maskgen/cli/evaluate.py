@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
-from maskgen.train.config import xyz_text
+from maskgen.cli._common import handle_errors, size_option
+from maskgen.config import xyz_text
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -195,7 +195,7 @@ def register(app: typer.Typer) -> None:
         channels: Optional[int] = typer.Option(None, "--channels", help="UNet base width."),
         depth: Optional[int] = typer.Option(None, "--depth", help="UNet max-pool levels."),
         unet: Optional[str] = typer.Option(None, "--unet", help="UNet: public (default) | table15."),
-        crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop x,y,z (default: the pipeline's)."),
+        crop_size: Optional[str] = size_option(None, "--crop-size", help="Training crop in voxels, N (cubic) or X,Y,Z (x,y,z order) (default: the pipeline's)."),
         val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: at the end)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
         feature_norm: Optional[str] = typer.Option(None, "--feature-norm", help="crop | volume."),
@@ -212,7 +212,6 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.report import rich_table
         from maskgen.evaluate.sweep import plan_variants, run_sweep
         from maskgen.evaluate.sweep_results import collect_results, results_markdown_rows
-        from maskgen.train.config import parse_crop_size
 
         variants, notes = plan_variants(
             _floats(mask_rate, "--mask-rate"), _words(inputs), _ints(seeds, "--seeds"), _words(method),
@@ -221,7 +220,7 @@ def register(app: typer.Typer) -> None:
         given = {"steps": steps, "batch_size": batch_size, "channels": channels, "depth": depth, "unet": unet,
                  "val_every": val_every, "lr": lr, "feature_norm": feature_norm, "aug_prob": aug_prob,
                  "fg_fraction": fg_fraction, "n_train": n_train, "num_workers": num_workers, "device": device,
-                 "crop_zyx": parse_crop_size(crop_size) if crop_size else None}
+                 "crop_zyx": crop_size}
         options = {k: v for k, v in given.items() if v is not None}
         console = _console()
         for note in notes:

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
-from maskgen.train.config import xyz_text
+from maskgen.cli._common import handle_errors, size_option
+from maskgen.config import xyz_text
 
 # `train --help` groups its options in these panels (new options: pick one)
 DATA, MODEL, OPTIMISATION, AUGMENTATION, RUN = "Data", "Model", "Optimisation", "Augmentation", "Run control"
@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
             "public", "--unet", rich_help_panel=MODEL, help="public (the official code's UNet: 36.87M parameters at width 20, depth 5) | "
             "table15 (paper Table 15 read literally: 75.46M)."
         ),
-        crop_size: Optional[str] = typer.Option(
-            None, "--crop-size", rich_help_panel=DATA, help="Training crop x,y,z in voxels (default: the store pipeline's)."
+        crop_size: Optional[str] = size_option(  # the command receives (z, y, x)
+            None, "--crop-size", rich_help_panel=DATA, help="Training crop in voxels, N (cubic) or X,Y,Z (x,y,z "
+            "order) (default: the store pipeline's)."
         ),
         fg_fraction: float = typer.Option(
             0.0, "--fg-fraction", rich_help_panel=DATA, help="Fraction of crops centred on a foreground voxel (paper: 0, uniform crops; "
@@ -85,12 +86,12 @@ def register(app: typer.Typer) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
         from maskgen.errors import MaskgenError
         from maskgen.store.kv import store_exists
-        from maskgen.train.config import TrainConfig, parse_crop_size
+        from maskgen.train.config import TrainConfig
         from maskgen.train.loop import train
         from maskgen.train.resume import resume_config
 
         values = {name: ctx.params[name] for name in _FIELDS}
-        values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
+        values["crop_zyx"] = crop_size
         if not store_exists(features):
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
         if resume:  # the run continues as recorded; only options given on this command line may change
