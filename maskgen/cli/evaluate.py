@@ -152,6 +152,7 @@ def register(app: typer.Typer) -> None:
         overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights file, if not where the store was made from (its sha256 must match)."),
         channel: Optional[int] = typer.Option(None, "--channel", help="Volume of a 4D input to segment (e.g. BraTS FLAIR = 0)."),
+        domain: Optional[str] = typer.Option(None, "--domain", help="Imaging domain of the inputs (e.g. ct, mr): they are normalised by its rule in the run's pipeline, as its store's cases were (default: the rule of the run's training domains)."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write the softmax on each input's grid (see --probabilities-format)."),
         probabilities_format: str = typer.Option("nifti", "--probabilities-format", help="nifti (<name>_probabilities.nii.gz, 4D x,y,z,class) | npz (<name>.npz, 'probabilities' class,z,y,x, as nnU-Net)."),
         device: str = _device_option(),
@@ -162,10 +163,14 @@ def register(app: typer.Typer) -> None:
         from maskgen.errors import MaskgenError
         from maskgen.evaluate.predict import predict_files
 
+        notes: list[str] = []
         with _progress("predict", not quiet) as cb:
             results = predict_files(run, input, out, checkpoint, overlap, device, weights, channel, progress=cb,
-                                    save_probabilities=probabilities_format if save_probabilities else None)
+                                    save_probabilities=probabilities_format if save_probabilities else None,
+                                    domain=domain, log=notes.append)
         console = _console()
+        for note in notes:
+            console.print(note, markup=False, soft_wrap=True)
         ok = [r for r in results if r.error is None]
         for r in ok:
             console.print(f"{r.input} -> {r.output}" + (f", {r.probabilities}" if r.probabilities else ""))
