@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import types
@@ -146,3 +147,25 @@ def _size_number(part: Any, kind: type) -> Any:
 def xyz_text(size_zyx: tuple) -> str:
     """A (z, y, x) size as the command line writes it: "x,y,z" (e.g. 64,64,32)."""
     return ",".join(f"{v:g}" if isinstance(v, float) else str(int(v)) for v in tuple(size_zyx)[::-1])
+
+
+class CallableModule(types.ModuleType):
+    """A stage package that is also its Python API function, so `from maskgen import train` gives a callable while
+    `import maskgen.train.loop` keeps working (the package and the function share the name).
+
+    A package opts in with `__api__ = "maskgen.train.api:train"` and `sys.modules[__name__].__class__ =
+    CallableModule`; calling the package imports that function (lazily: the API module imports the stage's modules,
+    which import the package) and calls it."""
+
+    def _api(self) -> Any:
+        import importlib
+
+        module, _, name = self.__api__.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._api()(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self._api())

@@ -160,8 +160,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment new NIfTI volumes with a trained run; label maps on each input's original grid, with its affine and
         sform/qform codes."""
-        from maskgen.errors import MaskgenError
-        from maskgen.evaluate.predict import predict_files
+        from maskgen.evaluate.predict import predict_files, raise_failures
 
         notes: list[str] = []
         with _progress("predict", not quiet) as cb:
@@ -174,12 +173,7 @@ def register(app: typer.Typer) -> None:
         ok = [r for r in results if r.error is None]
         for r in ok:
             console.print(f"{r.input} -> {r.output}" + (f", {r.probabilities}" if r.probabilities else ""))
-        failed = [r for r in results if r.error is not None]
-        if failed:
-            raise MaskgenError(
-                f"{len(failed)} of {len(results)} inputs failed: "
-                + "; ".join(f"{r.input}: {r.error}" for r in failed)
-            )
+        raise_failures(results)
         console.print(f"wrote {len(ok)} label map(s) to {out}")
 
     @app.command("sweep")

@@ -120,6 +120,14 @@ def predict_files(
     return results
 
 
+def raise_failures(results: list[Prediction]) -> None:
+    """MaskgenError naming every input that failed (with its reason), if any did."""
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise MaskgenError(f"{len(failed)} of {len(results)} inputs failed: "
+                           + "; ".join(f"{r.input}: {r.error}" for r in failed))
+
+
 def input_domain(store: Any, domain: str | None) -> tuple[str | None, str]:
     """The domain whose normalisation rule `predict` applies to its inputs, and one line saying which rule and why.
 
