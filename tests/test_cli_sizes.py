@@ -72,6 +72,48 @@ def test_size_option_good_values_arrive_as_zyx(path, flag, required, cubic):
         assert ctx.params[param.name] == zyx, (flag, text)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _capture(monkeypatch, module: str, name: str, pick, seen: dict) -> None:  # noqa: ANN001
+    """Replace `module.name` (the function the command calls after parsing) by one recording what it got."""
+    import importlib
+
+    def fake(*args, **kwargs):
+        seen["value"] = pick(*args, **kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+
+
+#: where each command hands its size on, and how to read it from that call
+HANDOFF = {
+    ("train", "--crop-size"): ("maskgen.train.loop", "train", lambda cfg, **k: cfg.crop_zyx),
+    ("sweep", "--crop-size"): ("maskgen.evaluate.sweep", "run_sweep", lambda *a, **k: a[3]["crop_zyx"]),
+    ("extract", "--chunks"): ("maskgen.extract.run", "run_extract", lambda cfg, **k: cfg.chunks),
+    ("pretrain", "--crop-size"): ("maskgen.pretrain.loop", "pretrain", lambda cfg, **k: (cfg.crop_size,) * 3),
+    ("demo-data", "--spacing"): ("maskgen.demo.console", "build_demo_data", lambda *a, **k: (k["spacing"],) * 3),
+}
+
+
+@pytest.mark.parametrize("path,flag,required,cubic", SIZE_OPTIONS, ids=[f"{p[0]} {f}" for p, f, _, _ in SIZE_OPTIONS])
+def test_size_option_reaches_the_stage_as_zyx(path, flag, required, cubic, monkeypatch, tmp_path):
+    """Through the real command (CliRunner): the x,y,z value arrives at the stage's function as (z, y, x)."""
+    import maskgen.store.kv
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(maskgen.store.kv, "store_exists", lambda path: True)
+    seen: dict = {}
+    _capture(monkeypatch, *HANDOFF[(path[0], flag)], seen)
+    text, zyx = ("32", (32, 32, 32)) if cubic else ("128,96,64", (64, 96, 128))
+    if path == ("demo-data",):
+        text, zyx = "4", (4, 4, 4)
+    result = runner.invoke(app, [*path, *required, flag, text])
+    assert isinstance(result.exception, _Stop), result.output
+    assert tuple(seen["value"]) == zyx
+
+
 @pytest.mark.parametrize("path,flag,required,cubic", SIZE_OPTIONS, ids=[f"{p[0]} {f}" for p, f, _, _ in SIZE_OPTIONS])
 def test_size_option_bad_values_name_option_and_value(path, flag, required, cubic, tmp_path):
     bads = ["64,48", "a,b,c", "0", "-8", "1.5", "64,,32"] + (["32,32,16"] if cubic else [])
