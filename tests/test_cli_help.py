@@ -124,3 +124,10 @@ def test_train_help_groups_options_in_panels():
     for panel, flags in expected.items():
         for flag in flags:
             assert re.search(rf"\s{re.escape(flag)}\s", sections[panel]), (panel, flag)
+
+
+def test_every_train_option_is_in_a_panel():
+    """New train options must pick a panel (maskgen.cli.train: DATA, MODEL, OPTIMISATION, AUGMENTATION, RUN)."""
+    cmd = dict(COMMANDS)[("train",)]
+    loose = [p.opts[0] for p in cmd.params if getattr(p, "rich_help_panel", None) is None and p.name != "help"]
+    assert not loose, f"train options without rich_help_panel=...: {loose}"
