@@ -84,9 +84,9 @@ THREADS_HELP = ("CPU threads of torch's operations, >= 1 (default: $OMP_NUM_THRE
                 "process may use, by affinity and cgroup quota, minus its worker processes).")
 
 
-def threads_option() -> Any:
+def threads_option(**kwargs: Any) -> Any:
     """The `--threads N` option every command that computes shares (maskgen.threads has the policy)."""
-    return typer.Option(None, "--threads", help=THREADS_HELP, show_default=False)
+    return typer.Option(None, "--threads", help=THREADS_HELP, show_default=False, **kwargs)
 
 
 def use_threads(threads: int | None, workers: int = 0) -> None:
@@ -95,3 +95,22 @@ def use_threads(threads: int | None, workers: int = 0) -> None:
     from maskgen.threads import configure
 
     configure(threads, workers)
+
+
+def size_option(default: Any, flag: str, *, help: str, cubic: bool = False, example: str | None = None,
+                **kwargs: Any) -> Any:
+    """A size option, `N` (cubic) or `X,Y,Z` in x,y,z order (`maskgen.config.parse_size`, the one parser of every
+    size): the command receives the (z, y, x) tuple (None when unset); a malformed value is a usage error (exit 2)
+    naming the flag and the value. Declare the parameter as `Optional[str]` (what the shell passes)."""
+    from maskgen.config import parse_size
+
+    def callback(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse_size(value, flag, cubic=cubic, example=example)
+        except OptionError as e:
+            raise typer.BadParameter(f"{show_value(e.value)} {e.problem}") from None
+
+    shape = "N" if cubic else "N|X,Y,Z"
+    return typer.Option(default, flag, callback=callback, metavar=shape, help=help, **kwargs)
