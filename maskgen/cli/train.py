@@ -13,7 +13,7 @@ from maskgen.train.config import xyz_text
 _FIELDS = (
     "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "unet", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights", "dropout", "empty_class",
+    "online_features", "extractor_weights", "dropout", "empty_class", "views",
 )
 
 
@@ -72,6 +72,11 @@ def register(app: typer.Typer) -> None:
         empty_class: str = typer.Option(
             "ignore", "--empty-class", help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
+        views: str = typer.Option(
+            "auto", "--views", help="Augmented views of the store (maskgen extract --views) to draw crops from: auto "
+            "(all the store has; none with --inputs image or --online-features) | 0 (ignore them: intensity "
+            "augmentation of the image only, as before) | K."
+        ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),
         stop_at: Optional[int] = typer.Option(
@@ -87,6 +92,7 @@ def register(app: typer.Typer) -> None:
         from maskgen.train.resume import resume_config
 
         values = {name: ctx.params[name] for name in _FIELDS}
+        values["views"] = _parse_views(views)
         values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
         if not store_exists(features):
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
@@ -96,6 +102,18 @@ def register(app: typer.Typer) -> None:
             cfg = TrainConfig(features=features, out=out or "", **values)
         run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet)
         typer.echo(str(run_dir))
+
+
+def _parse_views(text: str) -> int | None:
+    """`--views auto|K` -> None (auto) or K."""
+    from maskgen.errors import MaskgenError
+
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise MaskgenError(f"--views {text!r} is not auto or a whole number of views (e.g. 0 or 2).") from None
 
 
 def _explicit(ctx: typer.Context) -> set[str]:
