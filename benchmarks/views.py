@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from maskgen.demo import DemoSettings
+    from maskgen.demo.run import DemoSettings
     from maskgen.extract.run import ExtractConfig, run_extract
 
     torch.set_num_threads(1)
