@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", default="2,4", help="view counts K compared with 0 views and online features")
     ap.add_argument("--timing-rounds", type=int, default=20, help="interleaved timing rounds (0: skip)")
     ap.add_argument("--steps", type=int, default=None, help="override the demo schedule's steps (smoke runs)")
+    ap.add_argument("--only", default=None, help="train only these variants (comma-separated names, e.g. to share "
+                    "the work between processes; no summary record); a later run without it reuses finished runs")
     args = ap.parse_args(argv)
     import torch
 
@@ -126,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         if plans[n]["inputs"] == "image":
             plans[n]["mask_rate"] = 0.0
     rows = {}
+    only = set(args.only.split(",")) if args.only else set(plans)
     for seed in seeds:
         for name, options in plans.items():
+            if name not in only:
+                continue
             row = train_and_score(store, args.work / f"{name}-s{seed}", {**options, "seed": seed})
             rows[(name, seed)] = row
             common.say(f"{name} seed {seed}: {row}")
             common.record("views_run", {"variant": name, "seed": seed, "options": options, **row})
+    if args.only:
+        return 0
     timing = interleaved_step_times(store, args.work, {n: {**o, "steps": 10_000} for n, o in plans.items()},
                                     args.timing_rounds) if args.timing_rounds else {}
     table = _table(rows, plans, seeds)
