@@ -57,9 +57,23 @@ def train_and_score(store: Path, run_dir: Path, options: dict) -> dict:
     result = load_eval(eval_file)
     dice = {d: round(float(s.overall.mean), 4) for d, s in result.by_domain.items()}
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [options["batch_size"] / r["crops_per_s"] for r in records if "crops_per_s" in r]
+    train_s = train_seconds([options["batch_size"] / r["crops_per_s"] for r in records if "crops_per_s" in r],
+                            options["val_every"])
     return {"dice": dice, "in_domain": _mean(dice, IN_DOMAIN), "out_of_domain": _mean(dice, OUT_OF_DOMAIN),
-            "step_s": round(statistics.median(steps), 4), "seconds": round(time.perf_counter() - t0, 1)}
+            "step_s": round(train_s / options["steps"], 4), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def train_seconds(step_times: list[float], val_every: int) -> float:
+    """Seconds spent in training steps (validation excluded) from metrics.jsonl's per-step figures. Before the fix
+    in train/loop.py those figures were cumulative since the last validation: a segment that never decreases is
+    such a sum (its last value is the segment's time); per-step figures are summed."""
+    total = 0.0
+    seg = val_every or len(step_times)
+    for i in range(0, len(step_times), seg):
+        part = step_times[i:i + seg]
+        cumulative = len(part) > 5 and all(b >= a for a, b in zip(part, part[1:]))
+        total += part[-1] if cumulative else sum(part)
+    return total
 
 
 def _mean(dice: dict, domains: tuple[str, ...]) -> float:
