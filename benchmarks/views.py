@@ -115,32 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--views", default="2,4", help="view counts K compared with 0 views and online features")
     ap.add_argument("--timing-rounds", type=int, default=20, help="interleaved timing rounds (0: skip)")
-    ap.add_argument("--steps", type=int, default=None, help="override the demo schedule's steps (smoke runs)")
+    ap.add_argument("--quick", action="store_true", help="the geometry of `maskgen demo --quick` (4 mm data, 32^3 "
+                    "crops, depth 2) with --subjects and --steps: for CPUs too loaded for the full schedule")
+    ap.add_argument("--subjects", type=int, default=None, help="demo subjects [default: the schedule's]")
+    ap.add_argument("--steps", type=int, default=None, help="override the schedule's steps (val every steps/2)")
     ap.add_argument("--only", default=None, help="train only these variants (comma-separated names, e.g. to share "
                     "the work between processes; no summary record); a later run without it reuses finished runs")
     args = ap.parse_args(argv)
     import torch
 
-    from maskgen.demo.run import DemoSettings
-    from maskgen.extract.run import ExtractConfig, run_extract
-
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     counts = [int(k) for k in args.views.split(",") if k.strip()]
-    settings = DemoSettings(data_dir=str(args.demo), seeds=tuple(seeds))
-    schedule = settings.train_options() | ({"steps": args.steps} if args.steps else {})
-    schedule["mask_rate"] = settings.mask_rate
-    common.ensure_demo(args.demo)
-    store = args.work / f"demo-views{max(counts)}.zarr"
-    t0 = time.perf_counter()
-    summary = run_extract(ExtractConfig(dataset="demo", data_root=str(args.demo), out=str(store),
-                                        extractor=args.extractor, views=max(counts), allow_download=False),
-                          progress=False)
-    extract_s = round(time.perf_counter() - t0, 1)
+    settings, schedule = _schedule(args, seeds)
+    store, summary, extract_s = _store(args, settings, max(counts))
     plans = {n: {**schedule, **o} for n, o in variants(counts).items()}
-    for n in plans:  # ERM has no mask rate
-        if plans[n]["inputs"] == "image":
-            plans[n]["mask_rate"] = 0.0
     rows = {}
     only = set(args.only.split(",")) if args.only else set(plans)
     for seed in seeds:
@@ -158,9 +147,37 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows, plans, seeds)
     common.record("views", {"seeds": seeds, "views": counts, "extractor": summary.extractor,
                             "schedule": {k: v for k, v in asdict(settings).items() if k not in ("data_dir", "store", "out")},
-                            "store_bytes": summary.bytes_written, "extract_s": extract_s, "table": table,
-                            "interleaved_step_ratio_to_erm": timing})
+                            "train_options": schedule, "store_bytes": summary.bytes_written, "extract_s": extract_s,
+                            "table": table, "interleaved_step_ratio_to_erm": timing})
     return 0
+
+
+def _schedule(args: argparse.Namespace, seeds: list[int]) -> tuple:
+    """(DemoSettings, the TrainConfig options every variant shares): `maskgen demo`'s, or its quick geometry."""
+    from maskgen.demo.run import DemoSettings
+
+    changes = {"data_dir": str(args.demo), "seeds": tuple(seeds)}
+    if args.subjects:
+        changes["subjects"] = args.subjects
+    if args.steps:
+        changes.update(steps=args.steps, val_every=max(1, args.steps // 2))
+    settings = DemoSettings.quick(**changes) if args.quick else DemoSettings(**changes)
+    return settings, {**settings.train_options(), "mask_rate": settings.mask_rate}
+
+
+def _store(args: argparse.Namespace, settings: object, views: int) -> tuple:
+    """The demo data of `settings` (built once) extracted with `views` augmented views (reused when complete)."""
+    from maskgen.demo.console import build_demo_data
+    from maskgen.demo.run import _demo_pipeline_file
+    from maskgen.extract.run import ExtractConfig, run_extract
+
+    build_demo_data(args.demo, subjects=settings.subjects, seed=0, spacing=settings.spacing, overwrite=False)
+    pipeline = _demo_pipeline_file(Path(args.demo), settings)
+    store = args.work / f"demo-views{views}.zarr"
+    t0 = time.perf_counter()
+    summary = run_extract(ExtractConfig(dataset=str(pipeline), data_root=str(args.demo), out=str(store),
+                                        extractor=args.extractor, views=views, allow_download=False), progress=False)
+    return store, summary, round(time.perf_counter() - t0, 1)
 
 
 def _table(rows: dict, plans: dict, seeds: list[int]) -> dict[str, dict]:
