@@ -72,10 +72,10 @@ def register(app: typer.Typer) -> None:
         empty_class: str = typer.Option(
             "ignore", "--empty-class", help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
-        views: str = typer.Option(
-            "auto", "--views", help="Augmented views of the store (maskgen extract --views) to draw crops from: auto "
+        views: Optional[str] = typer.Option(
+            None, "--views", help="Augmented views of the store (maskgen extract --views) to draw crops from: auto "
             "(all the store has; none with --inputs image or --online-features) | 0 (ignore them: intensity "
-            "augmentation of the image only, as before) | K."
+            "augmentation of the image only, as before) | K [default: auto]."
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),
@@ -104,11 +104,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(str(run_dir))
 
 
-def _parse_views(text: str) -> int | None:
+def _parse_views(text: str | None) -> int | None:
     """`--views auto|K` -> None (auto) or K."""
     from maskgen.errors import MaskgenError
 
-    if text.strip().lower() == "auto":
+    if text is None or text.strip().lower() == "auto":
         return None
     try:
         return int(text)

@@ -89,7 +89,7 @@ class TrainBatches(IterableDataset):
         if self.spec.read_features:
             out["features"] = torch.stack([s["features"] for s in samples])
         if self.spec.volume_stats:
-            stats = [self._infos[s["case_id"]].view_stats(s["view"]) for s in samples]
+            stats = [_stats(self._infos[s["case_id"]], s["view"]) for s in samples]
             out["mean"] = torch.tensor(np.stack([m for m, _ in stats]), dtype=torch.float32)
             out["std"] = torch.tensor(np.stack([sd for _, sd in stats]), dtype=torch.float32)
         if self.spec.views:
@@ -118,6 +118,11 @@ class TrainBatches(IterableDataset):
         data["params"] = params
         data["view"] = view
         return data
+
+
+def _stats(info: Any, view: int) -> tuple[Any, Any]:
+    """(feature mean, std) of the features a crop read: the case's, or those of its augmented view."""
+    return (info.feature_mean, info.feature_std) if view == 0 else info.view_stats(view)
 
 
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001
