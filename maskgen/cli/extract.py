@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         ),
         views: Optional[int] = typer.Option(
             None, "--views", min=0, help="Intensity-augmented views stored per train case (image + its features, "
-            "paper C.2 transforms; training draws one per crop) [default: an existing store's, else 0]."
+            "paper C.2 transforms; training draws one per crop) [default: an existing store's, else 0, by measurement: README]."
         ),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
