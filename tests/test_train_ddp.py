@@ -200,3 +200,32 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_update_everywhere_and_a_hung_ran
     assert procs[0].returncode != 0
     assert 3.0 < json.loads(out0.splitlines()[-1])["waited"] < 60
     assert "rank 0 of 2: a collective with the other training processes failed" in err0
+
+
+def test_nproc_relaunches_the_command_line_through_torchrun(monkeypatch):
+    from typer.testing import CliRunner
+
+    import maskgen.train.distributed as distributed
+    from maskgen.cli import app
+
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    calls = []
+    monkeypatch.setattr(distributed, "launch", lambda args, nproc: calls.append((args, nproc)))
+    args = ["train", "--features", "s.zarr", "--mask-rate", "0.75", "--crop-size", "16,16,16", "--quiet",
+            "--device", "cpu", "--dist-timeout", "60"]
+    result = CliRunner().invoke(app, [*args[:3], "--nproc", "3", *args[3:]])
+    assert result.exit_code == 0, result.output
+    # the same options (in the command's order), without --nproc: torchrun's --nproc-per-node sets it
+    assert calls == [(["train", "--features", "s.zarr", "--mask-rate", "0.75", "--crop-size", "16,16,16", "--device",
+                       "cpu", "--quiet", "--dist-timeout", "60.0"], 3)]
+
+    result = CliRunner().invoke(app, ["train", "--features", "s.zarr", "--nproc", "0"])
+    assert result.exit_code == 1 and "--nproc 0 must be at least 1" in result.output
+    result = CliRunner().invoke(app, ["train", "--features", "s.zarr", "--nproc", "2", "--device", "cuda"])
+    if not torch.cuda.is_available():
+        assert result.exit_code == 1 and "needs one CUDA device per process" in result.output
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(app, ["train", "--features", "s.zarr", "--nproc", "2"])
+    assert result.exit_code == 1 and "under torchrun leave it out" in result.output
