@@ -40,8 +40,9 @@ def step_inputs(
 
         features = extract_batch(extractor, image)
     z = assemble_inputs(image, features.float() if features is not None else None, cfg, stats)
-    if cfg.mask_rate > 0:  # the masks of the batch's slots of the step's global batch (one stream per slot)
-        z = step_view_mask(z, cfg.mask_rate, cfg.seed, step, batch.get("slots", range(len(z))))
+    if cfg.mask_rate > 0:  # the rows of this batch's slots in the global batch's masks
+        z = step_view_mask(z, cfg.mask_rate, cfg.seed, step, batch.get("slots", range(len(z))),
+                           cfg.batch_size * cfg.world_size)
     return z, label
 
 
