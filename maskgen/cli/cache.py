@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from maskgen.cli._common import handle_errors
+from maskgen.config import xyz_text
 
 cache_app = typer.Typer(
     name="cache",
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
             f"[bold]{s.path}[/]  (format {s.format_version}, maskgen {s.maskgen_version}, created {s.created})"
         )
         console.print(
-            f"pipeline      {s.pipeline}   spacing (z,y,x) {tuple(s.spacing_zyx)} mm   normalisation {s.normalization}"
+            f"pipeline      {s.pipeline}   spacing {xyz_text(s.spacing_zyx)} mm (x,y,z)   normalisation {s.normalization}"
         )
         console.print(
             f"extractor     {ex.get('name')}  layer {ex.get('layer')}  {s.num_features} channels  "
@@ -57,9 +58,9 @@ def register(app: typer.Typer) -> None:
         lay = s.layout
         shards = lay.get("shards_zyx")
         console.print(
-            f"layout        {lay.get('dtype')} features, chunks <= {tuple(lay.get('chunks_zyx') or ())} "
+            f"layout        {lay.get('dtype')} features, chunks <= {xyz_text(lay.get('chunks_zyx') or ())} (x,y,z) "
             f"({'balanced' if lay.get('balance', True) else 'clipped'}), codec {lay.get('codec')}"
-            + (f", shards {tuple(shards)}" if shards else "")
+            + (f", shards {xyz_text(shards)}" if shards else "")
         )
         console.print(
             f"size on disk  {_fmt_bytes(s.size_bytes)}   {s.bytes_per_voxel:.2f} bytes/voxel over "

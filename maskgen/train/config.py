@@ -7,8 +7,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from maskgen.config import from_dict
-from maskgen.errors import MaskgenError, OptionError
+from maskgen.config import from_dict, xyz_text  # noqa: F401 - xyz_text: sizes in messages, x,y,z
+from maskgen.errors import OptionError
 from maskgen.train.dice import EMPTY_CLASS_CONVENTIONS
 
 INPUT_MODES = ("both", "image", "features")
@@ -136,22 +136,6 @@ def check_crop(crop_zyx: tuple[int, ...], depth: int, unet: str = "public") -> N
             f"must have 3 positive sides divisible by 2**depth={m} (depth {depth}); pass e.g. {{crop_zyx}} "
             f"{xyz_text(fixed)} or a smaller {{depth}}.",
         )
-
-
-def xyz_text(crop_zyx: tuple[int, ...]) -> str:
-    """A (z, y, x) crop as the command line writes it: "x,y,z"."""
-    return ",".join(str(int(c)) for c in tuple(crop_zyx)[::-1])
-
-
-def parse_crop_size(text: str) -> tuple[int, int, int]:
-    """`--crop-size x,y,z` (pipeline order) -> (z, y, x)."""
-    try:
-        xyz = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise MaskgenError(f"--crop-size {text!r} is not three integers x,y,z (e.g. 64,64,64).") from None
-    if len(xyz) != 3 or min(xyz) <= 0:
-        raise MaskgenError(f"--crop-size {text!r} must be three positive integers x,y,z (e.g. 64,64,64).")
-    return (xyz[2], xyz[1], xyz[0])
 
 
 def default_run_name(store_path: str, inputs: str, mask_rate: float, seed: int) -> str:
