@@ -47,6 +47,8 @@ def test_api_names_then_submodules_in_a_fresh_process():
         assert maskgen.train.loop.train is not train and maskgen.predict is predict
         from maskgen.errors import MaskgenError
         for call in (lambda: train("no/such/store.zarr", steps=2),
+                     lambda: train("no/such/store.zarr", crop_size=16, crop_zyx=(16, 16, 16)),
+                     lambda: train("no/such/store.zarr", crop_size="16,16"),
                      lambda: extract("no-such-dataset-name"),
                      lambda: evaluate("no/such/run"),
                      lambda: predict("no/such/run", "no/such/input.nii.gz", "out")):
@@ -61,7 +63,8 @@ def test_api_names_then_submodules_in_a_fresh_process():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
     assert "features no/such/store.zarr does not exist" in result.stdout
-    assert result.stdout.count("refused:") == 4
+    assert "give the crop once" in result.stdout and "crop_size '16,16' is not a size" in result.stdout
+    assert result.stdout.count("refused:") == 6
 
 
 def test_submodules_then_api_names_in_a_fresh_process():

@@ -17,7 +17,7 @@ DATA, MODEL, OPTIMISATION, AUGMENTATION, RUN = "Data", "Model", "Optimisation", 
 _FIELDS = (
     "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "unet", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights", "dropout", "empty_class", "sync_bn", "dist_timeout",
+    "online_features", "extractor_weights", "dropout", "empty_class", "views", "sync_bn", "dist_timeout",
 )
 
 
@@ -77,6 +77,11 @@ def register(app: typer.Typer) -> None:
         empty_class: str = typer.Option(
             "ignore", "--empty-class", rich_help_panel=RUN, help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
+        views: Optional[str] = typer.Option(
+            None, "--views", rich_help_panel=AUGMENTATION, help="Augmented views of the store (maskgen extract "
+            "--views) to draw crops from: auto (all the store has; none with --inputs image or --online-features) | 0 "
+            "(ignore them: intensity augmentation of the image only, as before) | K [default: auto]."
+        ),
         resume: bool = typer.Option(False, "--resume", rich_help_panel=RUN, help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", rich_help_panel=RUN, help="Start again in a non-empty run folder."),
         stop_at: Optional[int] = typer.Option(
@@ -106,6 +111,7 @@ def register(app: typer.Typer) -> None:
         if nproc != 1:
             return _launch(ctx, nproc, device)
         values = {name: ctx.params[name] for name in _FIELDS}
+        values["views"] = _parse_views(views)
         values["crop_zyx"] = crop_size
         if not store_exists(features):
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
@@ -153,6 +159,18 @@ def _command_line(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
         else:
             args += [param.opts[0], str(value)]
     return args
+
+
+def _parse_views(text: str | None) -> int | None:
+    """`--views auto|K` -> None (auto) or K."""
+    from maskgen.errors import MaskgenError
+
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise MaskgenError(f"--views {text!r} is not auto or a whole number of views (e.g. 0 or 2).") from None
 
 
 def _explicit(ctx: typer.Context) -> set[str]:

@@ -35,6 +35,8 @@ def train(features: str | Path, out: str | Path | None = None, *, crop_size: Any
 
     features = str(features)
     if crop_size is not None:
+        if "crop_zyx" in options:
+            raise MaskgenError("give the crop once: crop_size (N or x, y, z) or crop_zyx (z, y, x), not both.")
         options["crop_zyx"] = parse_size(crop_size, "crop_size")
     if not store_exists(features):
         raise MaskgenError(f"features {features} does not exist; create the store with maskgen.extract(...).")

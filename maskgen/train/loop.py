@@ -92,6 +92,7 @@ def _loop(run: Run, loader: Any, bar: Any) -> None:
                 cps_ema = cps if cps_ema is None else 0.9 * cps_ema + 0.1 * cps
                 if run.dist.is_main:
                     run.log.append({"step": run.step, "loss": loss, "lr": lr, "crops_per_s": cps, "data_s": t_data})
+                t_prev = now  # per-step figures (dropped in the train/ split: they had become cumulative)
                 bar.update(task, completed=run.step, loss=loss, lr=lr, cps=cps_ema)
                 if (cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps:
                     validate_and_checkpoint(run)
