@@ -77,7 +77,15 @@ def register(app: typer.Typer) -> None:
         stop_at: Optional[int] = typer.Option(
             None, "--stop-at", help="Stop after this many steps in total (continue later with --resume)."
         ),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar or progress lines."),
+        logger: str = typer.Option(
+            "none", "--logger", help="Experiment tracker: none | tensorboard (event files in RUN/tensorboard) | "
+            "mlflow (file store RUN/mlruns, or $MLFLOW_TRACKING_URI); optional extras maskgen[tensorboard|mlflow]."
+        ),
+        log_interval: Optional[float] = typer.Option(
+            None, "--log-interval", help="Seconds between progress lines when stderr/stdout is not a terminal "
+            "(SLURM, | tee, CI); default $MASKGEN_LOG_INTERVAL or 30."
+        ),
     ) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
         from maskgen.errors import MaskgenError
@@ -94,7 +102,8 @@ def register(app: typer.Typer) -> None:
             cfg = resume_config(features, out, {k: values[k] for k in _explicit(ctx)})
         else:
             cfg = TrainConfig(features=features, out=out or "", **values)
-        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet)
+        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet, logger=logger,
+                        log_interval=log_interval)
         typer.echo(str(run_dir))
 
 

@@ -20,7 +20,10 @@ from maskgen.train.checkpoint import diverged_error, set_rng_state, write_checkp
 from maskgen.train.config import TrainConfig
 from maskgen.train.inputs import input_channels
 from maskgen.train.plots import plot_progress
-from maskgen.train.progress import console, progress_bar, say
+from maskgen.progress import log_interval as log_interval_s
+from maskgen.train.interrupt import InterruptGuard, interrupted
+from maskgen.train.loggers import check_logger
+from maskgen.train.progress import Watch, console, say
 from maskgen.train.schedule import lr_at
 from maskgen.train.setup import Run, setup, start
 from maskgen.train.step import train_step
@@ -33,11 +36,18 @@ def train(
     overwrite: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    logger: str = "none",
+    log_interval: float | None = None,
 ) -> Path:
     """Train (or with `resume`, continue) the run `cfg.out`; returns the run folder.
 
     `stop_at`: stop after this many steps in total (saving last.pt), to be continued later with `resume=True`.
+    `logger`: none | tensorboard | mlflow (`maskgen.train.loggers`); `log_interval`: seconds between progress lines
+    when stderr is not a terminal (`maskgen.progress`). Ctrl-C writes last.pt at the last whole step and raises a
+    KeyboardInterrupt saying so (`maskgen.train.interrupt`).
     """
+    check_logger(logger)
+    log_interval = log_interval_s(log_interval)
     run = setup(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at)
     out = console()
     if run.step >= run.end_step:
@@ -47,21 +57,20 @@ def train(
     loader = start(run)
     if progress:
         say(out, describe(run))
-    with _torch_rng(run):
-        _loop(run, loader, progress_bar(out, progress))
+    with _torch_rng(run), Watch(run, progress, log_interval, logger):
+        _loop(run, loader)
     if progress:
         best = f", best val Dice {run.best_val_dice:.4f}" if run.best_val_dice >= 0 else ""
         say(out, f"done: step {run.step}/{run.cfg.steps}{best}: {run.dir}", style="green")
     return run.dir
 
 
-def _loop(run: Run, loader: Any, bar: Any) -> None:
+def _loop(run: Run, loader: Any) -> None:
     cfg = run.cfg
-    task = bar.add_task("train", total=cfg.steps, completed=run.step, loss=float("nan"), lr=0.0, cps=0.0)
     batches: Iterator[dict[str, Any]] = iter(loader)
-    cps_ema = None
+    start_step = run.step
     try:
-        with bar:
+        with InterruptGuard(run.optimizer) as guard:
             t_prev = time.perf_counter()
             for step in range(run.step, run.end_step):
                 batch = next(batches)
@@ -78,17 +87,18 @@ def _loop(run: Run, loader: Any, bar: Any) -> None:
                 run.step = step + 1
                 now = time.perf_counter()
                 cps = cfg.batch_size / max(now - t_prev, 1e-9)
-                cps_ema = cps if cps_ema is None else 0.9 * cps_ema + 0.1 * cps
                 run.log.append({"step": run.step, "loss": loss, "lr": lr, "crops_per_s": cps, "data_s": t_data})
-                bar.update(task, completed=run.step, loss=loss, lr=lr, cps=cps_ema)
                 if (cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps:
                     validate_and_checkpoint(run)
                     t_prev = time.perf_counter()  # validation time is not loader time
             if run.last_saved != run.end_step:
                 write_checkpoint(run, "last.pt", None)
                 plot_progress(run.log.read(), run.dir / "progress.png", title=run.dir.name)
+    except KeyboardInterrupt:
+        del batches  # stop the loader workers first
+        raise interrupted(run, guard, start_step) from None
     finally:
-        del batches
+        batches = None
 
 
 def validate_and_checkpoint(run: Run) -> None:

@@ -164,7 +164,8 @@ def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path) -> tuple[TrainConf
 
 
 def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None) -> Run:
-    """A `Run` at its first step to do: new (`resume=False`) or restored from the run folder's last.pt."""
+    """A `Run` at its first step to do: new (`resume=False`) or restored from the run folder's last.pt.
+    Every check (device, store, config, resume) comes before the run folder is created or written."""
     store = open_store(cfg.features)
     run_dir = run_dir_for(cfg)
     ckpt = None
@@ -174,8 +175,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_
     if stop_at is not None and not (0 < stop_at <= cfg.steps):
         raise MaskgenError(f"--stop-at {stop_at} must be in 1..{cfg.steps} (--steps).")
     history = list(ckpt["history"]) if ckpt is not None else []
-    prepare_run_dir(run_dir, resume, overwrite, {**to_dict(cfg), "history": history})
     device = resolve_device(cfg.device)
+    prepare_run_dir(run_dir, resume, overwrite, {**to_dict(cfg), "history": history})
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one crop size for the whole run: let cuDNN pick its kernels
     num_features, num_classes = int(store.num_features), int(store.pipeline.num_classes)
