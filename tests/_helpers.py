@@ -9,16 +9,18 @@ from typing import Any
 import numpy as np
 
 
-def synthetic_store(folder: Path, n_cases: int = 4, size: int = 32) -> Path:
+def synthetic_store(folder: Path, n_cases: int = 4, size: int = 32, dtype: str | None = None) -> Path:
     """`folder/store.zarr`: MIND features of `make_synthetic_dataset(folder / "data", n_cases, size)`, made by
-    `run_extract`. A complete store already there is reused, so test files asking for the same folder share it."""
+    `run_extract` (feature `dtype`: the default, or e.g. "float16"). A complete store already there is reused, so
+    test files asking for the same folder share it."""
     from maskgen.demo.synthetic import make_synthetic_dataset
     from maskgen.extract.run import ExtractConfig, run_extract
 
     path = folder / "store.zarr"
     if not (path / "zarr.json").exists():
         data = make_synthetic_dataset(folder / "data", n_cases=n_cases, size=size)
-        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind"), progress=False)
+        run_extract(ExtractConfig(dataset=str(data / "pipeline.toml"), out=str(path), extractor="mind", dtype=dtype),
+                    progress=False)
     return path
 
 

@@ -254,6 +254,7 @@ def test_constant_image_is_a_warning(dataset):
     assert result.exit_code == 0, text
     lines = [ln for ln in text.splitlines() if ln.startswith("warning case b:")]
     assert lines and "b_0000.nii.gz is constant (every voxel is 7)" in lines[0], text
+    assert "unless --allow-constant" in " ".join(text.split())  # the option that lets `maskgen extract` take it anyway
     assert "1 warning(s)" in text
 
 

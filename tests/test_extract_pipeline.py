@@ -106,7 +106,8 @@ def test_features_beyond_float16_are_a_named_case_error(dataset, tmp_path):
     model = tmp_path / "big.pt"
     torch.jit.script(Big()).save(str(model))
     summary = R.run_extract(R.ExtractConfig(dataset=str(dataset), out=str(tmp_path / "b.zarr"),
-                                            extractor=f"torchscript:{model}", pad_multiple=1), progress=False,
+                                            extractor=f"torchscript:{model}", pad_multiple=1,
+                                                dtype="float16"), progress=False,
                             raise_on_failure=False)
     assert summary.cases_written == 0 and len(summary.failed) == 4
     assert all("beyond what float16 holds" in why and "--dtype int8" in why for _, why in summary.failed)

@@ -99,26 +99,29 @@ def store(tmp_path_factory):
     return synthetic_store(tmp_path_factory.getbasetemp() / "train-tiny-store")  # shared with test_train_*.py
 
 
-def test_inference_reads_skip_features_of_image_only_runs_and_keep_float16(store, monkeypatch):
+@pytest.mark.parametrize("dtype", ["int8", "float16"])
+def test_inference_reads_skip_features_of_image_only_runs_and_keep_float16(dtype, tmp_path_factory, monkeypatch):
     from maskgen.store.reader import FeatureStore
     from maskgen.train.inference import read_for_inference
 
-    fs = FeatureStore(store)
+    fs = FeatureStore(synthetic_store(tmp_path_factory.getbasetemp() / f"inference-{dtype}", n_cases=3, size=24,
+                                     dtype=dtype))
     case = fs.cases()[0].case_id
     full = fs.read_case(case)
     fetched = []
-    real = FeatureStore._fetch
+    real = FeatureStore._read_into
 
-    def spy(self, case_id, requests, check_floats=False):
-        fetched.append([name for name, _ in requests])
-        return real(self, case_id, requests, check_floats)
+    def spy(self, case_id, items, *args, **kwargs):
+        fetched.append([item[0] for item in items])
+        return real(self, case_id, items, *args, **kwargs)
 
-    monkeypatch.setattr(FeatureStore, "_fetch", spy)
+    monkeypatch.setattr(FeatureStore, "_read_into", spy)
     erm = read_for_inference(fs, case, with_features=False)
     assert fetched[-1] == ["image", "label"] and erm["features"] is None
     both = read_for_inference(fs, case, with_features=True)
     assert fetched[-1] == ["image", "features", "label"]
-    assert both["image"].dtype == np.float16 and both["features"].dtype == np.float16
+    kept = np.float16 if dtype == "float16" else np.float32  # int8 features are dequantised to float32
+    assert both["image"].dtype == kept and both["features"].dtype == kept
     np.testing.assert_array_equal(both["features"].astype(np.float32), full["features"])
     np.testing.assert_array_equal(erm["image"].astype(np.float32), full["image"])
     np.testing.assert_array_equal(erm["label"], full["label"])

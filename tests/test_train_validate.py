@@ -33,9 +33,13 @@ class _Store:
     def cases(self, split=None):
         return [SimpleNamespace(case_id=c, has_label=True, feature_mean=None, feature_std=None) for c in self.data]
 
-    def read_case(self, case_id):
+    def case(self, case_id):
+        return SimpleNamespace(case_id=case_id, feature_scale=None)
+
+    def read_case(self, case_id, dtype=np.float32, features=True):
         self.reads += 1
-        return self.data[case_id]
+        data = self.data[case_id]
+        return {**data, "features": data["features"] if features else None}
 
 
 class _Threshold(torch.nn.Module):

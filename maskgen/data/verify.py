@@ -245,7 +245,7 @@ def _image_problems(case: Case, img: _FileCheck, add: _Add) -> tuple | None:
     if (channel or 0) in img.constant:
         add(image_path, WARNING, f"image {image_path}{where} is constant (every voxel is "
             f"{img.constant[channel or 0]:g}): normalisation turns it into zeros and it shows nothing to segment; "
-            "check that it is the right file and export")
+            "check that it is the right file and export (`maskgen extract` refuses it unless --allow-constant)")
     return img.shape[:3]
 
 
