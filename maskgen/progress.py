@@ -85,6 +85,7 @@ class Progress:
         self.fields: dict[str, Any] = {}
         self._clock = clock
         self._start = (int(completed), clock())
+        self._first: tuple[int, float] | None = None   # (completed, time) at the first update
         self._printed: int | None = None      # `completed` of the last plain line
         self._next_line = 0.0
         self._bar: Any = None
@@ -92,7 +93,7 @@ class Progress:
     # -- the loop's side ----------------------------------------------------------------------------------------
     def __enter__(self) -> "Progress":
         if self.live:
-            self._bar = _rich_bar(self.console, self.label, self.unit, self.rate)
+            self._bar = _rich_bar(self.console, self.unit, self.rate)
             self._bar.__enter__()
             self._task = self._bar.add_task(self.label, total=self.total, completed=self.completed, text="")
         return self
@@ -107,6 +108,8 @@ class Progress:
     def update(self, completed: int | None = None, advance: int = 0, **fields: Any) -> None:
         self.completed = (self.completed if completed is None else int(completed)) + int(advance)
         self.fields.update(fields)
+        if self._first is None:
+            self._first = (self.completed, self._clock())
         if not self.enabled:
             return
         if self._bar is not None:
@@ -127,9 +130,10 @@ class Progress:
 
     def line(self) -> str:
         """The plain progress line for the current state."""
-        done0, t0 = self._start
-        elapsed = self._clock() - t0
-        per_s = (self.completed - done0) / elapsed if elapsed > 0 else math.nan
+        now = self._clock()
+        elapsed = now - self._start[1]
+        done0, t0 = self._first or (self.completed, now)  # the rate from the first update on (not the start-up)
+        per_s = (self.completed - done0) / (now - t0) if now > t0 and self.completed > done0 else math.nan
         left = (self.total - self.completed) / per_s if per_s > 0 else math.nan
         pct = 100.0 * self.completed / self.total if self.total else 100.0
         parts = [f"{self.label} {self.unit} {self.completed}/{self.total} ({pct:.0f}%)", self._text()]
@@ -144,7 +148,7 @@ class Progress:
         self._next_line = self._clock() + self.interval
 
 
-def _rich_bar(console: Any, label: str, unit: str, rate: str | None) -> Any:
+def _rich_bar(console: Any, unit: str, rate: str | None) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -163,7 +167,7 @@ def _rich_bar(console: Any, label: str, unit: str, rate: str | None) -> Any:
                 return Text(f"-- {unit}s/{rate}" if rate else "", style="progress.data.speed")
             return Text(f"{speed * (60 if rate == 'min' else 1):.1f} {unit}s/{rate}", style="progress.data.speed")
 
-    columns = [TextColumn(label, markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[text]}", markup=False)]
     columns += [Rate()] if rate else []
     columns += [TimeElapsedColumn(), TimeRemainingColumn()]

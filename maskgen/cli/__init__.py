@@ -43,4 +43,11 @@ for _module in (_data, _extract, _cache, _train, _evaluate, _pretrain, _demo):
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The process ends next: spare it the interpreter's final garbage collection over everything torch, MONAI
+        # and co. allocated (8 s of a 9 s exit on a loaded 2-core machine; Ctrl-C should stop within a second or two).
+        import gc
+
+        gc.freeze()

@@ -32,12 +32,20 @@ def check_logger(kind: str) -> None:
         raise MaskgenError(f"--logger {kind!r} must be one of {', '.join(LOGGERS)}.")
     if kind == "none":
         return
-    import importlib.util
-
     module, extra = _NEEDS[kind]
-    if importlib.util.find_spec(module) is None:
+    if not _installed(module):
         raise MaskgenError(f"--logger {kind} needs the {module} package: pip install 'maskgen[{extra}]' "
                            f"(or pip install {'mlflow-skinny' if kind == 'mlflow' else module}).")
+
+
+def _installed(module: str) -> bool:
+    """Whether `import module` would find it (without importing it: mlflow takes seconds)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def scalars(record: dict[str, Any], classes: tuple[str, ...] | list[str]) -> dict[str, float]:
