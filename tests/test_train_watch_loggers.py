@@ -38,7 +38,7 @@ def _expected(out: Path) -> tuple[dict[str, list[tuple[int, float]]], list[str]]
                 want.setdefault(key, []).append((r["step"], float(r[key])))
         for name, v in zip(classes, r.get("val_dice_per_class") or []):
             if v is not None:
-                want.setdefault(f"val_dice/{name}", []).append((r["step"], float(v)))
+                want.setdefault(f"val_dice_per_class/{name}", []).append((r["step"], float(v)))
     return want, classes
 
 
@@ -51,7 +51,7 @@ def test_tensorboard_event_files_hold_the_metrics_the_dice_per_class_and_the_con
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     want, _ = _expected(out)
-    assert any(k.startswith("val_dice/") for k in want) and [s for s, _ in want["loss"]] == [1, 2, 3, 4]
+    assert any(k.startswith("val_dice_per_class/") for k in want) and [s for s, _ in want["loss"]] == [1, 2, 3, 4]
     assert set(acc.Tags()["scalars"]) == set(want)
     for key, points in want.items():
         got = [(e.step, e.value) for e in acc.Scalars(key)]
@@ -86,7 +86,7 @@ def test_mlflow_file_store_in_the_run_folder_and_a_resumed_run_continues_its_mlf
     assert run.info.status == "FINISHED" and run.info.run_name == "ml"
     assert run.data.tags["maskgen.run_dir"] == str(out.absolute())
     want, _ = _expected(out)
-    assert any(k.startswith("val_dice/") for k in want)
+    assert any(k.startswith("val_dice_per_class/") for k in want)
     for key, points in want.items():
         got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         assert [s for s, _ in got] == [s for s, _ in points], key

@@ -1,7 +1,7 @@
 """Experiment trackers of a training run (`maskgen train --logger tensorboard|mlflow`; `none` by default).
 
 A tracker gets exactly what metrics.jsonl gets (loss, lr, crops_per_s, data_s per step; val_dice, the Dice of each
-class as `val_dice/<class>` and val_cases per validation) plus the run's config, and works offline:
+class as `val_dice_per_class/<class>` and val_cases per validation) plus the run's config, and works offline:
 - tensorboard: event files in `<run>/tensorboard/` (`tensorboard --logdir <run>/tensorboard`); the config as
   hparams and as text. A resumed run purges the events after its checkpoint's step, as metrics.jsonl does.
 - mlflow: a file store `<run>/mlruns` (`mlflow ui --backend-store-uri <run>/mlruns`), or the server or store of
@@ -49,12 +49,12 @@ def _installed(module: str) -> bool:
 
 
 def scalars(record: dict[str, Any], classes: tuple[str, ...] | list[str]) -> dict[str, float]:
-    """The numbers of a metrics.jsonl record, by name; `val_dice_per_class` becomes `val_dice/<class>` (classes
-    never scored are left out)."""
+    """The numbers of a metrics.jsonl record, by name; `val_dice_per_class` becomes `val_dice_per_class/<class>`
+    (classes never scored are left out)."""
     out = {}
     for key, value in record.items():
         if key == "val_dice_per_class":
-            out.update({f"val_dice/{name}": float(v) for name, v in zip(classes, value) if v is not None})
+            out.update({f"val_dice_per_class/{name}": float(v) for name, v in zip(classes, value) if v is not None})
         elif key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isfinite(float(value)):
                 out[key] = float(value)
