@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from _helpers import after_ctrl_c
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.metrics_log import read_metrics
 
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_ctrl_c_while_the_demo_trains(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", "from maskgen.cli import main; main()", "demo", "--quick",
                              "--steps", "100000", "--extractor", "mind"], cwd=tmp_path, env=env,
@@ -31,7 +32,7 @@ def test_ctrl_c_while_the_demo_trains(tmp_path):
             time.sleep(0.2)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        stderr = after_ctrl_c(proc)
         elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:
@@ -43,3 +44,4 @@ def test_ctrl_c_while_the_demo_trains(tmp_path):
     assert last_line.startswith("Interrupted at step ") and "run the same command again to continue" in last_line
     step = int(load_checkpoint(metrics.parent / "last.pt")["step"])
     assert step >= 2 and f"Interrupted at step {step} of 100000" in last_line
+

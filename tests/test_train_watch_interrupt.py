@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import synthetic_store
+from _helpers import after_ctrl_c, synthetic_store
 from maskgen.cli import app
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.metrics_log import read_metrics
@@ -35,7 +35,7 @@ def _steps(out: Path) -> list[int]:
 def _start(store: Path, out: Path) -> subprocess.Popen:
     args = ["train", "--features", str(store), "--out", str(out), "--steps", "100000", "--batch-size", "2",
             "--channels", "4", "--depth", "2", "--val-every", "0", "--num-workers", "1", "--log-interval", "1000"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-c", "from maskgen.cli import main; main()", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -59,7 +59,7 @@ def test_ctrl_c_stops_within_seconds_keeps_last_pt_and_resume_continues(store, t
         _wait_for_steps(proc, out, 3)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the main process and its loader worker
-        _, stderr = proc.communicate(timeout=60)
+        stderr = after_ctrl_c(proc)
         elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:
@@ -83,3 +83,4 @@ def test_ctrl_c_stops_within_seconds_keeps_last_pt_and_resume_continues(store, t
     assert result.exit_code == 0, result.output
     assert int(load_checkpoint(out / "last.pt")["step"]) == step + 2
     assert _steps(out) == list(range(1, step + 3))  # the steps continue where the checkpoint was
+

@@ -240,7 +240,6 @@ def pretrain(
     end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     progress = Progress("pretrain", cfg.steps, run.step, describe=lambda f: f"loss {f['loss']:.4f}",
                         enabled=show_progress, interval=log_interval)
-    console = progress.console
     run.net.train()
     last_loss = run.records[-1]["loss"] if run.records else float("nan")
     try:
@@ -255,9 +254,8 @@ def pretrain(
                 progress.update(run.step, loss=last_loss)
     except KeyboardInterrupt:
         saved = load_state(run.last_path)["step"] if run.last_path.exists() else 0
-        console.print(f"Interrupted at step {run.step}; the last checkpoint is at step {saved}. "
-                      "Continue with the same command plus --resume.", markup=False)
-        raise
+        raise KeyboardInterrupt(f"Interrupted at step {run.step}; the last checkpoint is at step {saved}. "
+                                "Continue with the same command plus --resume.") from None
     if run.step < cfg.steps:
         return run.last_path
     return _write_weights(run, last_loss)

@@ -2,7 +2,9 @@
 
 `InterruptGuard` lets SIGINT raise KeyboardInterrupt at once, as Python does, except inside the optimiser's update
 (between its pre- and post-step hooks), where it is held until the update is complete: the weights and the optimiser
-state therefore always correspond to a whole number of steps. `interrupted(run, guard)` then writes last.pt at that
+state therefore always correspond to a whole number of steps. It is also held while the loop takes the next batch
+(`guard.held()`): an exception raised in the middle of the DataLoader's queue and lock handling can leave a lock
+taken, and the shutdown of the workers would then wait for it forever. `interrupted(run, guard)` then writes last.pt at that
 step (with the RNG state of that step boundary) and returns the one-line KeyboardInterrupt for the CLI (exit 130).
 A second Ctrl-C during the update raises at once. Outside the main thread (a notebook's worker thread, a dask task)
 or where SIGINT is ignored, nothing is installed and Python's behaviour is unchanged.
@@ -10,9 +12,10 @@ or where SIGINT is ignored, nothing is installed and Python's behaviour is uncha
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from maskgen.train.checkpoint import rng_state, set_rng_state, write_checkpoint
 
@@ -22,6 +25,7 @@ class InterruptGuard:
         self.optimizer = optimizer
         self.updates = 0                 # optimiser updates completed while the guard was active
         self.in_update = False
+        self.holding = False
         self.pending = False             # a Ctrl-C arrived during an update: raised when it completes
         self.rng: dict[str, Any] | None = None   # the global RNG state after the last completed update
         self._previous: Any = None
@@ -54,8 +58,20 @@ class InterruptGuard:
             self.pending = False
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Ctrl-C inside the block is raised when it ends."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.in_update and not self.pending:
+        if (self.in_update or self.holding) and not self.pending:
             self.pending = True
             return
         raise KeyboardInterrupt

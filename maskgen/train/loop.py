@@ -73,7 +73,8 @@ def _loop(run: Run, loader: Any) -> None:
         with InterruptGuard(run.optimizer) as guard:
             t_prev = time.perf_counter()
             for step in range(run.step, run.end_step):
-                batch = next(batches)
+                with guard.held():  # not inside the loader's queues and locks
+                    batch = next(batches)
                 t_data = time.perf_counter() - t_prev
                 if int(batch["step"]) != step:
                     raise RuntimeError(f"loader out of order: got the batch of step {batch['step']} at step {step}")
