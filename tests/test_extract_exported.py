@@ -238,3 +238,36 @@ def test_a_plugin_registered_by_entry_point(dataset, plugin_dir, tmp_path):
     bare = {**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([*cmd, "--extractor", "toy"], env=bare, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "--extractor 'toy' is unknown" in done.stderr and "maskgen.extractors" in done.stderr
+
+
+def test_one_registry_serves_online_training_and_predict(dataset, scripted, tmp_path):
+    """A torchscript store is trained on with --online-features and predicted with: both rebuild the extractor
+    through `rebuild_extractor` from the store's fingerprint (the file the store was made from, or --weights /
+    --extractor-weights when it moved), and refuse a missing file with one message."""
+    import shutil
+
+    from _helpers import tiny_train_config
+    from maskgen.train.loop import train
+
+    model = tmp_path / "model.pt"
+    shutil.copy(scripted, model)
+    out = tmp_path / "ts.zarr"
+    res = runner.invoke(app, ["extract", "--dataset", str(dataset), "--out", str(out), "--extractor",
+                              f"torchscript:{model}", "--pad-multiple", "8"])
+    assert res.exit_code == 0, res.output
+    run = train(tiny_train_config(out, tmp_path / "run", steps=2, val_every=2, online_features=True), progress=False)
+    image = sorted((dataset.parent / "imagesTr").glob("*.nii.gz"))[0]
+    predict = ["predict", str(run), "--input", str(image), "--checkpoint", "last", "--device", "cpu", "--quiet"]
+    res = runner.invoke(app, [*predict, "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 1
+    moved = model.rename(tmp_path / "moved.pt")
+    res = runner.invoke(app, [*predict, "--out", str(tmp_path / "pred2")])
+    assert res.exit_code == 1 and "--weights" in res.stderr and str(model) in res.stderr, res.output
+    res = runner.invoke(app, [*predict, "--out", str(tmp_path / "pred2"), "--weights", str(moved)])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(MaskgenError, match="--online-features needs the extractor"):
+        train(tiny_train_config(out, tmp_path / "run2", steps=2, online_features=True), progress=False)
+    run3 = train(tiny_train_config(out, tmp_path / "run3", steps=2, online_features=True,
+                                   extractor_weights=str(moved)), progress=False)
+    assert (run3 / "last.pt").is_file()

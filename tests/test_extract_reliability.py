@@ -218,3 +218,65 @@ def test_a_constant_image_needs_allow_constant(tmp_path):
     assert "--allow-constant" in res.stderr and "3 case(s) written" in res.stdout
     res = _extract(root, out, "--allow-constant")
     assert res.exit_code == 0 and "1 case(s) written, 3 skipped" in res.stdout
+
+
+@pytest.mark.parametrize("name", ["c", "image", "cases"])
+def test_store_names_below_the_case_level_are_valid_case_ids(tmp_path, name):
+    """The issue lists `c` among the store's own names: chunk folders (`c/`) and array names live inside a case
+    group (`cases/<id>/features/c/0/0/0`), so a case called `c` (or `image`, `cases`) collides with nothing: it is
+    verified, written and read back by both reader backends exactly as under its old name (`zarr.json` and the
+    other names a case group could collide with are refused: test_store_rw.py)."""
+    root = make_synthetic_dataset(tmp_path / "syn", n_cases=3, size=16)
+    ref = tmp_path / "ref.zarr"
+    assert _extract(root, ref).exit_code == 0
+    old = "sub-000_a"
+    (root / "imagesTr" / f"{old}_0000.nii.gz").rename(root / "imagesTr" / f"{name}_0000.nii.gz")
+    (root / "labelsTr" / f"{old}.nii.gz").rename(root / "labelsTr" / f"{name}.nii.gz")
+    csv = root / "domains.csv"
+    csv.write_text(csv.read_text().replace(f"{old},", f"{name},"))
+    res = runner.invoke(app, ["verify", "--dataset", str(root / "pipeline.toml")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "s.zarr"
+    res = _extract(root, out)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["cache", "verify", str(out)])
+    assert res.exit_code == 0, res.output
+    expected = FeatureStore(ref, backend="zarr").read_case(old)
+    for backend in ("zarr", "tensorstore"):
+        if backend == "tensorstore":
+            pytest.importorskip("tensorstore")
+        store = FeatureStore(out, backend=backend)
+        assert sorted(c.case_id for c in store.cases()) == sorted([name, *IDS[1:]])
+        got = store.read_case(name)
+        for key in ("image", "features", "label"):
+            np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_extract_refuses_a_reserved_case_id_before_writing(tmp_path):
+    """A case id `zarr.json` used to pass `verify` and crash `extract`: now `extract` stops with one line naming
+    it before the store exists (and `verify` refuses it: test_store_rw.py)."""
+    root = make_synthetic_dataset(tmp_path / "syn", n_cases=3, size=16)
+    old = "sub-001_b"
+    (root / "imagesTr" / f"{old}_0000.nii.gz").rename(root / "imagesTr" / "ZARR.json_0000.nii.gz")
+    (root / "labelsTr" / f"{old}.nii.gz").rename(root / "labelsTr" / "ZARR.json.nii.gz")
+    csv = root / "domains.csv"
+    csv.write_text(csv.read_text().replace(f"{old},", "ZARR.json,"))
+    out = tmp_path / "s.zarr"
+    res = _extract(root, out)
+    text = " ".join(res.stderr.split())
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "case id 'ZARR.json' is a name the feature store uses itself" in text and "Rename the files" in text
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_changed_label_file_is_reextracted(data):
+    root, out = data
+    path = root / "labelsTr" / "sub-002_a.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), path)
+    res = _extract(root, out)
+    assert res.exit_code == 0, res.output
+    assert f"re-extracting case sub-002_a: the label file {path} changed since it was extracted" in " ".join(
+        res.stderr.split())
+    assert "1 case(s) written (1 re-extracted: inputs changed), 3 skipped" in res.stdout
+    assert not FeatureStore(out).read_case("sub-002_a")["label"].any()
