@@ -61,4 +61,5 @@ def after_ctrl_c(proc: Any, timeout: float = 60.0) -> str:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGABRT)
         stderr = proc.communicate(timeout=30)[1]
-        raise AssertionError(f"still running {timeout:.0f} s after Ctrl-C:\n{stderr[-8000:]}") from None
+        stacks = stderr.split("Extension modules:")[0]
+        raise AssertionError(f"still running {timeout:.0f} s after Ctrl-C:\n{stacks[-12000:]}") from None

@@ -84,3 +84,42 @@ def test_ctrl_c_stops_within_seconds_keeps_last_pt_and_resume_continues(store, t
     assert int(load_checkpoint(out / "last.pt")["step"]) == step + 2
     assert _steps(out) == list(range(1, step + 3))  # the steps continue where the checkpoint was
 
+
+
+def _model_and_optimizer():
+    import torch
+
+    model = torch.nn.Linear(3, 1)
+    return model, torch.optim.AdamW(model.parameters(), lr=0.1)
+
+
+def test_a_ctrl_c_during_the_update_is_raised_after_it_and_a_dropped_one_at_the_next_batch():
+    import torch
+
+    from maskgen.train.interrupt import InterruptGuard
+
+    model, opt = _model_and_optimizer()
+    model(torch.ones(2, 3)).sum().backward()
+    before = model.weight.detach().clone()
+
+    def ctrl_c_in_the_middle(*_args):
+        os.kill(os.getpid(), signal.SIGINT)   # a real signal, delivered while the update runs
+        time.sleep(0.05)
+
+    with pytest.raises(KeyboardInterrupt), InterruptGuard(opt) as guard:
+        hook = opt.register_step_pre_hook(ctrl_c_in_the_middle)  # after the guard's: inside the update
+        opt.step()
+    hook.remove()
+    assert guard.updates == 1 and guard.consistent and guard.rng is not None
+    assert not torch.equal(model.weight, before)  # the update was completed, not cut in half
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+
+    class Finalised:
+        def __del__(self):
+            guard._on_sigint(signal.SIGINT, None)   # raised inside a finaliser: Python prints and drops it
+
+    with InterruptGuard(opt) as guard:
+        Finalised()
+        with pytest.raises(KeyboardInterrupt):
+            with guard.held():  # the loop's next batch
+                pass

@@ -27,6 +27,7 @@ class InterruptGuard:
         self.in_update = False
         self.holding = False
         self.pending = False             # a Ctrl-C arrived during an update: raised when it completes
+        self.requested = False           # a Ctrl-C arrived at all
         self.rng: dict[str, Any] | None = None   # the global RNG state after the last completed update
         self._previous: Any = None
         self._hooks: list[Any] = []
@@ -60,17 +61,21 @@ class InterruptGuard:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Ctrl-C inside the block is raised when it ends."""
+        """Ctrl-C inside the block is raised when it ends; so is one that was lost earlier (see `_on_sigint`)."""
         self.holding = True
         try:
             yield
         finally:
             self.holding = False
-        if self.pending:
+        if self.pending or self.requested:
             self.pending = False
             raise KeyboardInterrupt
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        # Python runs this between any two bytecodes of the main thread, also inside a __del__ or a weakref callback
+        # that the garbage collector calls, where the KeyboardInterrupt would be printed and dropped: `requested`
+        # remembers it, and the loop raises it at the next batch.
+        self.requested = True
         if (self.in_update or self.holding) and not self.pending:
             self.pending = True
             return
