@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from _helpers import after_ctrl_c
+from _helpers import CLI_WITH_CTRL_C, after_ctrl_c
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.metrics_log import read_metrics
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ctrl_c_while_the_demo_trains(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", "from maskgen.cli import main; main()", "demo", "--quick",
+    proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, "demo", "--quick",
                              "--steps", "100000", "--extractor", "mind"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = tmp_path / "runs" / "demo-quick" / "image-s0" / "metrics.jsonl"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import after_ctrl_c, synthetic_store
+from _helpers import CLI_WITH_CTRL_C, after_ctrl_c, synthetic_store
 from maskgen.cli import app
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.metrics_log import read_metrics
@@ -37,7 +37,7 @@ def _start(store: Path, out: Path) -> subprocess.Popen:
             "--channels", "4", "--depth", "2", "--val-every", "0", "--num-workers", "1", "--log-interval", "1000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", "from maskgen.cli import main; main()", *args], env=env,
+    return subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -66,8 +66,7 @@ def test_ctrl_c_stops_within_seconds_keeps_last_pt_and_resume_continues(store, t
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)  # no loader worker of the group is left running
+    assert _group_gone(proc.pid, within=10.0), "a process of the run (loader worker) is still running"
     message = stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr, stderr
     ckpt = load_checkpoint(out / "last.pt")
@@ -86,6 +85,18 @@ def test_ctrl_c_stops_within_seconds_keeps_last_pt_and_resume_continues(store, t
 
 
 
+def _group_gone(pgid: int, within: float) -> bool:
+    """No process of the group left (the loader worker, multiprocessing's resource tracker) within `within` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _model_and_optimizer():
     import torch
 
@@ -93,7 +104,15 @@ def _model_and_optimizer():
     return model, torch.optim.AdamW(model.parameters(), lr=0.1)
 
 
-def test_a_ctrl_c_during_the_update_is_raised_after_it_and_a_dropped_one_at_the_next_batch():
+@pytest.fixture()
+def python_ctrl_c():
+    """Python's own Ctrl-C handler during the test (pytest may run as a background job, with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_during_the_update_is_raised_after_it_and_a_dropped_one_at_the_next_batch(python_ctrl_c):
     import torch
 
     from maskgen.train.interrupt import InterruptGuard

@@ -16,11 +16,11 @@ from typing import Any, Iterator
 
 import torch
 
+from maskgen.progress import log_interval as log_interval_s
 from maskgen.train.checkpoint import diverged_error, set_rng_state, write_checkpoint
 from maskgen.train.config import TrainConfig
 from maskgen.train.inputs import input_channels
 from maskgen.train.plots import plot_progress
-from maskgen.progress import log_interval as log_interval_s
 from maskgen.train.interrupt import InterruptGuard, interrupted
 from maskgen.train.loggers import check_logger
 from maskgen.train.progress import Watch, console, say
