@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import types
@@ -99,3 +100,72 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON (indented, sorted keys, final newline) atomically: see `maskgen.atomic.atomic_path`."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# Sizes (crop size, chunks, spacing, ...) on the command line and in the Python API are written x,y,z, the order of the
+# pipelines and the paper (Table 16); arrays are (z, y, x). `parse_size` is the one place that converts.
+SIZE_FORMAT = "N (cubic) or X,Y,Z"
+
+
+def parse_size(value: Any, field: str, *, kind: type = int, cubic: bool = False, example: str | None = None) -> tuple:
+    """A size written `N` (cubic) or `X,Y,Z` (also "XxYxZ", an int/float or a sequence of 1 or 3 numbers) -> the
+    (z, y, x) tuple of positive `kind` values. `cubic`: the three sides must be equal. Raises
+    `OptionError(field, value, problem)`, which the CLI shows with the option's flag (`--crop-size '64,64'` ...)."""
+    from maskgen.errors import OptionError
+
+    example = example or ("64" if cubic else "64 or 96,96,64")
+    what = "integer" if kind is int else "number"
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("x", ",").replace("X", ",").split(",")]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        parts = [value]
+    else:
+        parts = list(value) if isinstance(value, (list, tuple)) else [None]
+    try:
+        sides = tuple(_size_number(p, kind) for p in parts)
+    except (TypeError, ValueError):
+        sides = ()
+    if len(sides) == 1:
+        sides = sides * 3
+    if len(sides) != 3 or min(sides) <= 0:
+        shape = f"one positive {what} N" if cubic else f"{SIZE_FORMAT} (positive {what}s, x,y,z order)"
+        raise OptionError(field, value, f"is not a size: give {shape}, e.g. {example}.")
+    if cubic and len(set(sides)) != 1:
+        raise OptionError(field, value, f"must be cubic: give one {what} N, e.g. {example}.")
+    return sides[::-1]
+
+
+def _size_number(part: Any, kind: type) -> Any:
+    if isinstance(part, bool) or part is None or part == "":
+        raise ValueError(part)
+    number = kind(part)
+    if kind is int and float(part) != number:
+        raise ValueError(part)
+    return number
+
+
+def xyz_text(size_zyx: tuple) -> str:
+    """A (z, y, x) size as the command line writes it: "x,y,z" (e.g. 64,64,32)."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(int(v)) for v in tuple(size_zyx)[::-1])
+
+
+class CallableModule(types.ModuleType):
+    """A stage package that is also its Python API function, so `from maskgen import train` gives a callable while
+    `import maskgen.train.loop` keeps working (the package and the function share the name).
+
+    A package opts in with `__api__ = "maskgen.train.api:train"` and `sys.modules[__name__].__class__ =
+    CallableModule`; calling the package imports that function (lazily: the API module imports the stage's modules,
+    which import the package) and calls it."""
+
+    def _api(self) -> Any:
+        import importlib
+
+        module, _, name = self.__api__.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._api()(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self._api())

@@ -9,7 +9,7 @@ import pytest
 
 from maskgen.config import config_diff, format_diff, to_dict
 from maskgen.errors import MaskgenError, OptionError
-from maskgen.train.config import TrainConfig, default_run_name, parse_crop_size
+from maskgen.train.config import TrainConfig, default_run_name
 
 BAD = [
     ("mask_rate", 1.0), ("mask_rate", -0.1), ("mask_rate", 1.5), ("mask_rate", math.nan),
@@ -53,10 +53,7 @@ def test_crop_error_names_the_crop_and_depth_fields():
     assert text.startswith("--crop-size 16,16,10 must have") and "--crop-size 16,16,8 or a smaller --depth" in text
 
 
-def test_parse_crop_size_and_run_name():
-    assert parse_crop_size("64,48,32") == (32, 48, 64)
-    with pytest.raises(MaskgenError, match="--crop-size '1,2'"):
-        parse_crop_size("1,2")
+def test_run_name():
     assert default_run_name("cache/amos.zarr", "both", 0.75, 0) == "amos-both-mr75-s0"
     assert default_run_name("/x/demo.zarr/", "image", 0.0, 3) == "demo-image-mr0-s3"
 

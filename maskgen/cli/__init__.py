@@ -7,9 +7,13 @@ import typer
 
 from maskgen import __version__
 
+HELP = ("Domain-generalising 3D segmentation: extract frozen features once, train many view-masked UNets.\n\n"
+        "Sizes (--crop-size, --chunks, ...) are N (cubic) or X,Y,Z, in x,y,z order as pipelines and the paper write "
+        "them (stores hold arrays z,y,x).")
+
 app = typer.Typer(
     name="maskgen",
-    help="Domain-generalising 3D segmentation: extract frozen features once, train many view-masked UNets.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -26,7 +30,11 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """Domain-generalising 3D segmentation: extract frozen features once, train many view-masked UNets."""
+    """Domain-generalising 3D segmentation: extract frozen features once, train many view-masked UNets.
+
+    Sizes (--crop-size, --chunks, ...) are N (cubic) or X,Y,Z, in x,y,z order as pipelines and the paper write them
+    (stores hold arrays z,y,x).
+    """
 
 
 # Order follows the data flow: data -> extract/store -> train -> evaluate -> pretrain -> demo.
@@ -40,6 +48,11 @@ from maskgen.cli import demo as _demo  # noqa: E402
 
 for _module in (_data, _extract, _cache, _train, _evaluate, _pretrain, _demo):
     _module.register(app)
+
+from maskgen.cli import _help  # noqa: E402
+
+_help.install()
+_help.escape_markup(app)
 
 
 def main() -> None:

@@ -78,3 +78,22 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, fields: FieldAliases 
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def size_option(default: Any, flag: str, *, help: str, cubic: bool = False, example: str | None = None,
+                **kwargs: Any) -> Any:
+    """A size option, `N` (cubic) or `X,Y,Z` in x,y,z order (`maskgen.config.parse_size`, the one parser of every
+    size): the command receives the (z, y, x) tuple (None when unset); a malformed value is a usage error (exit 2)
+    naming the flag and the value. Declare the parameter as `Optional[str]` (what the shell passes)."""
+    from maskgen.config import parse_size
+
+    def callback(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse_size(value, flag, cubic=cubic, example=example)
+        except OptionError as e:
+            raise typer.BadParameter(f"{show_value(e.value)} {e.problem}") from None
+
+    shape = "N" if cubic else "N|X,Y,Z"
+    return typer.Option(default, flag, callback=callback, metavar=shape, help=help, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from maskgen.cli._common import handle_errors
+from maskgen.config import xyz_text
 
 cache_app = typer.Typer(
     name="cache",
@@ -23,6 +24,27 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000.0
     return f"{n:.2f} TB"
+
+
+def _print_views(console, s, listed: int = 10) -> None:  # noqa: ANN001 - rich Console, StoreInfo
+    """The store's augmented views (`maskgen extract --views`): settings, storage cost, each case's view seeds and
+    the intensity transforms that fired in each view."""
+    v = s.views
+    if not v:
+        console.print("views         none (extract with --views K to store intensity-augmented views)")
+        return
+    console.print(
+        f"views         {v.get('count')} per {'/'.join(v.get('splits') or ['train'])} case on {len(s.view_cases)} "
+        f"case(s) (paper C.2 intensity transforms, each p={v.get('prob')}; seed {v.get('seed')}); "
+        f"{_fmt_bytes(s.bytes_per_view)} per view per case ({s.view_bytes_per_voxel:.2f} bytes/voxel), "
+        f"{_fmt_bytes(s.view_bytes)} in all", markup=False
+    )
+    for cid, records in s.view_cases[:listed]:
+        parts = [f"view{k} seed {r.get('seed')} [{', '.join(r.get('transforms') or {})}]"
+                 for k, r in enumerate(records, start=1)]
+        console.print(f"  {cid}: " + "; ".join(parts), markup=False)
+    if len(s.view_cases) > listed:
+        console.print(f"  ... and {len(s.view_cases) - listed} more case(s) with views")
 
 
 def register(app: typer.Typer) -> None:
@@ -45,7 +67,7 @@ def register(app: typer.Typer) -> None:
             f"[bold]{s.path}[/]  (format {s.format_version}, maskgen {s.maskgen_version}, created {s.created})"
         )
         console.print(
-            f"pipeline      {s.pipeline}   spacing (z,y,x) {tuple(s.spacing_zyx)} mm   normalisation {s.normalization}"
+            f"pipeline      {s.pipeline}   spacing {xyz_text(s.spacing_zyx)} mm (x,y,z)   normalisation {s.normalization}"
         )
         console.print(
             f"extractor     {ex.get('name')}  layer {ex.get('layer')}  {s.num_features} channels  "
@@ -57,14 +79,15 @@ def register(app: typer.Typer) -> None:
         lay = s.layout
         shards = lay.get("shards_zyx")
         console.print(
-            f"layout        {lay.get('dtype')} features, chunks <= {tuple(lay.get('chunks_zyx') or ())} "
+            f"layout        {lay.get('dtype')} features, chunks <= {xyz_text(lay.get('chunks_zyx') or ())} (x,y,z) "
             f"({'balanced' if lay.get('balance', True) else 'clipped'}), codec {lay.get('codec')}"
-            + (f", shards {tuple(shards)}" if shards else "")
+            + (f", shards {xyz_text(shards)}" if shards else "")
         )
         console.print(
             f"size on disk  {_fmt_bytes(s.size_bytes)}   {s.bytes_per_voxel:.2f} bytes/voxel over "
             f"{s.voxels:,} voxels   metadata {'consolidated' if s.consolidated else 'not consolidated'}"
         )
+        _print_views(console, s)
         table = Table(title=f"{s.cases} complete case(s)", show_edge=False)
         domains = sorted(s.by_domain)
         table.add_column("split")

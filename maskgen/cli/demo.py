@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, size_option
 
 DEFAULT_DEMO_DIR = "cache/demo-data"
 
@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
         subjects: int = typer.Option(12, "--subjects", min=4, help="Number of subjects (>= 4): half train, "
                                      "a sixth val, the rest test."),
         seed: int = typer.Option(0, "--seed", min=0, help="Seed: the dataset is reproducible from it."),
-        spacing: int = typer.Option(2, "--spacing", min=1, max=8, help="Voxel size in mm (2: volumes about 90^3; "
-                                    "4: a quick, coarse version)."),
+        spacing: str = size_option("2", "--spacing", cubic=True, example="4", help="Voxel size N mm, isotropic, "
+                                   "1..8 (2: volumes about 90^3; 4: a quick, coarse version)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate even if up to date, and replace a "
                                        "folder that is not a demo dataset."),
     ) -> None:
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
         from maskgen.demo.console import build_demo_data
 
-        build_demo_data(out, subjects=subjects, seed=seed, spacing=spacing, overwrite=overwrite)
+        build_demo_data(out, subjects=subjects, seed=seed, spacing=spacing[0], overwrite=overwrite)
         same_as_default = out.resolve() == Path(DEFAULT_DEMO_DIR).resolve()
         root_arg = "" if same_as_default else f" --data-root {shlex.quote(str(out))}"
         Console(soft_wrap=True).print(f"next: maskgen verify --dataset demo{root_arg}", markup=False, highlight=False)

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
-from maskgen.train.config import xyz_text
+from maskgen.cli._common import handle_errors, size_option
+from maskgen.config import xyz_text
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -152,6 +152,7 @@ def register(app: typer.Typer) -> None:
         overlap: float = _overlap_option(),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Extractor weights file, if not where the store was made from (its sha256 must match)."),
         channel: Optional[int] = typer.Option(None, "--channel", help="Volume of a 4D input to segment (e.g. BraTS FLAIR = 0)."),
+        domain: Optional[str] = typer.Option(None, "--domain", help="Imaging domain of the inputs (e.g. ct, mr): they are normalised by its rule in the run's pipeline, as its store's cases were (default: the rule of the run's training domains)."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write the softmax on each input's grid (see --probabilities-format)."),
         probabilities_format: str = typer.Option("nifti", "--probabilities-format", help="nifti (<name>_probabilities.nii.gz, 4D x,y,z,class) | npz (<name>.npz, 'probabilities' class,z,y,x, as nnU-Net)."),
         device: str = _device_option(),
@@ -159,22 +160,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment new NIfTI volumes with a trained run; label maps on each input's original grid, with its affine and
         sform/qform codes."""
-        from maskgen.errors import MaskgenError
-        from maskgen.evaluate.predict import predict_files
+        from maskgen.evaluate.predict import predict_files, raise_failures
 
+        notes: list[str] = []
         with _progress("predict", not quiet) as cb:
             results = predict_files(run, input, out, checkpoint, overlap, device, weights, channel, progress=cb,
-                                    save_probabilities=probabilities_format if save_probabilities else None)
+                                    save_probabilities=probabilities_format if save_probabilities else None,
+                                    domain=domain, log=notes.append)
         console = _console()
+        for note in notes:
+            console.print(note, markup=False, soft_wrap=True)
         ok = [r for r in results if r.error is None]
         for r in ok:
             console.print(f"{r.input} -> {r.output}" + (f", {r.probabilities}" if r.probabilities else ""))
-        failed = [r for r in results if r.error is not None]
-        if failed:
-            raise MaskgenError(
-                f"{len(failed)} of {len(results)} inputs failed: "
-                + "; ".join(f"{r.input}: {r.error}" for r in failed)
-            )
+        raise_failures(results)
         console.print(f"wrote {len(ok)} label map(s) to {out}")
 
     @app.command("sweep")
@@ -195,7 +194,7 @@ def register(app: typer.Typer) -> None:
         channels: Optional[int] = typer.Option(None, "--channels", help="UNet base width."),
         depth: Optional[int] = typer.Option(None, "--depth", help="UNet max-pool levels."),
         unet: Optional[str] = typer.Option(None, "--unet", help="UNet: public (default) | table15."),
-        crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop x,y,z (default: the pipeline's)."),
+        crop_size: Optional[str] = size_option(None, "--crop-size", help="Training crop in voxels, N (cubic) or X,Y,Z (x,y,z order) (default: the pipeline's)."),
         val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: at the end)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
         feature_norm: Optional[str] = typer.Option(None, "--feature-norm", help="crop | volume."),
@@ -212,7 +211,6 @@ def register(app: typer.Typer) -> None:
         from maskgen.evaluate.report import rich_table
         from maskgen.evaluate.sweep import plan_variants, run_sweep
         from maskgen.evaluate.sweep_results import collect_results, results_markdown_rows
-        from maskgen.train.config import parse_crop_size
 
         variants, notes = plan_variants(
             _floats(mask_rate, "--mask-rate"), _words(inputs), _ints(seeds, "--seeds"), _words(method),
@@ -221,7 +219,7 @@ def register(app: typer.Typer) -> None:
         given = {"steps": steps, "batch_size": batch_size, "channels": channels, "depth": depth, "unet": unet,
                  "val_every": val_every, "lr": lr, "feature_norm": feature_norm, "aug_prob": aug_prob,
                  "fg_fraction": fg_fraction, "n_train": n_train, "num_workers": num_workers, "device": device,
-                 "crop_zyx": parse_crop_size(crop_size) if crop_size else None}
+                 "crop_zyx": crop_size}
         options = {k: v for k, v in given.items() if v is not None}
         console = _console()
         for note in notes:

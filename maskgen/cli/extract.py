@@ -10,25 +10,9 @@ from typing import Optional
 
 import typer
 
-from rich.markup import escape
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, size_option
 from maskgen.extract.registry import choices_help
-
-def _parse_chunks(text: str) -> tuple[int, int, int]:
-    from maskgen.errors import MaskgenError
-
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or min(values) < 1:
-        raise MaskgenError(f"--chunks {text!r}: give one or three positive integers (z,y,x), e.g. 32 or 32,32,32")
-    return values  # type: ignore[return-value]
-
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
@@ -52,7 +36,7 @@ def register(app: typer.Typer) -> None:
             "s3://bucket/amos.zarr (default: cache/<pipeline name>.zarr)."
         ),
         extractor: str = typer.Option(
-            "auto", "--extractor", help=f"{escape(choices_help())}. auto: anatomix if its weights are found, else "
+            "auto", "--extractor", help=f"{choices_help()}. auto: anatomix if its weights are found, else "
             "a fallback (named on stderr)."
         ),
         weights: Optional[Path] = typer.Option(
@@ -70,9 +54,9 @@ def register(app: typer.Typer) -> None:
             "half the bytes, reads 2x faster, no measurable Dice change) | float16 [default: an existing store's, "
             "else int8]."
         ),
-        chunks: Optional[str] = typer.Option(
-            None, "--chunks", help="Largest spatial chunk edge(s) z,y,x [default: an existing store's, else 3/4 of the "
-            "pipeline's crop within 32..64, as measured by benchmarks/store_layout.py]."
+        chunks: Optional[str] = size_option(  # the command receives (z, y, x)
+            None, "--chunks", help="Largest spatial chunk, N (cubic) or X,Y,Z (x,y,z order) [default: an existing "
+            "store's, else 3/4 of the pipeline's crop within 32..64, as measured by benchmarks/store_layout.py]."
         ),
         codec: Optional[str] = typer.Option(
             None, "--codec", help="Chunk codec: none (fastest crops) | blosc-lz4 | blosc-zstd | zstd "
@@ -99,6 +83,10 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(
             False, "--wait", help="If another process is writing the store, wait for it instead of exiting."
         ),
+        views: Optional[int] = typer.Option(
+            None, "--views", min=0, help="Intensity-augmented views stored per train case (image + its features, "
+            "paper C.2 transforms; training draws one per crop) [default: an existing store's, else 0]."
+        ),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
         from rich.console import Console
@@ -115,7 +103,7 @@ def register(app: typer.Typer) -> None:
             layer=layer,
             pad_multiple=pad_multiple,
             dtype=dtype,
-            chunks=None if chunks is None else _parse_chunks(chunks),
+            chunks=chunks,
             codec=codec,
             workers=workers,
             parallel=parallel,
@@ -125,6 +113,7 @@ def register(app: typer.Typer) -> None:
             redo=tuple(redo or ()),
             wait=wait,
             allow_constant=allow_constant,
+            views=views,
         )
         console = Console(highlight=False, soft_wrap=True)
         _print_derived_pipeline(console, dataset, fold)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
+from maskgen.cli._common import handle_errors, size_option
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Weights file to write (e.g. weights.pt); the resumable "
                                  "state, metrics.jsonl and progress.png go to '<out>.state/'."),
         steps: int = typer.Option(2000, "--steps", min=1, help="Total optimisation steps."),
-        crop_size: int = typer.Option(32, "--crop-size", min=8, help="Edge of the cubic synthetic volumes "
-                                      "(a multiple of 2**num-downs)."),
+        crop_size: str = size_option("32", "--crop-size", cubic=True, example="32", help="Size of the cubic "
+                                     "synthetic volumes, N voxels (a multiple of 2**num-downs)."),
         batch_size: int = typer.Option(2, "--batch-size", min=1, help="Label maps per step (each rendered twice)."),
         ngf: int = typer.Option(8, "--ngf", min=1, help="UNet base width (anatomix: 16)."),
         num_downs: int = typer.Option(3, "--num-downs", min=1, help="UNet downsamplings (anatomix: 4)."),
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg = PretrainConfig(
-                out=out, steps=steps, crop_size=crop_size, batch_size=batch_size, ngf=ngf, num_downs=num_downs,
+                out=out, steps=steps, crop_size=crop_size[0], batch_size=batch_size, ngf=ngf, num_downs=num_downs,
                 out_channels=out_channels, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, temperature=temperature,
                 voxels_per_volume=voxels, loss=loss, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
                 synth=synth_from_overrides(synth), device=device, num_workers=num_workers,

@@ -6,14 +6,17 @@ from typing import Optional
 
 import typer
 
-from maskgen.cli._common import handle_errors
-from maskgen.train.config import xyz_text
+from maskgen.cli._common import handle_errors, size_option
+from maskgen.config import xyz_text
+
+# `train --help` groups its options in these panels (new options: pick one)
+DATA, MODEL, OPTIMISATION, AUGMENTATION, RUN = "Data", "Model", "Optimisation", "Augmentation", "Run control"
 
 # option name (python) -> TrainConfig field, for options that map one to one
 _FIELDS = (
     "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "unet", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights", "dropout", "empty_class",
+    "online_features", "extractor_weights", "dropout", "empty_class", "views",
 )
 
 
@@ -24,78 +27,86 @@ def register(app: typer.Typer) -> None:
     @handle_errors(fields={"crop_zyx": ("crop_size", xyz_text)})
     def train_command(
         ctx: typer.Context,
-        features: str = typer.Option(..., "--features", help="Feature store made by `maskgen extract`: a folder or an fsspec URL (s3://bucket/amos.zarr)."),
-        out: Optional[str] = typer.Option(
-            None, "--out", help="Run folder (default: runs/STORE-INPUTS-mrRATE-sSEED)."
-        ),
-        inputs: str = typer.Option("both", "--inputs", help="both (image + features) | image (ERM) | features."),
+        features: str = typer.Option(..., "--features", rich_help_panel=DATA, help="Feature store made by `maskgen extract`: a folder or an fsspec URL (s3://bucket/amos.zarr)."),
+        inputs: str = typer.Option("both", "--inputs", rich_help_panel=MODEL, help="both (image + features) | image (ERM) | features."),
+        steps: int = typer.Option(250_000, "--steps", rich_help_panel=OPTIMISATION, help="Training steps (paper: 250k all-data, 40k few-shot)."),
+        batch_size: int = typer.Option(4, "--batch-size", rich_help_panel=OPTIMISATION, help="Crops per step."),
+        lr: float = typer.Option(2e-4, "--lr", rich_help_panel=OPTIMISATION, help="AdamW learning rate at step 0 (cosine to 0)."),
+        weight_decay: float = typer.Option(1e-4, "--weight-decay", rich_help_panel=OPTIMISATION, help="AdamW weight decay."),
         mask_rate: Optional[float] = typer.Option(
-            None, "--mask-rate", help="View masking rate in [0, 1) (default 0.5 with --inputs both; 0, i.e. no "
+            None, "--mask-rate", rich_help_panel=AUGMENTATION, help="View masking rate in [0, 1) (default 0.5 with --inputs both; 0, i.e. no "
             "masking, with a single input, where a non-zero rate is refused)."
         ),
-        steps: int = typer.Option(250_000, "--steps", help="Training steps (paper: 250k all-data, 40k few-shot)."),
-        batch_size: int = typer.Option(4, "--batch-size", help="Crops per step."),
-        lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate at step 0 (cosine to 0)."),
-        weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay."),
-        channels: int = typer.Option(20, "--channels", help="UNet base width n_c (paper 3.2)."),
-        depth: int = typer.Option(5, "--depth", help="UNet max-pool levels (crop sides must divide by 2**depth)."),
+        channels: int = typer.Option(20, "--channels", rich_help_panel=MODEL, help="UNet base width n_c (paper 3.2)."),
+        depth: int = typer.Option(5, "--depth", rich_help_panel=MODEL, help="UNet max-pool levels (crop sides must divide by 2**depth)."),
         unet: str = typer.Option(
-            "public", "--unet", help="public (the official code's UNet: 36.87M parameters at width 20, depth 5) | "
+            "public", "--unet", rich_help_panel=MODEL, help="public (the official code's UNet: 36.87M parameters at width 20, depth 5) | "
             "table15 (paper Table 15 read literally: 75.46M)."
         ),
-        crop_size: Optional[str] = typer.Option(
-            None, "--crop-size", help="Training crop x,y,z in voxels (default: the store pipeline's)."
+        crop_size: Optional[str] = size_option(  # the command receives (z, y, x)
+            None, "--crop-size", rich_help_panel=DATA, help="Training crop in voxels, N (cubic) or X,Y,Z (x,y,z "
+            "order) (default: the store pipeline's)."
         ),
         fg_fraction: float = typer.Option(
-            0.0, "--fg-fraction", help="Fraction of crops centred on a foreground voxel (paper: 0, uniform crops; "
+            0.0, "--fg-fraction", rich_help_panel=DATA, help="Fraction of crops centred on a foreground voxel (paper: 0, uniform crops; "
             "nnU-Net: 0.33)."
         ),
-        aug_prob: float = typer.Option(0.33, "--aug-prob", help="Probability of each augmentation (paper C.2)."),
+        aug_prob: float = typer.Option(0.33, "--aug-prob", rich_help_panel=AUGMENTATION, help="Probability of each augmentation (paper C.2)."),
         aug_device: str = typer.Option(
-            "auto", "--aug-device", help="Spatial augmentation: cpu (loader workers) | device (batched) | auto."
+            "auto", "--aug-device", rich_help_panel=AUGMENTATION, help="Spatial augmentation: cpu (loader workers) | device (batched) | auto."
         ),
-        feature_norm: str = typer.Option("crop", "--feature-norm", help="crop (instance norm) | volume (stored stats)."),
-        n_train: Optional[int] = typer.Option(None, "--n-train", help="Few-shot: train on K random train cases."),
-        val_every: int = typer.Option(1000, "--val-every", help="Validate and save last.pt every N steps (0: at end)."),
-        num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes (default: automatic)."),
-        seed: int = typer.Option(0, "--seed", help="Run seed (model init, crops, augmentation, masking)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        feature_norm: str = typer.Option("crop", "--feature-norm", rich_help_panel=DATA, help="crop (instance norm) | volume (stored stats)."),
+        n_train: Optional[int] = typer.Option(None, "--n-train", rich_help_panel=DATA, help="Few-shot: train on K random train cases."),
+        out: Optional[str] = typer.Option(
+            None, "--out", rich_help_panel=RUN, help="Run folder (default: runs/STORE-INPUTS-mrRATE-sSEED)."
+        ),
+        val_every: int = typer.Option(1000, "--val-every", rich_help_panel=RUN, help="Validate and save last.pt every N steps (0: at end)."),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers", rich_help_panel=DATA, help="Loader worker processes (default: automatic)."),
+        seed: int = typer.Option(0, "--seed", rich_help_panel=RUN, help="Run seed (model init, crops, augmentation, masking)."),
+        device: str = typer.Option("auto", "--device", rich_help_panel=RUN, help="auto | cpu | cuda."),
         online_features: bool = typer.Option(
-            False, "--online-features", help="Recompute features from each augmented crop with the frozen extractor."
+            False, "--online-features", rich_help_panel=DATA, help="Recompute features from each augmented crop with the frozen extractor."
         ),
         extractor_weights: Optional[str] = typer.Option(
-            None, "--extractor-weights", help="Extractor weights for --online-features (anatomix.pth)."
+            None, "--extractor-weights", rich_help_panel=DATA, help="Extractor weights for --online-features (anatomix.pth)."
         ),
         dropout: float = typer.Option(
-            0.0, "--dropout", help="Channel dropout after every UNet block (paper Table 5 baseline; use with --inputs image)."
+            0.0, "--dropout", rich_help_panel=MODEL, help="Channel dropout after every UNet block (paper Table 5 baseline; use with --inputs image)."
         ),
         empty_class: str = typer.Option(
-            "ignore", "--empty-class", help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
+            "ignore", "--empty-class", rich_help_panel=RUN, help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a non-empty run folder."),
+        views: Optional[str] = typer.Option(
+            None, "--views", rich_help_panel=AUGMENTATION, help="Augmented views of the store (maskgen extract "
+            "--views) to draw crops from: auto (all the store has; none with --inputs image or --online-features) | 0 "
+            "(ignore them: intensity augmentation of the image only, as before) | K [default: auto]."
+        ),
+        resume: bool = typer.Option(False, "--resume", rich_help_panel=RUN, help="Continue the run in --out from its last.pt."),
+        overwrite: bool = typer.Option(False, "--overwrite", rich_help_panel=RUN, help="Start again in a non-empty run folder."),
         stop_at: Optional[int] = typer.Option(
-            None, "--stop-at", help="Stop after this many steps in total (continue later with --resume)."
+            None, "--stop-at", rich_help_panel=RUN, help="Stop after this many steps in total (continue later with --resume)."
         ),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar or progress lines."),
+        quiet: bool = typer.Option(False, "--quiet", rich_help_panel=RUN, help="No progress bar or progress lines."),
         logger: str = typer.Option(
-            "none", "--logger", help="Experiment tracker: none | tensorboard (event files in RUN/tensorboard) | "
-            "mlflow (file store RUN/mlruns, or $MLFLOW_TRACKING_URI); optional extras maskgen[tensorboard|mlflow]."
+            "none", "--logger", rich_help_panel=RUN, help="Experiment tracker: none | tensorboard (event files in "
+            "RUN/tensorboard) | mlflow (file store RUN/mlruns, or $MLFLOW_TRACKING_URI); optional extras "
+            "maskgen[tensorboard], maskgen[mlflow]."
         ),
         log_interval: Optional[float] = typer.Option(
-            None, "--log-interval", help="Seconds between progress lines when stderr/stdout is not a terminal "
-            "(SLURM, | tee, CI); default $MASKGEN_LOG_INTERVAL or 30."
+            None, "--log-interval", rich_help_panel=RUN, help="Seconds between progress lines when stderr/stdout is "
+            "not a terminal (SLURM, | tee, CI); default $MASKGEN_LOG_INTERVAL or 30."
         ),
     ) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
         from maskgen.errors import MaskgenError
         from maskgen.store.kv import store_exists
-        from maskgen.train.config import TrainConfig, parse_crop_size
+        from maskgen.train.config import TrainConfig
         from maskgen.train.loop import train
         from maskgen.train.resume import resume_config
 
         values = {name: ctx.params[name] for name in _FIELDS}
-        values["crop_zyx"] = parse_crop_size(crop_size) if crop_size else None
+        values["views"] = _parse_views(views)
+        values["crop_zyx"] = crop_size
         if not store_exists(features):
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
         if resume:  # the run continues as recorded; only options given on this command line may change
@@ -105,6 +116,18 @@ def register(app: typer.Typer) -> None:
         run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet, logger=logger,
                         log_interval=log_interval)
         typer.echo(str(run_dir))
+
+
+def _parse_views(text: str | None) -> int | None:
+    """`--views auto|K` -> None (auto) or K."""
+    from maskgen.errors import MaskgenError
+
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise MaskgenError(f"--views {text!r} is not auto or a whole number of views (e.g. 0 or 2).") from None
 
 
 def _explicit(ctx: typer.Context) -> set[str]:

@@ -1,6 +1,7 @@
 """`predict_files`: label maps for new NIfTI volumes from any domain, on each input's own grid and affine.
 
-Per file: preprocess as the run's pipeline says (RAS, pipeline spacing, intensity normalisation), compute features
+Per file: preprocess as the run's pipeline says (RAS, pipeline spacing, intensity normalisation by the rule of the
+inputs' domain, `input_domain`: `--domain`, else the rule of the run's training domains), compute features
 with the run's own extractor (refused if its weights differ from the store's), sliding-window inference as in
 evaluation, argmax, then `label_to_original` resamples the label map (nearest) back onto the input's original voxel
 grid with its original affine and the input's sform/qform codes. Output: `<out>/<name>.nii.gz`, where an nnU-Net
@@ -28,6 +29,7 @@ class Prediction:
     output: Path | None
     error: str | None = None
     probabilities: Path | None = None
+    normalization: str = ""  # the intensity rule applied, e.g. "ct [-1024, 1024]"
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -78,8 +80,14 @@ def predict_files(
     channel: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     save_probabilities: str | None = None,
+    domain: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[Prediction]:
     """Predict every input file; failures of single files are returned (with the reason), not raised.
+
+    `domain`: the imaging domain of the inputs, whose normalisation rule (the pipeline's `[normalization]` table)
+    they get, as the store's cases of that domain got at extraction; None: see `input_domain`. `log` gets one line
+    saying which rule was applied and why.
 
     `save_probabilities`: also write the softmax on the input's grid, "nifti" (`<name>_probabilities.nii.gz`, 4D
     X, Y, Z, class) or "npz" (`<name>.npz` with `probabilities` (class, Z, Y, X) as nnU-Net writes it); None: only
@@ -95,12 +103,16 @@ def predict_files(
     out_dir = Path(out_dir)
     names = output_names(files, out_dir)
     run = open_run(run_dir, checkpoint, device)
+    domain, note = input_domain(run.store, domain)
+    if log is not None:
+        log(f"normalisation: {note}")
     extractor = run_extractor(run, weights) if run.uses_features else None
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for i, (path, name) in enumerate(zip(files, names)):
         try:
-            results.append(_predict_one(run, extractor, path, out_dir / name, channel, overlap, save_probabilities))
+            results.append(_predict_one(run, extractor, path, out_dir / name, channel, overlap, save_probabilities,
+                                        domain))
         except MaskgenError as e:
             results.append(Prediction(path, None, str(e)))
         if progress is not None:
@@ -108,15 +120,49 @@ def predict_files(
     return results
 
 
+def raise_failures(results: list[Prediction]) -> None:
+    """MaskgenError naming every input that failed (with its reason), if any did."""
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise MaskgenError(f"{len(failed)} of {len(results)} inputs failed: "
+                           + "; ".join(f"{r.input}: {r.error}" for r in failed))
+
+
+def input_domain(store: Any, domain: str | None) -> tuple[str | None, str]:
+    """The domain whose normalisation rule `predict` applies to its inputs, and one line saying which rule and why.
+
+    Given: that domain (an unknown one gets the pipeline's default rule, as at extraction). Not given: the pipeline's
+    only rule, or, with a `[normalization]` table, the rule of the run's training domains (a CT-trained run windows
+    its inputs as CT); a MaskgenError asks for --domain when the training domains had different rules."""
+    pipeline = store.pipeline
+    table = pipeline.describe_normalization()
+    if domain is not None:
+        known = {d for d, _ in pipeline.normalization_by_domain} | {c.domain for c in store.cases()}
+        unknown = "" if domain in known else " (a domain the store and pipeline do not name: the default rule)"
+        return domain, f"{pipeline.intensity_rule(domain).describe()}, the rule of domain {domain}{unknown}"
+    if not pipeline.normalization_by_domain:
+        return None, f"{pipeline.intensity_rule().describe()}, the pipeline's rule"
+    train = sorted({c.domain for c in store.cases(split="train")})
+    rules = sorted({pipeline.intensity_rule(d).describe() for d in train})
+    if len(rules) != 1:
+        raise MaskgenError(
+            f"the run's pipeline normalises each domain its own way ({table}) and the run was trained on "
+            f"{', '.join(train) or 'no case'}: pass --domain NAME, the imaging domain of the inputs."
+        )
+    return train[0], (f"{rules[0]}, the rule of the training domain(s) {', '.join(train)}; inputs of another "
+                      f"domain need --domain ({table})")
+
+
 def _predict_one(run: Any, extractor: Any, path: Path, out: Path, channel: int | None, overlap: float,
-                 save_probabilities: str | None) -> Prediction:
+                 save_probabilities: str | None, domain: str | None = None) -> Prediction:
     import torch
 
     from maskgen.data.nifti import load_header, save_nifti_atomic
     from maskgen.data.preprocess import label_to_original, preprocess_image_file
     from maskgen.evaluate.runs import features_for
 
-    pre = preprocess_image_file(path, run.store.pipeline, channel)
+    pipeline = run.store.pipeline
+    pre = preprocess_image_file(path, pipeline, channel, domain)
     feats = features_for(run, extractor, pre.image)
     logits = run.logits(pre.image, feats, run.fresh_stats(feats), overlap)
     label = logits.argmax(0).numpy().astype(np.uint8)
@@ -126,7 +172,7 @@ def _predict_one(run: Any, extractor: Any, path: Path, out: Path, channel: int |
     if save_probabilities is not None:
         prob_path = _save_probabilities(torch.softmax(logits, 0).numpy(), pre.geometry, header, out,
                                         save_probabilities)
-    return Prediction(path, out, probabilities=prob_path)
+    return Prediction(path, out, probabilities=prob_path, normalization=pipeline.intensity_rule(domain).describe())
 
 
 def _save_probabilities(probs_czyx: np.ndarray, geometry: Any, header: Any, out: Path, fmt: str) -> Path:

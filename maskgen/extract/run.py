@@ -28,6 +28,9 @@ from maskgen.store.layout import CODECS, DEFAULT_LAYOUT, FEATURE_DTYPES, StoreLa
 from maskgen.store.lock import WriterLock
 
 PARALLEL_CHOICES = ("processes", "threads")
+#: Augmented views per train case when neither --views nor an existing store says (README "Augmented feature views")
+DEFAULT_VIEWS = 0
+MAX_VIEWS = 64
 DEVICE_CHOICES = ("cpu", "cuda")
 
 
@@ -58,6 +61,8 @@ class ExtractConfig:
     device: str = "cpu"
     allow_download: bool = True
     allow_constant: bool = False                  # extract images that are constant after preprocessing
+    views: int | None = None                      # augmented views per train case; None: the existing store's,
+                                                  # else DEFAULT_VIEWS (maskgen.extract.views)
 
     def __post_init__(self) -> None:
         """Each option checked once, as an OptionError naming the field (the CLI shows the flag)."""
@@ -85,10 +90,24 @@ class ExtractConfig:
             raise OptionError("fold", self.fold, "must be an integer >= 0")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise OptionError("workers", self.workers, "must be an integer >= 1")
+        if self.views is not None and (isinstance(self.views, bool) or not isinstance(self.views, int)
+                                       or not 0 <= self.views <= MAX_VIEWS):
+            raise OptionError("views", self.views, f"must be an integer in 0..{MAX_VIEWS}")
         if self.chunks is not None:
             object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
             if len(self.chunks) != 3 or min(self.chunks) < 1:
                 raise OptionError("chunks", self.chunks, "must be three positive integers (z, y, x)")
+
+    def views_for(self, store_attrs: dict[str, Any] | None = None) -> int:
+        """Augmented views per train case of this run: --views, else an existing store's (0 for stores made
+        without), else DEFAULT_VIEWS."""
+        from maskgen.store.views import store_view_count
+
+        if self.views is not None:
+            return self.views
+        if store_attrs and not self.overwrite:
+            return store_view_count(store_attrs)
+        return DEFAULT_VIEWS
 
     @property
     def layout(self) -> StoreLayout:
@@ -243,6 +262,7 @@ class CaseTask:
     extractor: ExtractorRef
     layout: StoreLayout = DEFAULT_LAYOUT
     allow_constant: bool = False
+    views: int = 0             # augmented views to store (train cases only: maskgen.extract.views.wants_views)
 
 
 def _reason(case_id: str, e: BaseException) -> str:
@@ -261,6 +281,7 @@ class _Stage:
     label: Any                 # (Z, Y, X) uint8 or None
     attrs: dict[str, Any]
     features: Any = None       # once extracted: a CPU tensor, or StoreFeatures made on the accelerator
+    views: list = field(default_factory=list)   # augmented views (maskgen.store.views.CaseView), train cases
     stage_s: dict[str, float] = field(default_factory=dict)   # seconds spent in load / extract / write
 
     def failed(self, message: str) -> CaseResult:
@@ -308,12 +329,16 @@ def extract_case(stage: _Stage) -> _Stage | CaseResult:
     statistics and the float16 cast happen there (`store_features`: half the bytes cross to the host); on the CPU
     they are left to the write stage, off the thread that runs the forward."""
     from maskgen.extract.inference import extract_tensor, store_features
+    from maskgen.extract.views import extract_views, wants_views
 
     t0 = time.perf_counter()
     try:
         extractor = worker_extractor(stage.task.extractor)
         out = extract_tensor(extractor, stage.image, device=stage.task.extractor.device)
         stage.features = out if out.device.type == "cpu" else store_features(out, stage.task.layout.dtype)
+        if wants_views(stage.task.case, stage.task.views):
+            stage.views = extract_views(extractor, stage.image, stage.task.case.case_id, stage.task.views,
+                                        device=stage.task.extractor.device, dtype=stage.task.layout.dtype)
     except MaskgenError as e:
         return stage.failed(_reason(stage.task.case.case_id, e))
     except Exception as e:
@@ -340,7 +365,7 @@ def write_stage(stage: _Stage) -> CaseResult:
                             "use --dtype int8 (scaled per channel) for this extractor")
     try:
         nbytes = write_case(task.store, cid, image=stage.image, features=feats.values, label=label,
-                            attrs=stage.attrs, layout=task.layout, stats=(feats.mean, feats.std))
+                            attrs=stage.attrs, layout=task.layout, stats=(feats.mean, feats.std), views=stage.views)
     except MaskgenError as e:
         return stage.failed(_reason(cid, e))
     except OSError as e:
@@ -604,7 +629,8 @@ def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractCo
             plan_.stale.append((cid, "; ".join(diff.stale)))
         if attrs is not None or config.overwrite:
             writer.delete_case(io, cid)
-        plan_.tasks.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout, config.allow_constant))
+        plan_.tasks.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout, config.allow_constant,
+                                    config.views_for(plan.existing)))
     return plan_
 
 
@@ -684,6 +710,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     `raise_on_failure` is False, in which case the summary lists them).
     """
     from maskgen.config import to_dict
+    from maskgen.extract.views import views_attr
     from maskgen.store import writer
 
     t_start = time.perf_counter()
@@ -693,7 +720,8 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     fingerprint = extractor.fingerprint()
     ref = ExtractorRef(fingerprint, extractor.weights_path, config.device)
     layout = config.layout_for(plan.pipeline, plan.existing)
-    attrs = writer.root_attributes(plan.pipeline, fingerprint, layout, extract_config=to_dict(config))
+    attrs = writer.root_attributes(plan.pipeline, fingerprint, layout, extract_config=to_dict(config),
+                                   views=views_attr(config.views_for(plan.existing)))
     client = connect(config.scheduler) if config.scheduler else None
     lock = WriterLock(plan.out, on_message=_note)
     try:

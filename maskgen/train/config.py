@@ -7,8 +7,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from maskgen.config import from_dict
-from maskgen.errors import MaskgenError, OptionError
+from maskgen.config import from_dict, xyz_text  # noqa: F401 - xyz_text: sizes in messages, x,y,z
+from maskgen.errors import OptionError
 from maskgen.train.dice import EMPTY_CLASS_CONVENTIONS
 
 INPUT_MODES = ("both", "image", "features")
@@ -57,6 +57,9 @@ class TrainConfig:
     dropout: float = 0.0                           # channel dropout after every UNet block (paper Table 5 baseline)
     empty_class: str = "ignore"                    # validation Dice of a class absent from the reference: ignore
                                                    # (paper / MONAI) | zero (nnU-Net); maskgen.train.dice
+    views: int | None = None                       # augmented views of the store to draw crops from (extract
+                                                   # --views); None = all the store has with cached features, 0 with
+                                                   # --inputs image / --online-features (resolved by setup)
 
     def __post_init__(self) -> None:
         for name, allowed in (("inputs", INPUT_MODES), ("feature_norm", FEATURE_NORMS), ("aug_device", AUG_DEVICES),
@@ -80,6 +83,18 @@ class TrainConfig:
             _at_least("num_workers", self.num_workers, 0)
         if self.crop_zyx is not None:
             check_crop(self.crop_zyx, self.depth, self.unet)
+        self._check_views()
+
+    def _check_views(self) -> None:
+        """views: None (auto) or an integer >= 0; stored views carry augmented features, so they need cached
+        features (not --inputs image, whose intensity augmentation runs per crop, nor --online-features)."""
+        if self.views is None:
+            return
+        _at_least("views", self.views, 0, hint="(0 ignores the store's augmented views; auto uses them all)")
+        if self.views > 0 and (self.inputs == "image" or self.online_features):
+            why = "{inputs} image" if self.inputs == "image" else "{online_features}"
+            raise OptionError("views", self.views, f"cannot be used with {why}: stored views carry augmented "
+                              "features, and there the intensity augmentation runs on each crop; use {views} 0 or auto.")
 
     def _resolve_mask_rate(self) -> None:
         """mask_rate None -> 0.5 with both inputs, 0 with one; a non-zero rate needs both inputs (view masking drops
@@ -100,9 +115,10 @@ class TrainConfig:
     @classmethod
     def from_saved(cls, data: dict) -> "TrainConfig":
         """A TrainConfig from its `to_dict` form in a checkpoint or config.json (`history` ignored). Configs
-        recorded before the UNet kind was an option trained the Table 15 network."""
+        recorded before the UNet kind was an option trained the Table 15 network, those before views read none."""
         data = {k: v for k, v in data.items() if k != "history"}
         data.setdefault("unet", "table15")
+        data.setdefault("views", 0)  # runs recorded before views existed read no view
         return from_dict(cls, data)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -129,22 +145,6 @@ def check_crop(crop_zyx: tuple[int, ...], depth: int, unet: str = "public") -> N
             f"must have 3 positive sides divisible by 2**depth={m} (depth {depth}); pass e.g. {{crop_zyx}} "
             f"{xyz_text(fixed)} or a smaller {{depth}}.",
         )
-
-
-def xyz_text(crop_zyx: tuple[int, ...]) -> str:
-    """A (z, y, x) crop as the command line writes it: "x,y,z"."""
-    return ",".join(str(int(c)) for c in tuple(crop_zyx)[::-1])
-
-
-def parse_crop_size(text: str) -> tuple[int, int, int]:
-    """`--crop-size x,y,z` (pipeline order) -> (z, y, x)."""
-    try:
-        xyz = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise MaskgenError(f"--crop-size {text!r} is not three integers x,y,z (e.g. 64,64,64).") from None
-    if len(xyz) != 3 or min(xyz) <= 0:
-        raise MaskgenError(f"--crop-size {text!r} must be three positive integers x,y,z (e.g. 64,64,64).")
-    return (xyz[2], xyz[1], xyz[0])
 
 
 def default_run_name(store_path: str, inputs: str, mask_rate: float, seed: int) -> str:

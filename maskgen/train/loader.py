@@ -21,6 +21,7 @@ from maskgen.errors import MaskgenError
 from maskgen.train.augment import Augmenter
 from maskgen.train.sampling import CropSampler, sample_rng
 from maskgen.train.spatial_device import pack_spatial
+from maskgen.train.views import choose_view
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class LoaderSpec:
     volume_stats: bool         # attach per-case feature mean/std (--feature-norm volume)
     rank: int = 0              # this process's rank among `world_size` data-parallel processes
     world_size: int = 1
+    views: int = 0             # augmented views to draw crops from (maskgen.train.views); 0: the clean arrays
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -87,8 +89,11 @@ class TrainBatches(IterableDataset):
         if self.spec.read_features:
             out["features"] = torch.stack([s["features"] for s in samples])
         if self.spec.volume_stats:
-            out["mean"] = torch.tensor(np.stack([self._infos[c].feature_mean for c in out["case_ids"]]), dtype=torch.float32)
-            out["std"] = torch.tensor(np.stack([self._infos[c].feature_std for c in out["case_ids"]]), dtype=torch.float32)
+            stats = [_stats(self._infos[s["case_id"]], s["view"]) for s in samples]
+            out["mean"] = torch.tensor(np.stack([m for m, _ in stats]), dtype=torch.float32)
+            out["std"] = torch.tensor(np.stack([sd for _, sd in stats]), dtype=torch.float32)
+        if self.spec.views:
+            out["views"] = torch.tensor([s["view"] for s in samples], dtype=torch.int64)
         if not self.spec.spatial_on_cpu:
             out["spatial"] = pack_spatial([s["params"].spatial for s in samples], self.spec.crop_zyx)
         return out
@@ -96,20 +101,28 @@ class TrainBatches(IterableDataset):
     def sample(self, step: int, slot: int) -> dict[str, Any]:
         rng = sample_rng(self.spec.seed, step, slot)
         choice = self.sampler.sample(rng)
+        params = self.augmenter.sample(rng)
+        params, view = choose_view(params, rng, self.spec.views)  # views: read one, no intensity transform on top
         device_path = not self.spec.spatial_on_cpu
         feat_dtype = np.float16 if device_path else np.float32
-        crop = self.store.read_crop(choice.case_id, choice.start_zyx, self.spec.crop_zyx, dtype=feat_dtype)
+        crop = self.store.read_crop(choice.case_id, choice.start_zyx, self.spec.crop_zyx, dtype=feat_dtype,
+                                    **({"view": view} if view else {}))
         data: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(crop["image"], dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(crop["label"])[None]),
         }
         if self.spec.read_features:
             data["features"] = torch.from_numpy(np.ascontiguousarray(crop["features"]))
-        params = self.augmenter.sample(rng)
         data = self.augmenter.apply(data, params, spatial=self.spec.spatial_on_cpu)
         data["case_id"] = choice.case_id
         data["params"] = params
+        data["view"] = view
         return data
+
+
+def _stats(info: Any, view: int) -> tuple[Any, Any]:
+    """(feature mean, std) of the features a crop read: the case's, or those of its augmented view."""
+    return (info.feature_mean, info.feature_std) if view == 0 else info.view_stats(view)
 
 
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001

@@ -89,6 +89,7 @@ def _loop(run: Run, loader: Any) -> None:
                 now = time.perf_counter()
                 cps = cfg.batch_size / max(now - t_prev, 1e-9)
                 run.log.append({"step": run.step, "loss": loss, "lr": lr, "crops_per_s": cps, "data_s": t_data})
+                t_prev = now  # per-step figures (dropped in the train/ split: they had become cumulative)
                 if (cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps:
                     validate_and_checkpoint(run)
                     t_prev = time.perf_counter()  # validation time is not loader time

@@ -62,9 +62,9 @@ def resume_config(features: str, out: str | None, given: Mapping[str, Any]) -> T
 def continued_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The config to continue a run saved with `saved` when `given` was asked for, and the changes it makes
     ({field: (old, new)}): `saved` with the `RESUMABLE_FIELDS` of `given`; any other difference is a MaskgenError
-    naming the fields, as is a lower `steps`. `given.crop_zyx` / `given.train_cases` left empty mean "as the run"
-    (they are filled from the store)."""
-    unset = [k for k in ("crop_zyx", "train_cases") if not getattr(given, k)]
+    naming the fields, as is a lower `steps`. `given.crop_zyx` / `given.train_cases` left empty and `given.views`
+    None (auto) mean "as the run" (they are filled from the store)."""
+    unset = [k for k in ("crop_zyx", "train_cases") if not getattr(given, k)] + (["views"] if given.views is None else [])
     conflicts = config_diff(saved, given, ignore=(*RESUMABLE_FIELDS, *LOCATION_FIELDS, *unset))
     if conflicts:
         raise MaskgenError(

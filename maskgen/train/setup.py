@@ -16,6 +16,7 @@ from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.config import TrainConfig, check_crop, xyz_text
 from maskgen.train.inputs import input_channels, uses_features
 from maskgen.train.loader import LoaderSpec, choose_train_cases, make_loader
+from maskgen.train.views import resolve_views
 from maskgen.train.metrics_log import MetricsLog
 from maskgen.train.placement import resolve_aug_device, resolve_device, resolve_num_workers
 from maskgen.train.finite import WeightsCheck
@@ -78,8 +79,9 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
     check_crop(crop, cfg.depth, cfg.unet)
     check_crop_fits(crop, [tuple(c.shape_zyx) for c in store.cases(split="train") if c.case_id in set(cases)],
                     cfg.depth, cfg.unet)
+    views = resolve_views(cfg.views, store, cases, uses_features(cfg.inputs) and not cfg.online_features)
     return cfg.replace(features=canonical(cfg.features), out=str(run_dir_for(cfg)), crop_zyx=crop,
-                       train_cases=cases)
+                       train_cases=cases, views=views)
 
 
 def check_crop_fits(crop_zyx: tuple[int, ...], shapes_zyx: list[tuple[int, ...]], depth: int, unet: str) -> None:
@@ -132,6 +134,7 @@ def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderS
         spatial_on_cpu=aug_device == "cpu",
         read_features=uses_features(cfg.inputs) and not cfg.online_features,
         volume_stats=cfg.feature_norm == "volume",
+        views=int(cfg.views or 0),
     )
 
 
