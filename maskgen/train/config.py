@@ -60,6 +60,11 @@ class TrainConfig:
     views: int | None = None                       # augmented views of the store to draw crops from (extract
                                                    # --views); None = all the store has with cached features, 0 with
                                                    # --inputs image / --online-features (resolved by setup)
+    world_size: int = 1                            # data-parallel processes (resolved from torchrun's launch);
+                                                   # batch_size is per process: the global batch is the product
+    sync_bn: bool = False                          # SyncBatchNorm across the processes (CUDA only)
+    dist_timeout: float = 900.0                    # seconds a collective waits for the other processes before the
+                                                   # run stops (a rank that died or hangs)
 
     def __post_init__(self) -> None:
         for name, allowed in (("inputs", INPUT_MODES), ("feature_norm", FEATURE_NORMS), ("aug_device", AUG_DEVICES),
@@ -67,10 +72,11 @@ class TrainConfig:
             _choice(name, getattr(self, name), allowed)
         _choice("unet", self.unet, UNET_KINDS)
         self._resolve_mask_rate()
-        for name in ("steps", "batch_size", "channels", "depth"):
+        for name in ("steps", "batch_size", "channels", "depth", "world_size"):
             _at_least(name, getattr(self, name), 1)
         _finite("lr", self.lr, positive=True)
         _finite("weight_decay", self.weight_decay, positive=False)
+        _finite("dist_timeout", self.dist_timeout, positive=True)
         _fraction("fg_fraction", self.fg_fraction)
         _fraction("dropout", self.dropout, upper_open=True, hint="(0 disables channel dropout)")
         _fraction("aug_prob", self.aug_prob)
@@ -114,9 +120,10 @@ class TrainConfig:
 
     @classmethod
     def from_saved(cls, data: dict) -> "TrainConfig":
-        """A TrainConfig from its `to_dict` form in a checkpoint or config.json (`history` ignored). Configs
-        recorded before the UNet kind was an option trained the Table 15 network, those before views read none."""
-        data = {k: v for k, v in data.items() if k != "history"}
+        """A TrainConfig from its `to_dict` form in a checkpoint or config.json (`history` and the derived
+        `effective_batch_size` ignored). Configs recorded before the UNet kind was an option trained the Table 15
+        network, those before views read none."""
+        data = {k: v for k, v in data.items() if k not in ("history", "effective_batch_size")}
         data.setdefault("unet", "table15")
         data.setdefault("views", 0)  # runs recorded before views existed read no view
         return from_dict(cls, data)

@@ -5,7 +5,8 @@
 state therefore always correspond to a whole number of steps. It is also held while the loop takes the next batch
 (`guard.held()`): an exception raised in the middle of the DataLoader's queue and lock handling can leave a lock
 taken, and the shutdown of the workers would then wait for it forever. `interrupted(run, guard)` then writes last.pt at that
-step (with the RNG state of that step boundary) and returns the one-line KeyboardInterrupt for the CLI (exit 130).
+step (with the RNG state of that step boundary; in a data-parallel run, whose ranks stop at different points, the
+last checkpoint written is kept) and returns the one-line KeyboardInterrupt for the CLI (exit 130).
 A second Ctrl-C during the update raises at once. Outside the main thread (a notebook's worker thread, a dask task)
 or where SIGINT is ignored, nothing is installed and Python's behaviour is unchanged.
 """
@@ -91,7 +92,8 @@ def interrupted(run: Any, guard: InterruptGuard, start_step: int) -> KeyboardInt
     """After a KeyboardInterrupt in the loop (which started at `start_step`): last.pt at the last whole step when
     that is newer than the one on disk; the message says what is kept."""
     last = run.dir / "last.pt"
-    if guard.consistent and guard.updates:
+    several = bool(getattr(getattr(run, "dist", None), "active", False))  # DDP: no collective now; keep the last
+    if guard.consistent and guard.updates and not several:
         run.step = start_step + guard.updates
         if guard.rng is not None:
             set_rng_state(guard.rng)  # the state at that step boundary (the next step's forward may have drawn)

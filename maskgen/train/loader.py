@@ -58,7 +58,8 @@ def rank_slots(rank: int, batch_size: int) -> range:
 
 
 class TrainBatches(IterableDataset):
-    """Yields collated batches for steps [start_step, end_step): dict with `step`, `case_ids`, `image` (B,1,Z,Y,X)
+    """Yields collated batches for steps [start_step, end_step): dict with `step`, `slots` (of the step's global
+    batch, as `rank_slots`), `case_ids`, `image` (B,1,Z,Y,X)
     float32 in [0, 1], `label` (B,1,Z,Y,X) uint8, and as needed `features` (B,C,Z,Y,X) (float16 when the spatial
     augmentation runs on the device: cast there), `mean`/`std` (B,C) and `spatial` (per-sample device transforms)."""
 
@@ -79,9 +80,11 @@ class TrainBatches(IterableDataset):
             yield self.batch(step)
 
     def batch(self, step: int) -> dict[str, Any]:
-        samples = [self.sample(step, slot) for slot in rank_slots(self.spec.rank, self.spec.batch_size)]
+        slots = list(rank_slots(self.spec.rank, self.spec.batch_size))
+        samples = [self.sample(step, slot) for slot in slots]
         out: dict[str, Any] = {
             "step": step,
+            "slots": slots,
             "case_ids": [s["case_id"] for s in samples],
             "image": torch.stack([s["image"] for s in samples]),
             "label": torch.stack([s["label"] for s in samples]),

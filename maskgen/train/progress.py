@@ -30,10 +30,10 @@ class Watch:
     """The progress display and the tracker of a `maskgen.train.setup.Run`, listening to its metrics.jsonl while
     the `with` block runs: step records move the progress, validation records print a line; the tracker gets the
     numbers of every record. `enabled=False` (--quiet) silences the display, not the tracker. Only the process of
-    rank 0 shows and logs anything (`run.rank`, when the run has one: several processes train one run)."""
+    rank 0 shows and logs anything (data-parallel runs, `run.dist`)."""
 
     def __init__(self, run: Any, enabled: bool = True, interval: float | None = None, logger: str = "none"):
-        main = int(getattr(run, "rank", 0) or 0) == 0
+        main = bool(getattr(getattr(run, "dist", None), "is_main", True))
         enabled, logger = enabled and main, logger if main else "none"
         self.run, self.kind = run, logger
         self.progress = Progress("train", run.cfg.steps, run.step, describe=describe_step, enabled=enabled,
