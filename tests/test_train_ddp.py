@@ -6,7 +6,8 @@ process check: the run finishes; the parameters are identical on both ranks afte
 process; 2 processes with batch 1 match 1 process with batch 2 to the tolerance below (only BatchNorm statistics
 differ: per rank over 1 crop instead of over 2); resuming with another world size is refused. Two more processes
 (no store) check that a non-finite loss on one rank skips the update on both, and that a rank that hangs makes the
-other stop after --dist-timeout.
+other stop after --dist-timeout; two `maskgen train` processes started by hand check that killing one makes the
+other exit with a message.
 """
 
 from __future__ import annotations
