@@ -198,8 +198,9 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_
     model = build_model(cfg, num_features, num_classes, device)
     net = dist.wrap(model, cfg.sync_bn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    workers = resolve_num_workers(cfg.num_workers, device, dist.local_world_size)
     run = Run(cfg=cfg, dir=run_dir, store=store, device=device, aug_device=resolve_aug_device(cfg.aug_device, device),
-              num_workers=resolve_num_workers(cfg.num_workers, device), model=model, optimizer=optimizer,
+              num_workers=workers, model=model, optimizer=optimizer,
               loss_fn=_loss(), extractor=None, validator=Validator(store, cfg, device, num_classes, dist=dist),
               log=MetricsLog(run_dir / "metrics.jsonl"), end_step=cfg.steps if stop_at is None else stop_at,
               store_info={"path": cfg.features, "extractor": store.extractor, "num_features": num_features,
