@@ -25,14 +25,15 @@ CLI_IMPORTS_TODO: set[str] = set()
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
     "atomic": set(),
+    "progress": {"errors"},
     "config": {"errors", "atomic"},
-    "data": {"errors", "atomic", "config"},
-    "store": {"errors", "atomic", "config", "data"},
-    "extract": {"errors", "atomic", "config", "data", "store"},
-    "train": {"errors", "atomic", "config", "data", "store", "extract"},
-    "pretrain": {"errors", "atomic", "config", "data", "extract", "train"},
-    "evaluate": {"errors", "atomic", "config", "data", "store", "extract", "train"},
-    "demo": {"errors", "atomic", "config", "data", "store", "extract", "train", "evaluate"},
+    "data": {"errors", "atomic", "config", "progress"},
+    "store": {"errors", "atomic", "config", "progress", "data"},
+    "extract": {"errors", "atomic", "config", "progress", "data", "store"},
+    "train": {"errors", "atomic", "config", "progress", "data", "store", "extract"},
+    "pretrain": {"errors", "atomic", "config", "progress", "data", "extract", "train"},
+    "evaluate": {"errors", "atomic", "config", "progress", "data", "store", "extract", "train"},
+    "demo": {"errors", "atomic", "config", "progress", "data", "store", "extract", "train", "evaluate"},
 }
 
 

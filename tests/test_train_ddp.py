@@ -6,7 +6,8 @@ process check: the run finishes; the parameters are identical on both ranks afte
 process; 2 processes with batch 1 match 1 process with batch 2 to the tolerance below (only BatchNorm statistics
 differ: per rank over 1 crop instead of over 2); resuming with another world size is refused. Two more processes
 (no store) check that a non-finite loss on one rank skips the update on both, and that a rank that hangs makes the
-other stop after --dist-timeout.
+other stop after --dist-timeout; two `maskgen train` processes started by hand check that killing one makes the
+other exit with a message.
 """
 
 from __future__ import annotations
@@ -229,3 +230,39 @@ def test_nproc_relaunches_the_command_line_through_torchrun(monkeypatch):
         monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["train", "--features", "s.zarr", "--nproc", "2"])
     assert result.exit_code == 1 and "under torchrun leave it out" in result.output
+
+
+def test_a_killed_rank_stops_the_other_with_a_message(store, tmp_path):
+    """Two `maskgen train` processes started by hand (torchrun's variables, no torchrun agent to stop the survivor):
+    rank 1 is killed after its first step; rank 0 must exit with the collective's message, not wait forever."""
+    import signal
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    args = [sys.executable, "-m", "maskgen", "train", "--features", str(store), "--out", str(tmp_path / "run"),
+            "--channels", "4", "--depth", "2", "--crop-size", "16,16,16", "--batch-size", "1", "--steps", "200",
+            "--val-every", "0", "--num-workers", "0", "--dist-timeout", "60", "--quiet"]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "MASKGEN_DDP_TRACE": str(trace)}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 240
+        while not ((trace / "rank1.txt").exists() and (trace / "rank1.txt").read_text()):
+            assert procs[1].poll() is None and time.monotonic() < deadline, procs[1].stderr.read()[-2000:]
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        err = procs[0].communicate(timeout=120)[1]
+        assert procs[0].returncode == 1 and time.monotonic() - t0 < 60
+        assert "rank 0 of 2: a collective with the other training processes failed" in err, err[-2000:]
+        assert len((trace / "rank0.txt").read_text().splitlines()) < 200
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()

@@ -87,7 +87,16 @@ def register(app: typer.Typer) -> None:
         stop_at: Optional[int] = typer.Option(
             None, "--stop-at", rich_help_panel=RUN, help="Stop after this many steps in total (continue later with --resume)."
         ),
-        quiet: bool = typer.Option(False, "--quiet", rich_help_panel=RUN, help="No progress bar."),
+        quiet: bool = typer.Option(False, "--quiet", rich_help_panel=RUN, help="No progress bar or progress lines."),
+        logger: str = typer.Option(
+            "none", "--logger", rich_help_panel=RUN, help="Experiment tracker: none | tensorboard (event files in "
+            "RUN/tensorboard) | mlflow (file store RUN/mlruns, or $MLFLOW_TRACKING_URI); optional extras "
+            "maskgen[tensorboard], maskgen[mlflow]."
+        ),
+        log_interval: Optional[float] = typer.Option(
+            None, "--log-interval", rich_help_panel=RUN, help="Seconds between progress lines when stderr/stdout is "
+            "not a terminal (SLURM, | tee, CI); default $MASKGEN_LOG_INTERVAL or 30."
+        ),
         nproc: int = typer.Option(
             1, "--nproc", rich_help_panel=RUN, help="Data-parallel processes on this machine, one per GPU (DDP; gloo "
             "on the CPU): runs `torchrun --standalone --nproc-per-node N -m maskgen train ...`. --batch-size is per "
@@ -119,7 +128,8 @@ def register(app: typer.Typer) -> None:
             cfg = resume_config(features, out, {k: values[k] for k in _explicit(ctx)})
         else:
             cfg = TrainConfig(features=features, out=out or "", **values)
-        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet)
+        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet, logger=logger,
+                        log_interval=log_interval)
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
             typer.echo(str(run_dir))
 

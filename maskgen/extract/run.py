@@ -501,39 +501,12 @@ def _run_distributed(tasks: list[CaseTask], client: Any, on_result: Callable[[Ca
 
 
 # ------------------------------------------------------------------------------------------- progress
-def _progress(enabled: bool) -> Any:
-    """A rich progress bar on stderr: cases done / total, cases per minute, elapsed time and ETA."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+def _progress(title: str, total: int, enabled: bool) -> Any:
+    """Cases done / total, cases per minute, elapsed time and ETA on stderr (`maskgen.progress`: a bar on a
+    terminal, plain lines elsewhere)."""
+    from maskgen.progress import Progress
 
-    class CasesPerMinute(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            elapsed = task.elapsed or 0.0
-            if not task.completed or elapsed <= 0:
-                return Text("-- cases/min", style="progress.data.speed")
-            return Text(f"{task.completed / elapsed * 60:.1f} cases/min", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("cases"),
-        CasesPerMinute(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+    return Progress(title, total, unit="case", rate="min", enabled=enabled)
 
 
 # ------------------------------------------------------------------------------------------- entry point
@@ -684,15 +657,14 @@ def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: st
     from rich.markup import escape
 
     results: list[CaseResult] = []
-    with _progress(progress and bool(todo)) as bar:
-        task_id = bar.add_task(title, total=len(todo))
+    with _progress(title, len(todo), progress and bool(todo)) as bar:
 
         def on_result(res: CaseResult) -> None:
             check()
             results.append(res)
             if not res.ok and progress:
                 bar.console.print(f"[bold red]failed[/] {res.case_id}: {escape(res.error or '')}", highlight=False)
-            bar.advance(task_id)
+            bar.update(advance=1)
 
         if todo:
             if client is not None:

@@ -47,6 +47,8 @@ class Dist:
 
     def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, active: bool = False):
         self.rank, self.world_size, self.local_rank, self.active = int(rank), int(world_size), int(local_rank), active
+        # processes on this machine (torchrun's LOCAL_WORLD_SIZE): they share its CPUs for loader workers
+        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) if active else 1
         self.nonfinite_ranks: list[int] = []   # ranks whose loss was non-finite at the last `mean_loss`
         trace = os.environ.get(TRACE_ENV) if active else None
         self.trace_file = Path(trace) / f"rank{self.rank}.txt" if trace else None

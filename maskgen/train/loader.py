@@ -129,7 +129,16 @@ def _stats(info: Any, view: int) -> tuple[Any, Any]:
 
 
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    import atexit
+    import gc
+    import signal
+
     torch.set_num_threads(1)  # parallelism comes from the worker processes
+    # Ctrl-C reaches the whole process group: the main process handles it and shuts the workers down (a worker
+    # that died of it on its own could leave the main process waiting for its batch) ...
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # ... and waits for them to exit: a spawned worker skips the interpreter's final garbage collection (seconds)
+    atexit.register(gc.freeze)
 
 
 def _worker_start_method(store: Any) -> str:

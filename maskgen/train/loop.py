@@ -17,13 +17,16 @@ from typing import Any, Iterator
 
 import torch
 
+from maskgen.progress import log_interval as log_interval_s
 from maskgen.train.checkpoint import diverged_error, rng_state, set_rng_state, write_checkpoint
 from maskgen.train.config import TrainConfig
 from maskgen.train.distributed import distributed
 from maskgen.train.inputs import input_channels
 from maskgen.train.placement import resolve_device
 from maskgen.train.plots import plot_progress
-from maskgen.train.progress import console, progress_bar, say
+from maskgen.train.interrupt import InterruptGuard, interrupted
+from maskgen.train.loggers import check_logger
+from maskgen.train.progress import Watch, console, say
 from maskgen.train.schedule import lr_at
 from maskgen.train.setup import Run, setup, start
 from maskgen.train.step import train_step
@@ -36,18 +39,25 @@ def train(
     overwrite: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    logger: str = "none",
+    log_interval: float | None = None,
 ) -> Path:
     """Train (or with `resume`, continue) the run `cfg.out`; returns the run folder.
 
     `stop_at`: stop after this many steps in total (saving last.pt), to be continued later with `resume=True`.
     Launched by torchrun (`maskgen train --nproc N`), each process trains one data-parallel replica.
+    `logger`: none | tensorboard | mlflow (`maskgen.train.loggers`); `log_interval`: seconds between progress lines
+    when stderr is not a terminal (`maskgen.progress`); both on rank 0 only. Ctrl-C writes last.pt at the last whole
+    step and raises a KeyboardInterrupt saying so (`maskgen.train.interrupt`).
     """
+    check_logger(logger)
+    interval = log_interval_s(log_interval)
     with distributed(resolve_device(cfg.device), cfg.dist_timeout) as dist:
         run = setup(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, dist=dist)
-        return _train(run, progress and dist.is_main)
+        return _train(run, progress and dist.is_main, logger if dist.is_main else "none", interval)
 
 
-def _train(run: Run, progress: bool) -> Path:
+def _train(run: Run, progress: bool, logger: str = "none", interval: float | None = None) -> Path:
     out = console()
     if run.step >= run.end_step:
         if progress:
@@ -56,24 +66,24 @@ def _train(run: Run, progress: bool) -> Path:
     loader = start(run)
     if progress:
         say(out, describe(run))
-    with _torch_rng(run):
-        _loop(run, loader, progress_bar(out, progress))
+    with _torch_rng(run), Watch(run, progress, interval, logger):
+        _loop(run, loader)
     if progress:
         best = f", best val Dice {run.best_val_dice:.4f}" if run.best_val_dice >= 0 else ""
         say(out, f"done: step {run.step}/{run.cfg.steps}{best}: {run.dir}", style="green")
     return run.dir
 
 
-def _loop(run: Run, loader: Any, bar: Any) -> None:
+def _loop(run: Run, loader: Any) -> None:
     cfg = run.cfg
-    task = bar.add_task("train", total=cfg.steps, completed=run.step, loss=float("nan"), lr=0.0, cps=0.0)
     batches: Iterator[dict[str, Any]] = iter(loader)
-    cps_ema = None
+    start_step = run.step
     try:
-        with bar:
+        with InterruptGuard(run.optimizer) as guard:
             t_prev = time.perf_counter()
             for step in range(run.step, run.end_step):
-                batch = next(batches)
+                with guard.held():  # not inside the loader's queues and locks
+                    batch = next(batches)
                 t_data = time.perf_counter() - t_prev
                 if int(batch["step"]) != step:
                     raise RuntimeError(f"loader out of order: got the batch of step {batch['step']} at step {step}")
@@ -89,18 +99,19 @@ def _loop(run: Run, loader: Any, bar: Any) -> None:
                 run.dist.trace(run.step, run.model)
                 now = time.perf_counter()
                 cps = cfg.batch_size * cfg.world_size / max(now - t_prev, 1e-9)   # crops of the global batch
-                cps_ema = cps if cps_ema is None else 0.9 * cps_ema + 0.1 * cps
                 if run.dist.is_main:
                     run.log.append({"step": run.step, "loss": loss, "lr": lr, "crops_per_s": cps, "data_s": t_data})
                 t_prev = now  # per-step figures (dropped in the train/ split: they had become cumulative)
-                bar.update(task, completed=run.step, loss=loss, lr=lr, cps=cps_ema)
                 if (cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps:
                     validate_and_checkpoint(run)
                     t_prev = time.perf_counter()  # validation time is not loader time
             if run.last_saved != run.end_step:
                 save(run, {})
+    except KeyboardInterrupt:
+        del batches  # stop the loader workers first
+        raise interrupted(run, guard, start_step) from None
     finally:
-        del batches
+        batches = None
 
 
 def validate_and_checkpoint(run: Run) -> None:

@@ -177,7 +177,8 @@ def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path, world_size: int) -
 def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
           dist: Dist | None = None) -> Run:
     """A `Run` at its first step to do: new (`resume=False`) or restored from the run folder's last.pt; `dist`:
-    this process among the data-parallel ones (`maskgen.train.distributed`; default: the only one)."""
+    this process among the data-parallel ones (`maskgen.train.distributed`; default: the only one). Every check
+    (device, store, config, resume) comes before the run folder is created or written."""
     dist = dist or Dist()
     store = open_store(cfg.features)
     run_dir = run_dir_for(cfg)
@@ -189,16 +190,17 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_
         raise MaskgenError(f"--stop-at {stop_at} must be in 1..{cfg.steps} (--steps).")
     history = list(ckpt["history"]) if ckpt is not None else []
     config = {**to_dict(cfg), "effective_batch_size": cfg.batch_size * cfg.world_size, "history": history}
-    dist.on_main(lambda: prepare_run_dir(run_dir, resume, overwrite, config))
     device = dist.device(resolve_device(cfg.device))
+    dist.on_main(lambda: prepare_run_dir(run_dir, resume, overwrite, config))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one crop size for the whole run: let cuDNN pick its kernels
     num_features, num_classes = int(store.num_features), int(store.pipeline.num_classes)
     model = build_model(cfg, num_features, num_classes, device)
     net = dist.wrap(model, cfg.sync_bn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    workers = resolve_num_workers(cfg.num_workers, device, dist.local_world_size)
     run = Run(cfg=cfg, dir=run_dir, store=store, device=device, aug_device=resolve_aug_device(cfg.aug_device, device),
-              num_workers=resolve_num_workers(cfg.num_workers, device), model=model, optimizer=optimizer,
+              num_workers=workers, model=model, optimizer=optimizer,
               loss_fn=_loss(), extractor=None, validator=Validator(store, cfg, device, num_classes, dist=dist),
               log=MetricsLog(run_dir / "metrics.jsonl"), end_step=cfg.steps if stop_at is None else stop_at,
               store_info={"path": cfg.features, "extractor": store.extractor, "num_features": num_features,
