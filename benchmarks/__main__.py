@@ -14,7 +14,8 @@ BENCHMARKS = ("train_step", "loader", "extraction", "inference", "storage", "amo
 #: The paper-size benchmark for one GPU (issue 16.5; `--tiny` on the CPU), not part of `all`.
 GPU = ("paper",)
 #: Benchmarks of other stages, runnable through this entry point too (not part of `all`).
-OTHERS = ("store_layout", "augment_placement", "extractor_quality", "remote", "read_path", "finite_check", "threads")
+OTHERS = ("store_layout", "augment_placement", "extractor_quality", "remote", "read_path", "finite_check", "views",
+          "threads")
 
 
 def _run(name: str, argv: list[str]) -> None:

@@ -47,3 +47,25 @@ def tiny_train_config(store: Path, out: Path, **changes: Any) -> Any:
     from maskgen.train.config import TrainConfig
 
     return TrainConfig(features=str(store), out=str(out), **{**TINY_TRAIN, **changes})
+
+
+def after_ctrl_c(proc: Any, timeout: float = 60.0) -> str:
+    """stderr of a subprocess sent Ctrl-C, once it exits; if it does not, every thread's stack (started with
+    PYTHONFAULTHANDLER=1: SIGABRT dumps them) in the failure."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGABRT)
+        stderr = proc.communicate(timeout=30)[1]
+        stacks = stderr.split("Extension modules:")[0]
+        raise AssertionError(f"still running {timeout:.0f} s after Ctrl-C:\n{stacks[-12000:]}") from None
+
+
+#: `python -c` code running the CLI with Python's own Ctrl-C handler, also when the test process was started with
+#: SIGINT ignored (a background job of a non-interactive shell: `pytest ... &`), which the child would inherit.
+CLI_WITH_CTRL_C = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "from maskgen.cli import main; main()")

@@ -26,14 +26,15 @@ LAYERS: dict[str, set[str]] = {
     "errors": set(),
     "atomic": set(),
     "threads": {"errors"},
+    "progress": {"errors"},
     "config": {"errors", "atomic", "threads"},
-    "data": {"errors", "atomic", "threads", "config"},
-    "store": {"errors", "atomic", "threads", "config", "data"},
-    "extract": {"errors", "atomic", "threads", "config", "data", "store"},
-    "train": {"errors", "atomic", "threads", "config", "data", "store", "extract"},
-    "pretrain": {"errors", "atomic", "threads", "config", "data", "extract", "train"},
-    "evaluate": {"errors", "atomic", "threads", "config", "data", "store", "extract", "train"},
-    "demo": {"errors", "atomic", "threads", "config", "data", "store", "extract", "train", "evaluate"},
+    "data": {"errors", "atomic", "threads", "config", "progress"},
+    "store": {"errors", "atomic", "threads", "config", "progress", "data"},
+    "extract": {"errors", "atomic", "threads", "config", "progress", "data", "store"},
+    "train": {"errors", "atomic", "threads", "config", "progress", "data", "store", "extract"},
+    "pretrain": {"errors", "atomic", "threads", "config", "progress", "data", "extract", "train"},
+    "evaluate": {"errors", "atomic", "threads", "config", "progress", "data", "store", "extract", "train"},
+    "demo": {"errors", "atomic", "threads", "config", "progress", "data", "store", "extract", "train", "evaluate"},
 }
 
 

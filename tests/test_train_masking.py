@@ -63,3 +63,17 @@ def test_masks_from_an_explicit_generator_are_a_pure_function_of_seed_and_step()
     assert abs(dropped.float().mean().item() - 0.5) < 0.1
     kept = ~dropped[:, :, None, None, None].expand_as(z)
     torch.testing.assert_close(a[kept], z[kept] * 2, rtol=1e-6, atol=0)
+
+
+def test_step_masks_are_the_same_however_the_global_batch_is_split():
+    """Data-parallel ranks hold slots of a step's global batch: each sample takes its slot's row of the masks drawn
+    for the whole global batch, so 2 ranks x batch 1 mask like 1 process x batch 2 (= view_mask with the step's
+    generator)."""
+    from maskgen.train.masking import mask_generator, step_view_mask
+
+    z = torch.rand(4, 17, 2, 2, 2) + 0.5
+    whole = step_view_mask(z, 0.5, 3, 7, range(4), 4)
+    assert torch.equal(whole, view_mask(z, 0.5, mask_generator(3, 7)))
+    halves = [step_view_mask(z[r * 2 : (r + 1) * 2], 0.5, 3, 7, range(r * 2, (r + 1) * 2), 4) for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), whole)
+    assert not torch.equal(halves[1], step_view_mask(z[2:], 0.5, 3, 7, range(2), 4))  # rows differ by slot

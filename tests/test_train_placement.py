@@ -31,6 +31,7 @@ def test_loader_workers(monkeypatch):
     assert resolve_num_workers(3, torch.device("cpu")) == 3 and resolve_num_workers(0, torch.device("cuda")) == 0
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert resolve_num_workers(None, torch.device("cuda")) == 8 and resolve_num_workers(None, torch.device("cpu")) == 2
+    assert resolve_num_workers(None, torch.device("cuda"), processes=4) == 3  # 4 GPUs share the 16 cores
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert resolve_num_workers(None, torch.device("cuda")) == 1 and resolve_num_workers(None, torch.device("cpu")) == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 1)

@@ -72,9 +72,9 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, fields: FieldAliases 
             raise fail(render_option_error(e, flags, fields)) from None
         except MaskgenError as e:
             raise fail(str(e)) from None
-        except KeyboardInterrupt:
-            print("Interrupted. Finished work is kept: re-run the same command to continue "
-                  "(`maskgen train` and `maskgen pretrain`: add --resume).", file=sys.stderr)
+        except KeyboardInterrupt as e:  # one line: the command's own message when it raised one
+            print(str(e) or "Interrupted. Finished work is kept: re-run the same command to continue "
+                  "(`maskgen train` and `maskgen pretrain`: add --resume).", file=sys.stderr, flush=True)
             raise typer.Exit(130) from None
 
     return wrapper

@@ -26,6 +26,27 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.2f} TB"
 
 
+def _print_views(console, s, listed: int = 10) -> None:  # noqa: ANN001 - rich Console, StoreInfo
+    """The store's augmented views (`maskgen extract --views`): settings, storage cost, each case's view seeds and
+    the intensity transforms that fired in each view."""
+    v = s.views
+    if not v:
+        console.print("views         none (extract with --views K to store intensity-augmented views)")
+        return
+    console.print(
+        f"views         {v.get('count')} per {'/'.join(v.get('splits') or ['train'])} case on {len(s.view_cases)} "
+        f"case(s) (paper C.2 intensity transforms, each p={v.get('prob')}; seed {v.get('seed')}); "
+        f"{_fmt_bytes(s.bytes_per_view)} per view per case ({s.view_bytes_per_voxel:.2f} bytes/voxel), "
+        f"{_fmt_bytes(s.view_bytes)} in all", markup=False
+    )
+    for cid, records in s.view_cases[:listed]:
+        parts = [f"view{k} seed {r.get('seed')} [{', '.join(r.get('transforms') or {})}]"
+                 for k, r in enumerate(records, start=1)]
+        console.print(f"  {cid}: " + "; ".join(parts), markup=False)
+    if len(s.view_cases) > listed:
+        console.print(f"  ... and {len(s.view_cases) - listed} more case(s) with views")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `cache` command group to the main app."""
 
@@ -66,6 +87,7 @@ def register(app: typer.Typer) -> None:
             f"size on disk  {_fmt_bytes(s.size_bytes)}   {s.bytes_per_voxel:.2f} bytes/voxel over "
             f"{s.voxels:,} voxels   metadata {'consolidated' if s.consolidated else 'not consolidated'}"
         )
+        _print_views(console, s)
         table = Table(title=f"{s.cases} complete case(s)", show_edge=False)
         domains = sorted(s.by_domain)
         table.add_column("split")

@@ -81,7 +81,12 @@ def register(app: typer.Typer) -> None:
         if overwrite and Path(settings.out).exists():
             shutil.rmtree(settings.out)
         t0 = time.perf_counter()
-        result = run_demo(settings, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
+        try:
+            result = run_demo(settings, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
+        except KeyboardInterrupt as e:
+            raise KeyboardInterrupt(f"{str(e).split(':')[0] or 'Interrupted'}: run the same command again to continue "
+                                    "(data, features and finished runs are reused; an unfinished run continues from "
+                                    "its last.pt).") from None
         paths = result["results"]
         if not paths:
             raise MaskgenError(f"no evaluation results were written under {settings.out}.")

@@ -83,6 +83,10 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(
             False, "--wait", help="If another process is writing the store, wait for it instead of exiting."
         ),
+        views: Optional[int] = typer.Option(
+            None, "--views", min=0, help="Intensity-augmented views stored per train case (image + its features, "
+            "paper C.2 transforms; training draws one per crop) [default: an existing store's, else 0, by measurement: README]."
+        ),
         threads: Optional[int] = threads_option(),
     ) -> None:
         """Run a frozen feature extractor once per case and cache image, features and label in a Zarr store."""
@@ -111,6 +115,7 @@ def register(app: typer.Typer) -> None:
             redo=tuple(redo or ()),
             wait=wait,
             allow_constant=allow_constant,
+            views=views,
         )
         console = Console(highlight=False, soft_wrap=True)
         _print_derived_pipeline(console, dataset, fold)

@@ -48,7 +48,10 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run saved in '<out>.state/'."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop this invocation after "
                                                  "that many steps (resume later with --resume)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar or progress lines."),
+        log_interval: Optional[float] = typer.Option(None, "--log-interval", help="Seconds between progress lines "
+                                                     "when stderr/stdout is not a terminal; default "
+                                                     "$MASKGEN_LOG_INTERVAL or 30."),
         threads: Optional[int] = threads_option(),
     ) -> None:
         """Pretrain an anatomix-style feature extractor on synthetic label ensembles (contrastive)."""
@@ -68,7 +71,7 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as e:
             raise MaskgenError(f"invalid pretrain settings: {e}") from None
-        result = pretrain(cfg, resume=resume, stop_after=stop_after, show_progress=not quiet)
+        result = pretrain(cfg, resume=resume, stop_after=stop_after, show_progress=not quiet, log_interval=log_interval)
         console = Console(stderr=True, highlight=False)
         if result == cfg.out:
             console.print(f"Wrote {result} (load it with --extractor anatomix --weights {result}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import typer
@@ -16,7 +17,7 @@ DATA, MODEL, OPTIMISATION, AUGMENTATION, RUN = "Data", "Model", "Optimisation", 
 _FIELDS = (
     "inputs", "mask_rate", "steps", "batch_size", "lr", "weight_decay", "channels", "depth", "unet", "fg_fraction",
     "aug_prob", "aug_device", "feature_norm", "n_train", "val_every", "num_workers", "seed", "device",
-    "online_features", "extractor_weights", "dropout", "empty_class",
+    "online_features", "extractor_weights", "dropout", "empty_class", "views", "sync_bn", "dist_timeout",
 )
 
 
@@ -76,12 +77,38 @@ def register(app: typer.Typer) -> None:
         empty_class: str = typer.Option(
             "ignore", "--empty-class", rich_help_panel=RUN, help="Validation Dice of a class absent from the reference: ignore (paper, MONAI) | zero (nnU-Net)."
         ),
+        views: Optional[str] = typer.Option(
+            None, "--views", rich_help_panel=AUGMENTATION, help="Augmented views of the store (maskgen extract "
+            "--views) to draw crops from: auto (all the store has; none with --inputs image or --online-features) | 0 "
+            "(ignore them: intensity augmentation of the image only, as before) | K [default: auto]."
+        ),
         resume: bool = typer.Option(False, "--resume", rich_help_panel=RUN, help="Continue the run in --out from its last.pt."),
         overwrite: bool = typer.Option(False, "--overwrite", rich_help_panel=RUN, help="Start again in a non-empty run folder."),
         stop_at: Optional[int] = typer.Option(
             None, "--stop-at", rich_help_panel=RUN, help="Stop after this many steps in total (continue later with --resume)."
         ),
-        quiet: bool = typer.Option(False, "--quiet", rich_help_panel=RUN, help="No progress bar."),
+        quiet: bool = typer.Option(False, "--quiet", rich_help_panel=RUN, help="No progress bar or progress lines."),
+        logger: str = typer.Option(
+            "none", "--logger", rich_help_panel=RUN, help="Experiment tracker: none | tensorboard (event files in "
+            "RUN/tensorboard) | mlflow (file store RUN/mlruns, or $MLFLOW_TRACKING_URI); optional extras "
+            "maskgen[tensorboard], maskgen[mlflow]."
+        ),
+        log_interval: Optional[float] = typer.Option(
+            None, "--log-interval", rich_help_panel=RUN, help="Seconds between progress lines when stderr/stdout is "
+            "not a terminal (SLURM, | tee, CI); default $MASKGEN_LOG_INTERVAL or 30."
+        ),
+        nproc: int = typer.Option(
+            1, "--nproc", rich_help_panel=RUN, help="Data-parallel processes on this machine, one per GPU (DDP; gloo "
+            "on the CPU): runs `torchrun --standalone --nproc-per-node N -m maskgen train ...`. --batch-size is per "
+            "process."
+        ),
+        sync_bn: bool = typer.Option(
+            False, "--sync-bn", rich_help_panel=MODEL, help="SyncBatchNorm: batch statistics over all processes (CUDA)."
+        ),
+        dist_timeout: float = typer.Option(
+            900.0, "--dist-timeout", rich_help_panel=RUN, help="Seconds the processes wait for each other before the "
+            "run stops (a dead or hung rank)."
+        ),
         threads: Optional[int] = threads_option(rich_help_panel=RUN),
     ) -> None:
         """Train the segmentation UNet on crops streamed from a feature store (view masking, paper C.1-C.3)."""
@@ -91,8 +118,11 @@ def register(app: typer.Typer) -> None:
         from maskgen.train.loop import train
         from maskgen.train.resume import resume_config
 
+        if nproc != 1:
+            return _launch(ctx, nproc, device)
         use_threads(threads)  # re-applied for the loader workers when they start (maskgen.threads)
         values = {name: ctx.params[name] for name in _FIELDS}
+        values["views"] = _parse_views(views)
         values["crop_zyx"] = crop_size
         if not store_exists(features):
             raise MaskgenError(f"--features {features} does not exist; create the store with `maskgen extract`.")
@@ -100,8 +130,59 @@ def register(app: typer.Typer) -> None:
             cfg = resume_config(features, out, {k: values[k] for k in _explicit(ctx)})
         else:
             cfg = TrainConfig(features=features, out=out or "", **values)
-        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet)
-        typer.echo(str(run_dir))
+        run_dir = train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=not quiet, logger=logger,
+                        log_interval=log_interval)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
+            typer.echo(str(run_dir))
+
+
+def _launch(ctx: typer.Context, nproc: int, device: str) -> None:
+    """`--nproc N`: this command line without --nproc, in N processes started by torchrun's launcher."""
+    import torch
+
+    from maskgen.errors import MaskgenError
+    from maskgen.train.distributed import launch, launched
+
+    if nproc < 1:
+        raise MaskgenError(f"--nproc {nproc} must be at least 1.")
+    if launched():
+        raise MaskgenError("--nproc starts the processes itself; under torchrun leave it out (torchrun's "
+                           "--nproc-per-node sets the number).")
+    gpus = torch.cuda.device_count() if device != "cpu" else 0
+    if (device == "cuda" or gpus) and nproc > gpus:
+        raise MaskgenError(f"--nproc {nproc} needs one CUDA device per process but PyTorch sees {gpus}; use --nproc "
+                           f"{max(gpus, 1)} or --device cpu.")
+    launch([ctx.info_name or "train", *_command_line(ctx, drop=("nproc",))], nproc)
+
+
+def _command_line(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
+    """The options given on the command line, as arguments again (without those named in `drop`)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in drop or getattr(ctx.get_parameter_source(name), "name", "") != "COMMANDLINE":
+            continue
+        value = ctx.params[name]
+        if isinstance(value, tuple):  # a size option hands the command (z, y, x); its flag takes x,y,z
+            value = xyz_text(value)
+        if getattr(param, "is_flag", False):
+            flags = param.opts if value else param.secondary_opts
+            args += flags[:1]
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+def _parse_views(text: str | None) -> int | None:
+    """`--views auto|K` -> None (auto) or K."""
+    from maskgen.errors import MaskgenError
+
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise MaskgenError(f"--views {text!r} is not auto or a whole number of views (e.g. 0 or 2).") from None
 
 
 def _explicit(ctx: typer.Context) -> set[str]:

@@ -16,21 +16,15 @@ def build_demo_data(
 ) -> DemoSummary:
     """Generate (or reuse) the demo dataset with a progress bar and print its summary; returns the DemoSummary.
     Shared by `maskgen demo-data` and the end-to-end `maskgen demo`."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from maskgen.progress import Progress
 
     try:
         config = DemoConfig(subjects=subjects, seed=seed, spacing=spacing)
     except ValueError as e:
         raise MaskgenError(str(e)) from None
-    err = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]demo-data[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("subjects"),
-        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("subjects", total=subjects)
+    with Progress("demo-data", subjects, unit="subject") as bar:
         summary = generate_demo_dataset(
-            out, config, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done)
+            out, config, overwrite=overwrite, progress=lambda done, total: bar.update(done)
         )
     print_demo_summary(summary, [c.name for c in config.contrasts])
     return summary

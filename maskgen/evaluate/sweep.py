@@ -99,7 +99,7 @@ def _check_existing(run_dir: Path, cfg: Any) -> None:
     if not (run_dir / "config.json").is_file():
         return
     saved = read_run_config(run_dir)
-    unset = ("crop_zyx",) if cfg.crop_zyx is None else ()
+    unset = (("crop_zyx",) if cfg.crop_zyx is None else ()) + (("views",) if cfg.views is None else ())
     diffs = [f"{k} {a!r} there, {b!r} now" for k, (a, b) in
              config_diff(saved, cfg, ignore=(*RUNTIME_FIELDS, "features", "out", "train_cases", *unset)).items()]
     if not same_store(saved.features, cfg.features):

@@ -29,6 +29,11 @@ from maskgen.store.lock import WriterLock
 from maskgen.threads import reconfigure as reconfigure_threads, worker_threads
 
 PARALLEL_CHOICES = ("processes", "threads")
+#: Augmented views per train case when neither --views nor an existing store says. 0 by measurement
+#: (`python -m benchmarks views`, README "Augmented feature views"): on the demo data stored views did not beat
+#: cached clean features, in domain or out of domain, while online features did.
+DEFAULT_VIEWS = 0
+MAX_VIEWS = 64
 DEVICE_CHOICES = ("cpu", "cuda")
 
 
@@ -59,6 +64,8 @@ class ExtractConfig:
     device: str = "cpu"
     allow_download: bool = True
     allow_constant: bool = False                  # extract images that are constant after preprocessing
+    views: int | None = None                      # augmented views per train case; None: the existing store's,
+                                                  # else DEFAULT_VIEWS (maskgen.extract.views)
 
     def __post_init__(self) -> None:
         """Each option checked once, as an OptionError naming the field (the CLI shows the flag)."""
@@ -86,10 +93,24 @@ class ExtractConfig:
             raise OptionError("fold", self.fold, "must be an integer >= 0")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise OptionError("workers", self.workers, "must be an integer >= 1")
+        if self.views is not None and (isinstance(self.views, bool) or not isinstance(self.views, int)
+                                       or not 0 <= self.views <= MAX_VIEWS):
+            raise OptionError("views", self.views, f"must be an integer in 0..{MAX_VIEWS}")
         if self.chunks is not None:
             object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
             if len(self.chunks) != 3 or min(self.chunks) < 1:
                 raise OptionError("chunks", self.chunks, "must be three positive integers (z, y, x)")
+
+    def views_for(self, store_attrs: dict[str, Any] | None = None) -> int:
+        """Augmented views per train case of this run: --views, else an existing store's (0 for stores made
+        without), else DEFAULT_VIEWS."""
+        from maskgen.store.views import store_view_count
+
+        if self.views is not None:
+            return self.views
+        if store_attrs and not self.overwrite:
+            return store_view_count(store_attrs)
+        return DEFAULT_VIEWS
 
     @property
     def layout(self) -> StoreLayout:
@@ -244,6 +265,7 @@ class CaseTask:
     extractor: ExtractorRef
     layout: StoreLayout = DEFAULT_LAYOUT
     allow_constant: bool = False
+    views: int = 0             # augmented views to store (train cases only: maskgen.extract.views.wants_views)
 
 
 def _reason(case_id: str, e: BaseException) -> str:
@@ -262,6 +284,7 @@ class _Stage:
     label: Any                 # (Z, Y, X) uint8 or None
     attrs: dict[str, Any]
     features: Any = None       # once extracted: a CPU tensor, or StoreFeatures made on the accelerator
+    views: list = field(default_factory=list)   # augmented views (maskgen.store.views.CaseView), train cases
     stage_s: dict[str, float] = field(default_factory=dict)   # seconds spent in load / extract / write
 
     def failed(self, message: str) -> CaseResult:
@@ -309,12 +332,16 @@ def extract_case(stage: _Stage) -> _Stage | CaseResult:
     statistics and the float16 cast happen there (`store_features`: half the bytes cross to the host); on the CPU
     they are left to the write stage, off the thread that runs the forward."""
     from maskgen.extract.inference import extract_tensor, store_features
+    from maskgen.extract.views import extract_views, wants_views
 
     t0 = time.perf_counter()
     try:
         extractor = worker_extractor(stage.task.extractor)
         out = extract_tensor(extractor, stage.image, device=stage.task.extractor.device)
         stage.features = out if out.device.type == "cpu" else store_features(out, stage.task.layout.dtype)
+        if wants_views(stage.task.case, stage.task.views):
+            stage.views = extract_views(extractor, stage.image, stage.task.case.case_id, stage.task.views,
+                                        device=stage.task.extractor.device, dtype=stage.task.layout.dtype)
     except MaskgenError as e:
         return stage.failed(_reason(stage.task.case.case_id, e))
     except Exception as e:
@@ -341,7 +368,7 @@ def write_stage(stage: _Stage) -> CaseResult:
                             "use --dtype int8 (scaled per channel) for this extractor")
     try:
         nbytes = write_case(task.store, cid, image=stage.image, features=feats.values, label=label,
-                            attrs=stage.attrs, layout=task.layout, stats=(feats.mean, feats.std))
+                            attrs=stage.attrs, layout=task.layout, stats=(feats.mean, feats.std), views=stage.views)
     except MaskgenError as e:
         return stage.failed(_reason(cid, e))
     except OSError as e:
@@ -476,39 +503,12 @@ def _run_distributed(tasks: list[CaseTask], client: Any, on_result: Callable[[Ca
 
 
 # ------------------------------------------------------------------------------------------- progress
-def _progress(enabled: bool) -> Any:
-    """A rich progress bar on stderr: cases done / total, cases per minute, elapsed time and ETA."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+def _progress(title: str, total: int, enabled: bool) -> Any:
+    """Cases done / total, cases per minute, elapsed time and ETA on stderr (`maskgen.progress`: a bar on a
+    terminal, plain lines elsewhere)."""
+    from maskgen.progress import Progress
 
-    class CasesPerMinute(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            elapsed = task.elapsed or 0.0
-            if not task.completed or elapsed <= 0:
-                return Text("-- cases/min", style="progress.data.speed")
-            return Text(f"{task.completed / elapsed * 60:.1f} cases/min", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("cases"),
-        CasesPerMinute(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+    return Progress(title, total, unit="case", rate="min", enabled=enabled)
 
 
 # ------------------------------------------------------------------------------------------- entry point
@@ -633,7 +633,8 @@ def _todo(plan: _Plan, ref: ExtractorRef, layout: StoreLayout, config: ExtractCo
             plan_.stale.append((cid, "; ".join(diff.stale)))
         if attrs is not None or config.overwrite:
             writer.delete_case(io, cid)
-        plan_.tasks.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout, config.allow_constant))
+        plan_.tasks.append(CaseTask(str(plan.out), case, plan.pipeline, ref, layout, config.allow_constant,
+                                    config.views_for(plan.existing)))
     return plan_
 
 
@@ -658,15 +659,14 @@ def _execute(todo: list[CaseTask], config: ExtractConfig, client: Any, title: st
     from rich.markup import escape
 
     results: list[CaseResult] = []
-    with _progress(progress and bool(todo)) as bar:
-        task_id = bar.add_task(title, total=len(todo))
+    with _progress(title, len(todo), progress and bool(todo)) as bar:
 
         def on_result(res: CaseResult) -> None:
             check()
             results.append(res)
             if not res.ok and progress:
                 bar.console.print(f"[bold red]failed[/] {res.case_id}: {escape(res.error or '')}", highlight=False)
-            bar.advance(task_id)
+            bar.update(advance=1)
 
         if todo:
             if client is not None:
@@ -714,6 +714,7 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     `raise_on_failure` is False, in which case the summary lists them).
     """
     from maskgen.config import to_dict
+    from maskgen.extract.views import views_attr
     from maskgen.store import writer
 
     t_start = time.perf_counter()
@@ -723,7 +724,8 @@ def run_extract(config: ExtractConfig, progress: bool = True, raise_on_failure: 
     fingerprint = extractor.fingerprint()
     ref = ExtractorRef(fingerprint, extractor.weights_path, config.device)
     layout = config.layout_for(plan.pipeline, plan.existing)
-    attrs = writer.root_attributes(plan.pipeline, fingerprint, layout, extract_config=to_dict(config))
+    attrs = writer.root_attributes(plan.pipeline, fingerprint, layout, extract_config=to_dict(config),
+                                   views=views_attr(config.views_for(plan.existing)))
     client = connect(config.scheduler) if config.scheduler else None
     lock = WriterLock(plan.out, on_message=_note)
     try:

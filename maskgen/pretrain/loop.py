@@ -229,29 +229,24 @@ def pretrain(
     resume: bool = False,
     stop_after: int | None = None,
     show_progress: bool = True,
+    log_interval: float | None = None,
 ) -> Path:
     """Train (or continue) the run of `cfg`; returns the weights path once `cfg.steps` are done.
 
     `stop_after`: stop this invocation after that many steps (the state stays resumable); the weights file is
     then not written yet and the state path is returned instead.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from maskgen.progress import Progress
 
     _check_start(cfg, resume, stop_after)
     run = _setup(cfg, resume)
     end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("pretrain", style="bold"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not show_progress,
-    )
+    progress = Progress("pretrain", cfg.steps, run.step, describe=lambda f: f"loss {f['loss']:.4f}",
+                        enabled=show_progress, interval=log_interval)
     run.net.train()
     last_loss = run.records[-1]["loss"] if run.records else float("nan")
     try:
         with progress:
-            task = progress.add_task("pretrain", total=cfg.steps, completed=run.step, loss=f"{last_loss:.4f}")
             for batch in step_batches(run, end):
                 _step(run, batch)
                 if run.step % cfg.log_every == 0 or run.step == cfg.steps:
@@ -259,12 +254,11 @@ def pretrain(
                     last_loss = run.records[-1]["loss"]
                 if run.step % cfg.checkpoint_every == 0 or run.step == end:
                     _save_state(run)
-                progress.update(task, completed=run.step, loss=f"{last_loss:.4f}")
+                progress.update(run.step, loss=last_loss)
     except KeyboardInterrupt:
         saved = load_state(run.last_path)["step"] if run.last_path.exists() else 0
-        console.print(f"Interrupted at step {run.step}; the last checkpoint is at step {saved}. "
-                      "Continue with the same command plus --resume.", markup=False)
-        raise
+        raise KeyboardInterrupt(f"Interrupted at step {run.step}; the last checkpoint is at step {saved}. "
+                                "Continue with the same command plus --resume.") from None
     if run.step < cfg.steps:
         return run.last_path
     return _write_weights(run, last_loss)

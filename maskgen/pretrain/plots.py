@@ -11,7 +11,7 @@ from maskgen.train.plots import Panel, plot_panels
 PRETRAIN_PANELS = (
     Panel("contrastive loss", (("loss", ""),)),
     Panel("cosine similarity", (("pos_cos", "same voxel, other view"), ("neg_cos", "other labels")), ylim=(-1.05, 1.05)),
-    Panel("learning rate", (("lr", ""),)),
+    Panel("learning rate", (("lr", ""),), sci=True),
 )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from maskgen.store.integrity import value_problem
 from maskgen.store.layout import FEATURES, IMAGE, LABEL
 from maskgen.store.reader import FeatureStore
+from maskgen.store.views import features_name, image_name, view_array_names
 from maskgen.store.writer import store_size
 
 _VERIFY_SLAB_BYTES = 128 * 2**20
@@ -39,10 +40,26 @@ class StoreInfo:
     size_bytes: int
     voxels: int
     consolidated: bool
+    views: dict[str, Any] | None = None          # the root `views` settings (count, prob, seed, transforms, splits)
+    view_cases: tuple[tuple[str, tuple[dict, ...]], ...] = ()   # (case id, view records) of the cases with views
+    view_bytes: int = 0                           # bytes of every view array (image_viewK + features_viewK)
+    view_voxels: int = 0                          # voxels of one view summed over the cases with views
 
     @property
     def bytes_per_voxel(self) -> float:
         return self.size_bytes / self.voxels if self.voxels else 0.0
+
+    @property
+    def bytes_per_view(self) -> float:
+        """Mean bytes of one augmented view (image + features) of one case."""
+        n = sum(len(v) for _, v in self.view_cases)
+        return self.view_bytes / n if n else 0.0
+
+    @property
+    def view_bytes_per_voxel(self) -> float:
+        """Bytes per voxel of one view (compare with `bytes_per_voxel`, which counts every array)."""
+        n = len(self.view_cases[0][1]) if self.view_cases else 0
+        return self.view_bytes / (n * self.view_voxels) if n and self.view_voxels else 0.0
 
 
 def store_info(path: str | os.PathLike) -> StoreInfo:
@@ -72,7 +89,20 @@ def store_info(path: str | os.PathLike) -> StoreInfo:
         size_bytes=store_size(store.io),
         voxels=sum(int(np.prod(c.shape_zyx)) for c in cases),
         consolidated=store.used_consolidated,
+        **_view_info(store, cases),
     )
+
+
+def _view_info(store: FeatureStore, cases: list[Any]) -> dict[str, Any]:
+    """The store's views: settings, per-case records, bytes of the view arrays (one listing per array)."""
+    from maskgen.store.meta import case_prefix
+    from maskgen.store.views import VIEWS_ATTR, view_array_names
+
+    with_views = [c for c in cases if c.num_views]
+    size = sum(store.io.size_prefix(f"{case_prefix(c.case_id)}/{name}")
+               for c in with_views for name in view_array_names(c.num_views))
+    return {"views": store.attrs.get(VIEWS_ATTR), "view_cases": tuple((c.case_id, c.views) for c in with_views),
+            "view_bytes": int(size), "view_voxels": sum(int(np.prod(c.shape_zyx)) for c in with_views)}
 
 
 def _rules_by_domain(cases: list[Any]) -> dict[str, str]:
@@ -115,6 +145,11 @@ def _case_attr_problems(store: FeatureStore, info: Any) -> list[str]:
     for what, values in (("feature_mean", info.feature_mean), ("feature_std", info.feature_std)):
         if len(values) != c or not np.isfinite(values).all():
             problems.append(f"{what} must hold {c} finite values, has {len(values)}")
+    for k, rec in enumerate(info.views, start=1):
+        for what in ("feature_mean", "feature_std") + (("feature_scale",) if store.layout.dtype == "int8" else ()):
+            values = rec.get(what) or []
+            if len(values) != c or not np.isfinite(values).all():
+                problems.append(f"view {k}: {what} must hold {c} finite values, has {len(values)}")
     if store.layout.dtype == "int8" and (info.feature_scale is None or len(info.feature_scale) != c):
         problems.append(f"int8 features need feature_scale with {c} values")
     return problems
@@ -139,12 +174,13 @@ def _bad_chunks(arr: Any, sl: slice) -> list[str]:
     return out
 
 
-def _check_values(arrays: dict[str, Any], has_label: bool, num_classes: int, c: int, yx: int) -> list[str]:
+def _check_values(arrays: dict[str, Any], has_label: bool, num_classes: int, c: int, yx: int,
+                  views: int = 0) -> list[str]:
     """Read every chunk (in z slabs) and check it decodes (checksums) and holds valid values."""
     problems: list[str] = []
     z = arrays[IMAGE].shape[1]
     step = max(1, _VERIFY_SLAB_BYTES // max(1, 4 * (c + 1) * yx))
-    names = [IMAGE, FEATURES] + ([LABEL] if has_label else [])
+    names = [IMAGE, FEATURES] + ([LABEL] if has_label else []) + view_array_names(views)
     for z0 in range(0, z, step):
         sl = slice(z0, min(z, z0 + step))
         for name in names:
@@ -171,6 +207,8 @@ def verify_case(store: FeatureStore, case_id: str) -> list[str]:
     expected = [(IMAGE, (1, z, y, x), "float16"), (FEATURES, (c, z, y, x), feat_dtype)]
     if info.has_label:
         expected.append((LABEL, (z, y, x), "uint8"))
+    for k in range(1, info.num_views + 1):
+        expected += [(image_name(k), (1, z, y, x), "float16"), (features_name(k), (c, z, y, x), feat_dtype)]
     arrays = {}
     for name, shape, dtype in expected:
         try:
@@ -181,7 +219,7 @@ def verify_case(store: FeatureStore, case_id: str) -> list[str]:
         problems += _check_array(arrays[name], name, shape, dtype)
     if problems:
         return problems
-    return _check_values(arrays, info.has_label, store.num_classes, c, y * x)
+    return _check_values(arrays, info.has_label, store.num_classes, c, y * x, info.num_views)
 
 
 def _unchecksummed(store: FeatureStore, case_ids: list[str]) -> tuple[str, ...]:

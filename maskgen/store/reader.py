@@ -24,6 +24,7 @@ from maskgen.store.integrity import TRANSIENT, ArrayReadError, CorruptStoreError
 from maskgen.store.kv import StoreIO, as_io
 from maskgen.store.layout import CASES_GROUP, COMPLETE_ATTR, FEATURES, IMAGE, LABEL, StoreLayout, dequantize_into
 from maskgen.store.meta import case_folders, case_prefix, read_many_case_attrs, read_root_doc, root_attrs_of
+from maskgen.store.views import VIEWS_ATTR, features_name, image_name, store_view_count
 from maskgen.store.tensorstore_backend import TensorstoreBackend, tensorstore_available
 from maskgen.store.zarr_backend import ZarrBackend, configure_zarr_threads  # noqa: F401 - re-exported
 
@@ -62,6 +63,23 @@ class CaseInfo:
     feature_scale: tuple[float, ...] | None = None  # int8 stores only
     has_label: bool = True
     normalization: str = ""  # the intensity rule the case got, e.g. "ct [-1024, 1024]" ("" in older stores)
+    views: tuple[dict, ...] = ()  # records of the augmented views 1..K (`maskgen.store.views`); () without views
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    def view_stats(self, view: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(feature_mean, feature_std) of view `view` (0: the clean features)."""
+        if view == 0:
+            return self.feature_mean, self.feature_std
+        rec = self.views[view - 1]
+        return tuple(rec["feature_mean"]), tuple(rec["feature_std"])
+
+    def view_scale(self, view: int) -> np.ndarray | None:
+        """int8 per-channel scale of the features of view `view` (None for float16 stores)."""
+        scale = self.feature_scale if view == 0 else self.views[view - 1].get("feature_scale")
+        return None if scale is None else np.asarray(scale, dtype=np.float32)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "CaseInfo":
@@ -78,6 +96,7 @@ class CaseInfo:
             feature_scale=None if scale is None else tuple(float(v) for v in scale),
             has_label=bool(attrs.get("has_label", True)),
             normalization=describe_record(attrs.get("normalization")),
+            views=tuple(dict(v) for v in attrs.get(VIEWS_ATTR) or ()),
         )
 
 
@@ -165,6 +184,11 @@ class FeatureStore:
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.attrs["spacing_zyx"])  # type: ignore[return-value]
+
+    @property
+    def view_count(self) -> int:
+        """Augmented views per train case the store was made with (`maskgen extract --views`; 0 without)."""
+        return store_view_count(self.attrs)
 
     @property
     def num_classes(self) -> int:
@@ -332,13 +356,18 @@ class FeatureStore:
         start_zyx: tuple[int, int, int] | np.ndarray,
         size_zyx: tuple[int, int, int] | np.ndarray,
         dtype: Any = np.float32,
+        view: int = 0,
     ) -> dict[str, np.ndarray | None]:
         """A crop [start, start + size) of every array, reading only the chunks it touches.
 
         Parts of the crop outside the volume are zero (image, features and label). `dtype` is the output dtype of
-        image and features; pass np.float16 to skip the CPU cast of float16 stores and cast on the device.
+        image and features; pass np.float16 to skip the CPU cast of float16 stores and cast on the device. `view`:
+        0 reads the clean image and features, k >= 1 those of augmented view k (`image_viewk`, `features_viewk`).
         """
         info = self.case(case_id)
+        if not 0 <= int(view) <= info.num_views:
+            raise MaskgenError(f"case {case_id} of {self.path} has {info.num_views} augmented view(s), not view {view}; "
+                               "extract the store with more `maskgen extract --views`")
         start = np.asarray(start_zyx, dtype=np.int64).reshape(3)
         size = np.asarray(size_zyx, dtype=np.int64).reshape(3)
         if (size <= 0).any():
@@ -352,12 +381,13 @@ class FeatureStore:
             return out  # entirely outside the volume: zeros
         src = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
-        scale = _scale(info)
+        names = {IMAGE: image_name(view), FEATURES: features_name(view), LABEL: LABEL}
         items = []
         for name, arr in out.items():
             if arr is not None:
                 lead = (slice(None),) * (arr.ndim - 3)
-                items.append((name, lead + src, arr[lead + dst], scale if name == FEATURES else None))
+                items.append((names[name], lead + src, arr[lead + dst],
+                              info.view_scale(view) if name == FEATURES else None))
         self._read_into(case_id, items)
         return out
 

@@ -13,7 +13,7 @@ import contextlib
 import datetime as _dt
 import uuid
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from maskgen.store.layout import (
     int8_scale,
     quantize_int8,
 )
+from maskgen.store import views as views_mod
 from maskgen.store.meta import case_prefix, check_case_id, fg_key, not_a_store_problem, read_root_attrs
+from maskgen.store.views import CaseView
 
 _SLAB_BYTES = 256 * 2**20  # bound on the temporary copy made when converting a slab to the stored dtype
 
@@ -46,9 +48,11 @@ def quiet() -> Iterator[None]:
 
 
 def root_attributes(
-    pipeline: Any, fingerprint: dict[str, Any], layout: StoreLayout, extract_config: dict[str, Any] | None = None
+    pipeline: Any, fingerprint: dict[str, Any], layout: StoreLayout, extract_config: dict[str, Any] | None = None,
+    views: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The root attributes of a new store (see docs/ARCHITECTURE.md)."""
+    """The root attributes of a new store (see docs/ARCHITECTURE.md); `views`: `store.views.root_views_attr` (None:
+    no augmented views, and no `views` attribute)."""
     from maskgen import __version__
     from maskgen.config import to_dict
 
@@ -63,6 +67,7 @@ def root_attributes(
         "layout": layout.to_attrs(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extract_config": extract_config or {},
+        **({views_mod.VIEWS_ATTR: views} if views else {}),
     }
 
 
@@ -85,6 +90,7 @@ _COMPARED = (
     ("layout.shards_zyx", "shard shape"),
     ("pipeline.name", "pipeline"),
     ("pipeline.classes", "label classes"),
+    ("views", "augmented views (--views)"),
 )
 
 
@@ -246,10 +252,11 @@ def check_case_arrays(case_id: str, image: np.ndarray, features: np.ndarray, lab
 
 def case_record(
     case_id: str, attrs: dict[str, Any], features: np.ndarray, has_label: bool, layout: StoreLayout,
-    stats: tuple[list[float], list[float]] | None = None,
+    stats: tuple[list[float], list[float]] | None = None, views: Sequence[CaseView] = (),
 ) -> dict[str, Any]:
-    """The case group's attributes: the caller's `attrs` plus shape, channel statistics, (int8) scales and the
-    OME-Zarr metadata that places the arrays in space (`maskgen.store.ome`)."""
+    """The case group's attributes: the caller's `attrs` plus shape, channel statistics, (int8) scales, the records
+    of augmented views (`maskgen.store.views`) and the OME-Zarr metadata that places the arrays in space
+    (`maskgen.store.ome`)."""
     from maskgen.store.ome import case_ome_attrs
 
     mean, std = channel_stats(features) if stats is None else (list(stats[0]), list(stats[1]))
@@ -262,12 +269,23 @@ def case_record(
         "feature_mean": mean,
         "feature_std": std,
         "has_label": has_label,
-        "ome": case_ome_attrs([IMAGE, FEATURES] + ([LABEL] if has_label else []),
+        "ome": case_ome_attrs([IMAGE, FEATURES] + ([LABEL] if has_label else [])
+                              + views_mod.view_array_names(len(views)),
                               attrs.get("spacing_zyx") or (1.0, 1.0, 1.0), attrs.get("geometry")),
     }
     if layout.dtype == "int8":
         info["feature_scale"] = [float(s) for s in int8_scale(features)]
+    if views:
+        info[views_mod.VIEWS_ATTR] = [_view_record(v, layout) for v in views]
     return info
+
+
+def _view_record(view: CaseView, layout: StoreLayout) -> dict[str, Any]:
+    record = {**view.record, "feature_mean": [float(m) for m in view.mean],
+              "feature_std": [float(s) for s in view.std]}
+    if layout.dtype == "int8":
+        record["feature_scale"] = [float(s) for s in int8_scale(view.features)]
+    return record
 
 
 def _write_slabs(arr: Any, data: np.ndarray, z_axis: int, z_step: int, convert: Any) -> None:
@@ -302,23 +320,39 @@ def _create_array(group: Any, name: str, shape: tuple[int, ...], lead_chunk: tup
 
 
 def write_arrays(group: Any, image: np.ndarray, features: np.ndarray, label: np.ndarray | None,
-                 layout: StoreLayout, scale: Any = None) -> None:
-    """Create and fill the image, features and label arrays of a case group, in chunk-aligned slabs."""
+                 layout: StoreLayout, scale: Any = None, views: Sequence[CaseView] = (),
+                 view_scales: Sequence[Any] = ()) -> None:
+    """Create and fill the image, features and label arrays of a case group (and those of its augmented views:
+    `image_viewK`, `features_viewK`, with `view_scales` for int8), in chunk-aligned slabs."""
     shape = tuple(int(s) for s in image.shape[1:])
     z_step = (layout.spatial_shards(shape) or layout.spatial_chunks(shape))[0]
-    a_img = _create_array(group, IMAGE, (1, *shape), (1,), "float16", layout)
-    _write_slabs(a_img, image, 1, z_step, _as_float16)
-    channels = int(features.shape[0])
-    cc = layout.feature_chunk_channels(channels)
-    if scale is not None:
-        a_feat = _create_array(group, FEATURES, (channels, *shape), (cc,), "int8", layout)
-        _write_slabs(a_feat, features, 1, z_step, lambda s: quantize_int8(s, scale))
-    else:
-        a_feat = _create_array(group, FEATURES, (channels, *shape), (cc,), "float16", layout)
-        _write_slabs(a_feat, features, 1, z_step, _as_float16)
+    _write_image(group, IMAGE, image, layout, z_step)
+    _write_features(group, FEATURES, features, layout, scale, z_step)
     if label is not None:
         a_lab = _create_array(group, LABEL, shape, (), "uint8", layout)
         _write_slabs(a_lab, label, 0, z_step, lambda s: s.astype(np.uint8))
+    for k, view in enumerate(views, start=1):
+        _write_image(group, views_mod.image_name(k), view.image, layout, z_step)
+        _write_features(group, views_mod.features_name(k), view.features, layout,
+                        view_scales[k - 1] if view_scales else None, z_step)
+
+
+def _write_image(group: Any, name: str, image: np.ndarray, layout: StoreLayout, z_step: int) -> None:
+    arr = _create_array(group, name, tuple(int(s) for s in image.shape), (1,), "float16", layout)
+    _write_slabs(arr, image, 1, z_step, _as_float16)
+
+
+def _write_features(group: Any, name: str, features: np.ndarray, layout: StoreLayout, scale: Any,
+                    z_step: int) -> None:
+    """float16 features, or int8 ones quantised with the per-channel `scale`."""
+    shape = tuple(int(s) for s in features.shape)
+    cc = layout.feature_chunk_channels(shape[0])
+    if scale is not None:
+        arr = _create_array(group, name, shape, (cc,), "int8", layout)
+        _write_slabs(arr, features, 1, z_step, lambda s: quantize_int8(s, scale))
+    else:
+        arr = _create_array(group, name, shape, (cc,), "float16", layout)
+        _write_slabs(arr, features, 1, z_step, _as_float16)
 
 
 def _as_float16(s: np.ndarray) -> np.ndarray:
@@ -363,11 +397,13 @@ def write_case(
     attrs: dict[str, Any],
     layout: StoreLayout,
     stats: tuple[list[float], list[float]] | None = None,
+    views: Sequence[CaseView] = (),
 ) -> int:
     """Write one case group completely, then mark it complete. Returns the bytes it occupies in the store.
 
     image (1, Z, Y, X) float in [0, 1]; features (C, Z, Y, X) float (raw extractor output); label (Z, Y, X)
-    integer or None. Non-finite values raise MaskgenError before anything is written. `stats` (per-channel mean and
+    integer or None; `views`: augmented views (`maskgen.store.views.CaseView`), stored as `image_viewK` /
+    `features_viewK`. Non-finite values raise MaskgenError before anything is written. `stats` (per-channel mean and
     std, e.g. computed on the accelerator by `maskgen.extract.inference.extract_for_store`) replace the writer's
     pass over the features; finite stats vouch for finite features. On any error the partial group is removed (a
     killed process leaves it unmarked; the next run deletes and redoes it).
@@ -376,17 +412,22 @@ def write_case(
 
     finite_stats = stats is not None and bool(np.isfinite(np.asarray(stats, dtype=np.float64)).all())
     check_case_arrays(case_id, image, features, label, features_checked=finite_stats)
-    info = case_record(case_id, attrs, features, label is not None, layout, stats if finite_stats else None)
+    for k, view in enumerate(views, start=1):
+        _check_view(case_id, k, view, features.shape)
+    info = case_record(case_id, attrs, features, label is not None, layout, stats if finite_stats else None, views)
     scale = info.get("feature_scale")
+    view_scales = [np.asarray(r["feature_scale"], dtype=np.float32) for r in info.get(views_mod.VIEWS_ATTR, ())
+                   if "feature_scale" in r]
     io = as_io(store)
     delete_case(io, case_id)
+    names = [IMAGE, FEATURES] + ([LABEL] if label is not None else []) + views_mod.view_array_names(len(views))
     try:
         with quiet():
             cases = zarr.open_group(io.store, path=CASES_GROUP, mode="r+", use_consolidated=False, zarr_format=3)
             group = cases.create_group(case_id, attributes={**info, COMPLETE_ATTR: False})
             write_arrays(group, image, features, label, layout,
-                         None if scale is None else np.asarray(scale, dtype=np.float32))
-            check_readable(io, case_id, [IMAGE, FEATURES] + ([LABEL] if label is not None else []))
+                         None if scale is None else np.asarray(scale, dtype=np.float32), views, view_scales)
+            check_readable(io, case_id, names)
             mark_complete(group)  # LAST: the case is now visible to readers
     except BaseException:
         try:
@@ -395,6 +436,18 @@ def write_case(
             pass
         raise
     return io.size_prefix(case_prefix(case_id))
+
+
+def _check_view(case_id: str, k: int, view: CaseView, features_shape: tuple[int, ...]) -> None:
+    """MaskgenError naming the case and view for a view that cannot be stored beside the clean arrays."""
+    if tuple(view.features.shape) != tuple(features_shape) or tuple(view.image.shape) != (1, *features_shape[1:]):
+        raise MaskgenError(f"case {case_id}: augmented view {k} has image {view.image.shape} and features "
+                           f"{view.features.shape}, the clean features {tuple(features_shape)}")
+    finite = bool(np.isfinite(np.asarray([view.mean, view.std], dtype=np.float64)).all())
+    for name, arr in (("image", view.image),) + ((("features", view.features),) if not finite else ()):
+        msg = _nonfinite_message(case_id, f"{name} of augmented view {k}", arr)
+        if msg:
+            raise MaskgenError(msg)
 
 
 def store_size(store: Any) -> int:

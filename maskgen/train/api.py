@@ -7,7 +7,8 @@ from typing import Any
 
 
 def train(features: str | Path, out: str | Path | None = None, *, crop_size: Any = None, resume: bool = False,
-          overwrite: bool = False, stop_at: int | None = None, progress: bool = True, **options: Any) -> Path:
+          overwrite: bool = False, stop_at: int | None = None, progress: bool = True, logger: str = "none",
+          log_interval: float | None = None, **options: Any) -> Path:
     """Train the view-masked segmentation UNet on crops streamed from a feature store, exactly as `maskgen train`
     does, and return the run folder (checkpoints best.pt / last.pt, config.json, metrics.jsonl, progress.png).
 
@@ -19,6 +20,7 @@ def train(features: str | Path, out: str | Path | None = None, *, crop_size: Any
         overwrite: start again in a non-empty run folder.
         stop_at: stop after this many steps in total (continue later with `resume=True`).
         progress: show progress (a bar on a terminal, lines otherwise).
+        logger: "none" | "tensorboard" | "mlflow" (`--logger`); log_interval: seconds between progress lines.
         **options: any other field of `maskgen.train.config.TrainConfig`: inputs ("both" | "image" | "features"),
             mask_rate, steps, batch_size, lr, channels, depth, unet, fg_fraction, aug_prob, val_every, seed,
             device, num_workers, ...
@@ -45,4 +47,5 @@ def train(features: str | Path, out: str | Path | None = None, *, crop_size: Any
         cfg = resume_config(features, out, options)
     else:
         cfg = TrainConfig(features=features, out=out or "", **options)
-    return train_loop(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=progress)
+    return train_loop(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=progress, logger=logger,
+                      log_interval=log_interval)

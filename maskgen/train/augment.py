@@ -23,11 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskgen.data.intensity_aug import (  # noqa: F401 - re-exported
+    INTENSITY_NAMES,
+    IntensityParams,
+    apply_intensity,
+    intensity_from_draws,
+    intensity_transforms,
+)
+
 ROT90_AXES = (1, 2)  # spatial (y, x): the paper's spatial_axes=(0, 1) in (x, y, z) order
 ROTATE_RANGE = np.pi / 4
 SHEAR_RANGE = 0.2
 SCALE_RANGE = 0.2
-INTENSITY_NAMES = ("low_resolution", "gaussian_noise", "bias_field", "gibbs", "contrast", "smooth", "sharpen")
 
 
 @dataclass(frozen=True)
@@ -72,17 +79,6 @@ class SpatialParams:
 
 
 @dataclass(frozen=True)
-class IntensityParams:
-    """Per intensity transform (INTENSITY_NAMES order): None = not applied, else the MONAI random-state seed."""
-
-    seeds: tuple[int | None, ...] = (None,) * len(INTENSITY_NAMES)
-
-    @property
-    def applied(self) -> tuple[str, ...]:
-        return tuple(n for n, s in zip(INTENSITY_NAMES, self.seeds) if s is not None)
-
-
-@dataclass(frozen=True)
 class AugParams:
     spatial: SpatialParams
     intensity: IntensityParams
@@ -98,7 +94,7 @@ class Augmenter:
         self.allow_flips = bool(allow_flips)
         self.spatial = bool(spatial)
         self.intensity = bool(intensity)
-        self._intensity_transforms = _intensity_transforms() if self.intensity else None
+        self._intensity_transforms = intensity_transforms() if self.intensity else None
 
     # -- sampling ------------------------------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator) -> AugParams:
@@ -125,7 +121,7 @@ class Augmenter:
         else:
             spatial = SpatialParams()
         if self.intensity:
-            intensity = IntensityParams(tuple(int(s) if f < p else None for f, s in zip(fires, seeds)))
+            intensity = intensity_from_draws(fires, seeds, p)
         else:
             intensity = IntensityParams()
         return AugParams(spatial, intensity)
@@ -144,41 +140,13 @@ class Augmenter:
         return data
 
     def apply_intensity(self, data: dict[str, Any], params: IntensityParams) -> dict[str, Any]:
-        if not any(s is not None for s in params.seeds):
+        if not params.any:
             return data
         if self._intensity_transforms is None:
             raise ValueError("this Augmenter was built with intensity=False")
-        out = dict(data)
-        for transform, seed in zip(self._intensity_transforms, params.seeds):
-            if seed is None:
-                continue
-            transform.set_random_state(seed=seed)
-            out = transform(out)
+        out = apply_intensity(data, params, self._intensity_transforms)
         out["image"] = _plain(out["image"]).float()
         return out
-
-
-def _intensity_transforms() -> list:
-    """The paper's MONAI intensity transforms (C.2) at probability 1: whether each fires is sampled separately."""
-    from monai.transforms import (
-        RandAdjustContrastd,
-        RandBiasFieldd,
-        RandGaussianNoised,
-        RandGaussianSharpend,
-        RandGaussianSmoothd,
-        RandGibbsNoised,
-        RandSimulateLowResolutiond,
-    )
-
-    return [
-        RandSimulateLowResolutiond(keys="image", prob=1.0, zoom_range=(0.25, 1.0)),
-        RandGaussianNoised(keys="image", prob=1.0),
-        RandBiasFieldd(keys="image", prob=1.0, coeff_range=(0.0, 0.1)),
-        RandGibbsNoised(keys="image", prob=1.0, alpha=(0.0, 0.33)),
-        RandAdjustContrastd(keys="image", prob=1.0),
-        RandGaussianSmoothd(keys="image", prob=1.0, sigma_x=(0.0, 0.1), sigma_y=(0.0, 0.1), sigma_z=(0.0, 0.1)),
-        RandGaussianSharpend(keys="image", prob=1.0),
-    ]
 
 
 def apply_spatial(data: dict[str, Any], params: SpatialParams) -> dict[str, Any]:

@@ -61,9 +61,10 @@ def diverged_error(run: Any, step: int, what: str) -> MaskgenError:
     )
 
 
-def write_checkpoint(run: Any, name: str, val_dice: float | None) -> None:
+def write_checkpoint(run: Any, name: str, val_dice: float | None, rngs: list[dict[str, Any]] | None = None) -> None:
     """`run.dir / name` for a `maskgen.train.setup.Run` after `run.step` steps: model, optimiser, step, RNG state,
     the loader's position, the configs and their history, the store it trains on and the validation scores.
+    `rngs`: every data-parallel rank's `rng_state()` (rank 0's is `rng`; all of them `rng_ranks`, restored per rank).
 
     Written only when every parameter, buffer and optimiser state is finite (else `diverged_error`)."""
     model, optimizer = run.model.state_dict(), run.optimizer.state_dict()
@@ -74,7 +75,8 @@ def write_checkpoint(run: Any, name: str, val_dice: float | None) -> None:
         "model": model,
         "optimizer": optimizer,
         "step": run.step,
-        "rng": rng_state(),
+        "rng": rngs[0] if rngs else rng_state(),
+        **({"rng_ranks": rngs} if rngs and len(rngs) > 1 else {}),
         "loader": {"scheme": "sample_rng(seed, step, slot)", "seed": run.cfg.seed, "next_step": run.step},
         "config": to_dict(run.cfg),
         "history": list(run.history),

@@ -57,6 +57,14 @@ class TrainConfig:
     dropout: float = 0.0                           # channel dropout after every UNet block (paper Table 5 baseline)
     empty_class: str = "ignore"                    # validation Dice of a class absent from the reference: ignore
                                                    # (paper / MONAI) | zero (nnU-Net); maskgen.train.dice
+    views: int | None = None                       # augmented views of the store to draw crops from (extract
+                                                   # --views); None = all the store has with cached features, 0 with
+                                                   # --inputs image / --online-features (resolved by setup)
+    world_size: int = 1                            # data-parallel processes (resolved from torchrun's launch);
+                                                   # batch_size is per process: the global batch is the product
+    sync_bn: bool = False                          # SyncBatchNorm across the processes (CUDA only)
+    dist_timeout: float = 900.0                    # seconds a collective waits for the other processes before the
+                                                   # run stops (a rank that died or hangs)
 
     def __post_init__(self) -> None:
         for name, allowed in (("inputs", INPUT_MODES), ("feature_norm", FEATURE_NORMS), ("aug_device", AUG_DEVICES),
@@ -64,10 +72,11 @@ class TrainConfig:
             _choice(name, getattr(self, name), allowed)
         _choice("unet", self.unet, UNET_KINDS)
         self._resolve_mask_rate()
-        for name in ("steps", "batch_size", "channels", "depth"):
+        for name in ("steps", "batch_size", "channels", "depth", "world_size"):
             _at_least(name, getattr(self, name), 1)
         _finite("lr", self.lr, positive=True)
         _finite("weight_decay", self.weight_decay, positive=False)
+        _finite("dist_timeout", self.dist_timeout, positive=True)
         _fraction("fg_fraction", self.fg_fraction)
         _fraction("dropout", self.dropout, upper_open=True, hint="(0 disables channel dropout)")
         _fraction("aug_prob", self.aug_prob)
@@ -80,6 +89,18 @@ class TrainConfig:
             _at_least("num_workers", self.num_workers, 0)
         if self.crop_zyx is not None:
             check_crop(self.crop_zyx, self.depth, self.unet)
+        self._check_views()
+
+    def _check_views(self) -> None:
+        """views: None (auto) or an integer >= 0; stored views carry augmented features, so they need cached
+        features (not --inputs image, whose intensity augmentation runs per crop, nor --online-features)."""
+        if self.views is None:
+            return
+        _at_least("views", self.views, 0, hint="(0 ignores the store's augmented views; auto uses them all)")
+        if self.views > 0 and (self.inputs == "image" or self.online_features):
+            why = "{inputs} image" if self.inputs == "image" else "{online_features}"
+            raise OptionError("views", self.views, f"cannot be used with {why}: stored views carry augmented "
+                              "features, and there the intensity augmentation runs on each crop; use {views} 0 or auto.")
 
     def _resolve_mask_rate(self) -> None:
         """mask_rate None -> 0.5 with both inputs, 0 with one; a non-zero rate needs both inputs (view masking drops
@@ -99,10 +120,12 @@ class TrainConfig:
 
     @classmethod
     def from_saved(cls, data: dict) -> "TrainConfig":
-        """A TrainConfig from its `to_dict` form in a checkpoint or config.json (`history` ignored). Configs
-        recorded before the UNet kind was an option trained the Table 15 network."""
-        data = {k: v for k, v in data.items() if k != "history"}
+        """A TrainConfig from its `to_dict` form in a checkpoint or config.json (`history` and the derived
+        `effective_batch_size` ignored). Configs recorded before the UNet kind was an option trained the Table 15
+        network, those before views read none."""
+        data = {k: v for k, v in data.items() if k not in ("history", "effective_batch_size")}
         data.setdefault("unet", "table15")
+        data.setdefault("views", 0)  # runs recorded before views existed read no view
         return from_dict(cls, data)
 
     def replace(self, **changes) -> "TrainConfig":

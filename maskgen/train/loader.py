@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskgen.errors import MaskgenError
-from maskgen.threads import one_thread_worker_init
 from maskgen.train.augment import Augmenter
 from maskgen.train.sampling import CropSampler, sample_rng
 from maskgen.train.spatial_device import pack_spatial
+from maskgen.train.views import choose_view
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class LoaderSpec:
     volume_stats: bool         # attach per-case feature mean/std (--feature-norm volume)
     rank: int = 0              # this process's rank among `world_size` data-parallel processes
     world_size: int = 1
+    views: int = 0             # augmented views to draw crops from (maskgen.train.views); 0: the clean arrays
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -57,7 +58,8 @@ def rank_slots(rank: int, batch_size: int) -> range:
 
 
 class TrainBatches(IterableDataset):
-    """Yields collated batches for steps [start_step, end_step): dict with `step`, `case_ids`, `image` (B,1,Z,Y,X)
+    """Yields collated batches for steps [start_step, end_step): dict with `step`, `slots` (of the step's global
+    batch, as `rank_slots`), `case_ids`, `image` (B,1,Z,Y,X)
     float32 in [0, 1], `label` (B,1,Z,Y,X) uint8, and as needed `features` (B,C,Z,Y,X) (float16 when the spatial
     augmentation runs on the device: cast there), `mean`/`std` (B,C) and `spatial` (per-sample device transforms)."""
 
@@ -78,9 +80,11 @@ class TrainBatches(IterableDataset):
             yield self.batch(step)
 
     def batch(self, step: int) -> dict[str, Any]:
-        samples = [self.sample(step, slot) for slot in rank_slots(self.spec.rank, self.spec.batch_size)]
+        slots = list(rank_slots(self.spec.rank, self.spec.batch_size))
+        samples = [self.sample(step, slot) for slot in slots]
         out: dict[str, Any] = {
             "step": step,
+            "slots": slots,
             "case_ids": [s["case_id"] for s in samples],
             "image": torch.stack([s["image"] for s in samples]),
             "label": torch.stack([s["label"] for s in samples]),
@@ -88,8 +92,11 @@ class TrainBatches(IterableDataset):
         if self.spec.read_features:
             out["features"] = torch.stack([s["features"] for s in samples])
         if self.spec.volume_stats:
-            out["mean"] = torch.tensor(np.stack([self._infos[c].feature_mean for c in out["case_ids"]]), dtype=torch.float32)
-            out["std"] = torch.tensor(np.stack([self._infos[c].feature_std for c in out["case_ids"]]), dtype=torch.float32)
+            stats = [_stats(self._infos[s["case_id"]], s["view"]) for s in samples]
+            out["mean"] = torch.tensor(np.stack([m for m, _ in stats]), dtype=torch.float32)
+            out["std"] = torch.tensor(np.stack([sd for _, sd in stats]), dtype=torch.float32)
+        if self.spec.views:
+            out["views"] = torch.tensor([s["view"] for s in samples], dtype=torch.int64)
         if not self.spec.spatial_on_cpu:
             out["spatial"] = pack_spatial([s["params"].spatial for s in samples], self.spec.crop_zyx)
         return out
@@ -97,20 +104,41 @@ class TrainBatches(IterableDataset):
     def sample(self, step: int, slot: int) -> dict[str, Any]:
         rng = sample_rng(self.spec.seed, step, slot)
         choice = self.sampler.sample(rng)
+        params = self.augmenter.sample(rng)
+        params, view = choose_view(params, rng, self.spec.views)  # views: read one, no intensity transform on top
         device_path = not self.spec.spatial_on_cpu
         feat_dtype = np.float16 if device_path else np.float32
-        crop = self.store.read_crop(choice.case_id, choice.start_zyx, self.spec.crop_zyx, dtype=feat_dtype)
+        crop = self.store.read_crop(choice.case_id, choice.start_zyx, self.spec.crop_zyx, dtype=feat_dtype,
+                                    **({"view": view} if view else {}))
         data: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(crop["image"], dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(crop["label"])[None]),
         }
         if self.spec.read_features:
             data["features"] = torch.from_numpy(np.ascontiguousarray(crop["features"]))
-        params = self.augmenter.sample(rng)
         data = self.augmenter.apply(data, params, spatial=self.spec.spatial_on_cpu)
         data["case_id"] = choice.case_id
         data["params"] = params
+        data["view"] = view
         return data
+
+
+def _stats(info: Any, view: int) -> tuple[Any, Any]:
+    """(feature mean, std) of the features a crop read: the case's, or those of its augmented view."""
+    return (info.feature_mean, info.feature_std) if view == 0 else info.view_stats(view)
+
+
+def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    import atexit
+    import gc
+    import signal
+
+    torch.set_num_threads(1)  # parallelism comes from the worker processes
+    # Ctrl-C reaches the whole process group: the main process handles it and shuts the workers down (a worker
+    # that died of it on its own could leave the main process waiting for its batch) ...
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # ... and waits for them to exit: a spawned worker skips the interpreter's final garbage collection (seconds)
+    atexit.register(gc.freeze)
 
 
 def _worker_start_method(store: Any) -> str:
@@ -133,7 +161,7 @@ def make_loader(
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        worker_init_fn=one_thread_worker_init if num_workers > 0 else None,  # parallelism: the workers
+        worker_init_fn=_worker_init if num_workers > 0 else None,
         multiprocessing_context=_worker_start_method(store) if num_workers > 0 else None,
         prefetch_factor=2 if num_workers > 0 else None,
         persistent_workers=False,

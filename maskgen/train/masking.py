@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,29 @@ def view_mask(z: torch.Tensor, p: float, generator: torch.Generator | None = Non
     with torch.no_grad():
         if generator is None:
             return F.dropout3d(z, p=p, training=True)
-        keep = torch.empty((z.shape[0], z.shape[1], 1, 1, 1), dtype=z.dtype, device=z.device)
-        keep.bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
-        return z * keep
+        return z * _keep(z.shape[0], z, p, generator)
+
+
+def step_view_mask(
+    z: torch.Tensor, p: float, seed: int, step: int, slots: Sequence[int], global_batch: int
+) -> torch.Tensor:
+    """`view_mask` of the samples `slots` of step `step`'s global batch of `global_batch` samples (data-parallel
+    ranks each hold a share, `maskgen.train.loader.rank_slots`): the masks of the whole global batch are drawn from
+    `mask_generator(seed, step)` and each sample takes its slot's row, so every sample's mask is the same however the
+    global batch is split (one process: slots 0..B-1 of B, exactly `view_mask(z, p, mask_generator(seed, step))`)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"view_mask: p={p} must be in [0, 1)")
+    if z.dim() != 5 or z.shape[0] != len(slots):
+        raise ValueError(f"step_view_mask: expected a (B={len(slots)}, C, Z, Y, X) tensor, got {tuple(z.shape)}")
+    if p == 0.0:
+        return z
+    with torch.no_grad():
+        keep = _keep(global_batch, z, p, mask_generator(seed, step, z.device))
+        return z * keep[torch.as_tensor(list(slots), device=z.device)]
+
+
+def _keep(rows: int, z: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """(rows, C, 1, 1, 1) of 0 or 1/(1-p), each kept with probability 1 - p, drawn from `generator` (dropout3d's
+    mask)."""
+    keep = torch.empty((rows, z.shape[1], 1, 1, 1), dtype=z.dtype, device=z.device)
+    return keep.bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)

@@ -2,6 +2,7 @@
 
 Records carry a `step`; a resumed run first drops the records after the step it resumes from (`truncate_after`),
 so the file reads as if the run had never stopped. A torn last line (a run killed while writing) is skipped.
+`listeners` (callables) get every record appended: the run's progress display and experiment tracker.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from maskgen.atomic import write_text_atomic
 
@@ -17,11 +18,14 @@ from maskgen.atomic import write_text_atomic
 class MetricsLog:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        for listener in self.listeners:
+            listener(record)
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)

@@ -37,10 +37,12 @@ def resolve_aug_device(aug_device: str, device: torch.device) -> str:
     return aug_device
 
 
-def resolve_num_workers(num_workers: int | None, device: torch.device) -> int:
+def resolve_num_workers(num_workers: int | None, device: torch.device, processes: int = 1) -> int:
+    """--num-workers, else automatic from this process's share of the CPUs (`processes` training processes on this
+    machine, e.g. one per GPU under torchrun, share them)."""
     if num_workers is not None:
         return num_workers
-    cpus = os.cpu_count() or 1
+    cpus = max(1, (os.cpu_count() or 1) // max(1, processes))
     if device.type == "cuda":
         return max(1, min(8, cpus - 1))
     return max(0, min(2, cpus - 1))

@@ -28,7 +28,7 @@ from maskgen.train.config import TrainConfig, default_run_name
 
 #: Options that may differ when resuming: they change where/how fast the run executes, not what it computes
 #: (aug_device only changes floating-point rounding of the same transform).
-RUNTIME_FIELDS = ("num_workers", "device", "aug_device", "val_every", "extractor_weights")
+RUNTIME_FIELDS = ("num_workers", "device", "aug_device", "val_every", "extractor_weights", "dist_timeout")
 #: Options that may change on --resume: the runtime ones and those of the steps still to come (module docstring).
 RESUMABLE_FIELDS = (*RUNTIME_FIELDS, "val_overlap", "lr", "weight_decay", "steps")
 #: Fields that say where the run is, not what it trains.
@@ -62,10 +62,11 @@ def resume_config(features: str, out: str | None, given: Mapping[str, Any]) -> T
 def continued_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The config to continue a run saved with `saved` when `given` was asked for, and the changes it makes
     ({field: (old, new)}): `saved` with the `RESUMABLE_FIELDS` of `given`; any other difference is a MaskgenError
-    naming the fields, as is a lower `steps`. `given.crop_zyx` / `given.train_cases` left empty mean "as the run"
-    (they are filled from the store)."""
-    unset = [k for k in ("crop_zyx", "train_cases") if not getattr(given, k)]
-    conflicts = config_diff(saved, given, ignore=(*RESUMABLE_FIELDS, *LOCATION_FIELDS, *unset))
+    naming the fields, as is a lower `steps`. `given.crop_zyx` / `given.train_cases` left empty and `given.views`
+    None (auto) mean "as the run" (they are filled from the store)."""
+    unset = [k for k in ("crop_zyx", "train_cases") if not getattr(given, k)] + (["views"] if given.views is None else [])
+    # world_size is the launch's, checked by `check_world_size` with its own message
+    conflicts = config_diff(saved, given, ignore=(*RESUMABLE_FIELDS, *LOCATION_FIELDS, *unset, "world_size"))
     if conflicts:
         raise MaskgenError(
             f"--resume of {run_dir}: options differ from the run's config "
@@ -79,6 +80,18 @@ def continued_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> t
         )
     cfg = saved.replace(**{k: getattr(given, k) for k in RESUMABLE_FIELDS}, features=given.features)
     return cfg, config_diff(saved, cfg, ignore=("out",))
+
+
+def check_world_size(saved: TrainConfig, world_size: int, run_dir: Path) -> None:
+    """A run resumes with the number of processes it was trained with: its batches and BatchNorm statistics depend
+    on how the global batch is split (`maskgen.train.distributed`)."""
+    if saved.world_size != world_size:
+        launch = "without --nproc" if saved.world_size == 1 else f"with --nproc {saved.world_size}"
+        raise MaskgenError(
+            f"--resume of {run_dir}: the run was trained on {saved.world_size} process(es) (world size "
+            f"{saved.world_size}, global batch {saved.world_size * saved.batch_size}) but this launch has "
+            f"{world_size}; resume it {launch} (torchrun --nproc-per-node {saved.world_size}), or start a new run."
+        )
 
 
 def history_entry(step: int, changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from maskgen.store.location import canonical
 from maskgen.threads import current as current_threads, reconfigure as reconfigure_threads
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.config import TrainConfig, check_crop, xyz_text
+from maskgen.train.distributed import Dist
 from maskgen.train.inputs import input_channels, uses_features
 from maskgen.train.loader import LoaderSpec, choose_train_cases, make_loader
+from maskgen.train.views import resolve_views
 from maskgen.train.metrics_log import MetricsLog
 from maskgen.train.placement import resolve_aug_device, resolve_device, resolve_num_workers
 from maskgen.train.finite import WeightsCheck
-from maskgen.train.resume import check_same_extractor, continued_config, history_entry, run_dir_for
+from maskgen.train.resume import check_same_extractor, check_world_size, continued_config, history_entry, run_dir_for
 from maskgen.train.unet import UNet, min_crop_side
 from maskgen.train.validate import Validator
 
@@ -51,6 +53,8 @@ class Run:
     store_info: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)   # options changed on resumes (resume.py)
     weights_finite: Any = None          # WeightsCheck of the model: called after every update
+    dist: Dist = field(default_factory=Dist)   # this process among the data-parallel ones (distributed.py)
+    net: Any = None                     # the module trained: `model`, or DDP around it (several processes)
 
     @property
     def num_classes(self) -> int:
@@ -79,8 +83,9 @@ def resolve_config(cfg: TrainConfig, store: Any) -> TrainConfig:
     check_crop(crop, cfg.depth, cfg.unet)
     check_crop_fits(crop, [tuple(c.shape_zyx) for c in store.cases(split="train") if c.case_id in set(cases)],
                     cfg.depth, cfg.unet)
+    views = resolve_views(cfg.views, store, cases, uses_features(cfg.inputs) and not cfg.online_features)
     return cfg.replace(features=canonical(cfg.features), out=str(run_dir_for(cfg)), crop_zyx=crop,
-                       train_cases=cases)
+                       train_cases=cases, views=views)
 
 
 def check_crop_fits(crop_zyx: tuple[int, ...], shapes_zyx: list[tuple[int, ...]], depth: int, unet: str) -> None:
@@ -119,9 +124,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, config: dict[s
         ) from None
 
 
-def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderSpec:
+def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str, rank: int = 0) -> LoaderSpec:
     """The training loader's settings for a resolved `cfg` (train_cases and crop_zyx set; `resolve_config`);
-    `aug_device` is the resolved placement of the spatial augmentation ("cpu" or "device")."""
+    `aug_device` is the resolved placement of the spatial augmentation ("cpu" or "device"); `rank` this process's
+    among `cfg.world_size`."""
     return LoaderSpec(
         case_ids=cfg.train_cases,
         crop_zyx=cfg.crop_zyx,  # type: ignore[arg-type]
@@ -133,6 +139,9 @@ def loader_spec(cfg: TrainConfig, allow_flips: bool, aug_device: str) -> LoaderS
         spatial_on_cpu=aug_device == "cpu",
         read_features=uses_features(cfg.inputs) and not cfg.online_features,
         volume_stats=cfg.feature_norm == "volume",
+        views=int(cfg.views or 0),
+        rank=rank,
+        world_size=cfg.world_size,
     )
 
 
@@ -153,42 +162,51 @@ def warm_foreground(store: Any, case_ids: tuple[str, ...]) -> None:
         store.foreground_locations(cid, max_per_class=FG_MAX_PER_CLASS, seed=FG_SEED)
 
 
-def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+def _resume_from(cfg: TrainConfig, store: Any, run_dir: Path, world_size: int) -> tuple[TrainConfig, dict[str, Any]]:
     last = run_dir / "last.pt"
     if not last.is_file():
         raise MaskgenError(f"cannot resume: no checkpoint {last}. Start a new run without --resume (or check --out).")
     ckpt = load_checkpoint(last)
-    cfg, changes = continued_config(TrainConfig.from_saved(ckpt["config"]), cfg, run_dir)
+    saved = TrainConfig.from_saved(ckpt["config"])
+    check_world_size(saved, world_size, run_dir)
+    cfg, changes = continued_config(saved, cfg, run_dir)
     check_same_extractor(ckpt, store, run_dir)
     ckpt["history"] = list(ckpt.get("history") or []) + ([history_entry(int(ckpt["step"]), changes)] if changes else [])
     return cfg, ckpt
 
 
-def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None) -> Run:
-    """A `Run` at its first step to do: new (`resume=False`) or restored from the run folder's last.pt."""
+def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
+          dist: Dist | None = None) -> Run:
+    """A `Run` at its first step to do: new (`resume=False`) or restored from the run folder's last.pt; `dist`:
+    this process among the data-parallel ones (`maskgen.train.distributed`; default: the only one). Every check
+    (device, store, config, resume) comes before the run folder is created or written."""
+    dist = dist or Dist()
     store = open_store(cfg.features)
     run_dir = run_dir_for(cfg)
     ckpt = None
     if resume:
-        cfg, ckpt = _resume_from(cfg, store, run_dir)
-    cfg = resolve_config(cfg, store)
+        cfg, ckpt = _resume_from(cfg, store, run_dir, dist.world_size)
+    cfg = resolve_config(cfg, store).replace(world_size=dist.world_size)
     if stop_at is not None and not (0 < stop_at <= cfg.steps):
         raise MaskgenError(f"--stop-at {stop_at} must be in 1..{cfg.steps} (--steps).")
     history = list(ckpt["history"]) if ckpt is not None else []
-    prepare_run_dir(run_dir, resume, overwrite, {**to_dict(cfg), "history": history})
-    device = resolve_device(cfg.device)
+    config = {**to_dict(cfg), "effective_batch_size": cfg.batch_size * cfg.world_size, "history": history}
+    device = dist.device(resolve_device(cfg.device))
+    dist.on_main(lambda: prepare_run_dir(run_dir, resume, overwrite, config))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one crop size for the whole run: let cuDNN pick its kernels
     num_features, num_classes = int(store.num_features), int(store.pipeline.num_classes)
     model = build_model(cfg, num_features, num_classes, device)
+    net = dist.wrap(model, cfg.sync_bn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    workers = resolve_num_workers(cfg.num_workers, device, dist.local_world_size)
     run = Run(cfg=cfg, dir=run_dir, store=store, device=device, aug_device=resolve_aug_device(cfg.aug_device, device),
-              num_workers=resolve_num_workers(cfg.num_workers, device), model=model, optimizer=optimizer,
-              loss_fn=_loss(), extractor=None, validator=Validator(store, cfg, device, num_classes),
+              num_workers=workers, model=model, optimizer=optimizer,
+              loss_fn=_loss(), extractor=None, validator=Validator(store, cfg, device, num_classes, dist=dist),
               log=MetricsLog(run_dir / "metrics.jsonl"), end_step=cfg.steps if stop_at is None else stop_at,
               store_info={"path": cfg.features, "extractor": store.extractor, "num_features": num_features,
                           "classes": list(store.pipeline.classes), "pipeline": store.pipeline.name},
-              history=history, weights_finite=WeightsCheck(model))
+              history=history, weights_finite=WeightsCheck(model), dist=dist, net=net)
     if ckpt is not None:
         _restore(run, ckpt)
     return run
@@ -207,8 +225,10 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
         group["weight_decay"] = run.cfg.weight_decay
     run.step = run.last_saved = int(ckpt["step"])
     run.best_val_dice = float(ckpt.get("best_val_dice", -1.0))
-    run.rng = ckpt["rng"]
-    run.log.truncate_after(run.step)
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]   # each rank's torch RNG (one entry for a single process)
+    run.rng = ranks[run.dist.rank]
+    if run.dist.is_main:
+        run.log.truncate_after(run.step)
 
 
 def start(run: Run) -> Any:
@@ -218,9 +238,10 @@ def start(run: Run) -> Any:
 
     cfg = run.cfg
     reconfigure_threads(run.num_workers)  # the command's thread policy, minus this run's loader workers
-    run.log.append({"step": run.step, **current_threads()})  # what torch uses from the first step on
+    if run.dist.is_main:  # what torch uses from the first step on (rank 0's, under DDP)
+        run.log.append({"step": run.step, **current_threads()})
     if cfg.online_features:
         run.extractor = build_online_extractor(run.store, cfg, run.device)
-    spec = loader_spec(cfg, bool(run.store.pipeline.allow_flips), run.aug_device)
+    spec = loader_spec(cfg, bool(run.store.pipeline.allow_flips), run.aug_device, run.dist.rank)
     warm_foreground(run.store, cfg.train_cases)
     return make_loader(run.store, spec, run.step, run.end_step, run.num_workers, pin_memory=run.device.type == "cuda")

@@ -11,7 +11,7 @@ import torch
 from maskgen.train.config import TrainConfig
 from maskgen.train.inference import autocast
 from maskgen.train.inputs import assemble_inputs
-from maskgen.train.masking import mask_generator, view_mask
+from maskgen.train.masking import step_view_mask
 from maskgen.train.schedule import lr_at, set_lr
 from maskgen.train.spatial_device import augment_spatial_batch
 
@@ -40,20 +40,22 @@ def step_inputs(
 
         features = extract_batch(extractor, image)
     z = assemble_inputs(image, features.float() if features is not None else None, cfg, stats)
-    if cfg.mask_rate > 0:
-        z = view_mask(z, cfg.mask_rate, mask_generator(cfg.seed, step, device))
+    if cfg.mask_rate > 0:  # the rows of this batch's slots in the global batch's masks
+        z = step_view_mask(z, cfg.mask_rate, cfg.seed, step, batch.get("slots", range(len(z))),
+                           cfg.batch_size * cfg.world_size)
     return z, label
 
 
 def optimise(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, z: torch.Tensor,
-             label: torch.Tensor, lr: float, device: torch.device) -> float:
+             label: torch.Tensor, lr: float, device: torch.device, dist: Any = None) -> float:
     """Forward, loss, backward and one AdamW update at `lr`; returns the loss. A non-finite loss is returned without
-    touching the weights or the optimiser."""
+    touching the weights or the optimiser. With `dist` (data-parallel ranks, `model` wrapped in DDP) the loss is
+    the mean over ranks, and non-finite on every rank when it is on any: all ranks skip the update together."""
     set_lr(optimizer, lr)
     with autocast(device):
         logits = model(z)
     loss = loss_fn(logits.float(), label.long())
-    value = float(loss.detach())
+    value = float(loss.detach()) if dist is None else dist.mean_loss(loss)
     if not math.isfinite(value):
         return value
     optimizer.zero_grad(set_to_none=True)
@@ -72,7 +74,8 @@ def train_step(
     device: torch.device,
     aug_device: str,
     extractor: Any = None,
+    dist: Any = None,
 ) -> float:
     """One optimisation step (0-based `step`); returns the loss (the update is not applied when it is non-finite)."""
     z, label = step_inputs(batch, cfg, step, device, aug_device, extractor)
-    return optimise(model, optimizer, loss_fn, z, label, lr_at(step, cfg), device)
+    return optimise(model, optimizer, loss_fn, z, label, lr_at(step, cfg), device, dist)

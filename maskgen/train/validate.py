@@ -1,4 +1,8 @@
-"""Validation during training: mean foreground Dice over the val split's full volumes (sliding window)."""
+"""Validation during training: mean foreground Dice over the val split's full volumes (sliding window).
+
+With several data-parallel processes each rank predicts its share of the val cases (`Dist.shard`) and the per-case
+Dice are gathered (`Dist.gather`): every rank gets the numbers one process would compute over all cases.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,11 @@ class Validator:
     """Mean foreground Dice over the val split's full volumes (sliding window, Gaussian blending)."""
 
     def __init__(self, store: Any, cfg: TrainConfig, device: torch.device, num_classes: int,
-                 cache_bytes: int = VAL_CACHE_BYTES):
+                 cache_bytes: int = VAL_CACHE_BYTES, dist: Any = None):
+        from maskgen.train.distributed import Dist
+
         self.store, self.cfg, self.device, self.num_classes = store, cfg, device, num_classes
+        self.dist = dist or Dist()
         self.cases = [c for c in store.cases(split="val") if c.has_label]
         self.cache_bytes = int(cache_bytes)
         self._cache: dict[str, dict[str, Any]] = {}
@@ -44,7 +51,7 @@ class Validator:
         model.eval()
         per_case = {}
         try:
-            for info in self.cases:
+            for info in self.dist.shard(self.cases):
                 data = self._read(info.case_id)
                 stats = (info.feature_mean, info.feature_std) if self.cfg.feature_norm == "volume" else None
                 probs = predict_volume(
@@ -54,7 +61,8 @@ class Validator:
                                                         self.cfg.empty_class)
         finally:
             model.train()
-        result = summarize(per_case)
+        gathered = {k: v for part in self.dist.gather(per_case) for k, v in part.items()}
+        result = summarize({c.case_id: gathered[c.case_id] for c in self.cases})
         return {**result, "val_empty_class": self.cfg.empty_class} if result else result
 
 
