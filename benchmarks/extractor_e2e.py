@@ -1,6 +1,6 @@
 """End to end on the demo: ERM vs MaskGen with MIND-SSC vs MaskGen with a maskgen-pretrained extractor.
 
-Uses exactly the schedule of `maskgen demo` (`maskgen.demo.DemoSettings()`: steps, crop, UNet, lr, mask rate,
+Uses exactly the schedule of `maskgen demo` (`maskgen.demo.run.DemoSettings()`: steps, crop, UNet, lr, mask rate,
 validation) and the same sweep code (`maskgen.evaluate.sweep.run_sweep`), on two feature stores of the demo data
 (MIND-SSC, and the given weights through `--extractor anatomix --weights`). Variants: ERM (image only) and MaskGen
 (image + MIND) on the MIND store, MaskGen (image + pretrained features) on the other, each for every seed.
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     from maskgen.data.pipeline import load_pipeline
-    from maskgen.demo import DemoSettings
+    from maskgen.demo.run import DemoSettings
     from maskgen.evaluate.sweep import Variant, collect_results, run_sweep, write_results
     from maskgen.extract.run import ExtractConfig, run_extract
 
