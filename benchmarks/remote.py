@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -40,21 +38,14 @@ from benchmarks import common
 
 
 def start_moto() -> tuple[str, subprocess.Popen]:
-    """moto's S3 server on a free port of 127.0.0.1; (endpoint, process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
-            return endpoint, proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"moto server did not start on {endpoint}")
+    """moto's S3 server on a free port of 127.0.0.1 (the test suite's starter); (endpoint, process)."""
+    from tests._s3 import MotoServer
+
+    try:
+        server = MotoServer.start()
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    return server.endpoint, server.proc
 
 
 def upload(local: Path, endpoint: str) -> str:

@@ -30,6 +30,28 @@ def _finite(path: Path) -> bool:
     return not nonfinite({"model": ckpt["model"], "optimizer": ckpt["optimizer"]["state"]})
 
 
+
+def _poison_third_update(monkeypatch, value: float):
+    """Make the training step's third optimiser update write `value` into one weight (as a diverging update would);
+    returns the real `optimise`, to put back."""
+    import maskgen.train.step as step
+
+    real = step.optimise
+    calls = {"n": 0}
+
+    def poisoned(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with torch.no_grad():
+                weight = next(model.parameters())
+                weight[(0,) * weight.dim()] = value
+        return result
+
+    monkeypatch.setattr(step, "optimise", poisoned)
+    return real
+
+
 def test_weights_check_and_nonfinite_report():
     model = torch.nn.Sequential(torch.nn.Conv3d(2, 3, 3), torch.nn.BatchNorm3d(3))
     check = WeightsCheck(model)
@@ -48,21 +70,7 @@ def test_weights_check_and_nonfinite_report():
 def test_nan_weights_are_caught_right_after_the_update(store, tmp_path, monkeypatch):
     """The update of step 3 makes a weight NaN (its loss was finite): the run stops at step 3, not one step later
     when the loss turns NaN, and last.pt (step 2) is finite."""
-    import maskgen.train.step as step
-
-    real = step.optimise
-    calls = {"n": 0}
-
-    def poisoned(model, *args, **kwargs):
-        value = real(model, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            with torch.no_grad():
-                weight = next(model.parameters())
-                weight[(0,) * weight.dim()] = float("nan")
-        return value
-
-    monkeypatch.setattr(step, "optimise", poisoned)
+    _poison_third_update(monkeypatch, float("nan"))
     run = tmp_path / "run"
     with pytest.raises(MaskgenError, match=r"weights became non-finite after the update .* at step 3; .*step 2\) is "
                                            r"untouched and finite"):
@@ -116,19 +124,7 @@ def test_resume_with_a_lower_lr_and_more_steps_continues_and_records_the_change(
 
     import maskgen.train.step as step
 
-    real = step.optimise
-    calls = {"n": 0}
-
-    def poisoned(model, *args, **kwargs):
-        value = real(model, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            with torch.no_grad():
-                weight = next(model.parameters())
-                weight[(0,) * weight.dim()] = float("inf")
-        return value
-
-    monkeypatch.setattr(step, "optimise", poisoned)
+    real = _poison_third_update(monkeypatch, float("inf"))
     out = tmp_path / "run"
     first = runner.invoke(app, ["train", "--features", str(store), "--out", str(out), "--steps", "4",
                                 "--val-every", "2", "--lr", "1e-3", *TINY])
