@@ -1,6 +1,6 @@
 """Augmented feature views (issue 11.3): Dice and step time of online features vs cached features with 0 / K views.
 
-On the demo data with `maskgen demo`'s schedule (`DemoSettings().train_options()`, mask rate 0.5) and one store made
+On the demo data with `maskgen demo`'s schedule (`DemoSettings().train_options()` and its mask rate) and one store made
 with `maskgen extract --views KMAX` (a store with K views trains with any fewer), trains per seed:
 ERM (image only), MaskGen with `--online-features` (features recomputed from every augmented crop, the public code),
 MaskGen on cached features with `--views 0` (clean features only) and with `--views K` for each K asked for. Each run

@@ -64,3 +64,27 @@ def test_build_demo_data_turns_bad_settings_into_a_message(tmp_path):
     with pytest.raises(MaskgenError, match="subjects must be an integer >= 4"):
         build_demo_data(tmp_path / "x", subjects=3)
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_command_runs_the_documented_schedule(tmp_path, monkeypatch):
+    """`maskgen demo` hands run_demo the schedule of DemoSettings (the README's run: 3 mm, 32^3 crops, mask rate
+    chosen on validation) unless an option changes it; `--mask-rate` overrides only the rate."""
+    import maskgen.demo.run as demo_run
+    from maskgen.errors import MaskgenError
+
+    seen = []
+
+    def capture(settings, overwrite=False, log=None):
+        seen.append(settings)
+        raise MaskgenError("stopped by the test")
+
+    monkeypatch.setattr(demo_run, "run_demo", capture)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 1 and "stopped by the test" in result.stderr
+    assert seen[-1] == demo_run.DemoSettings()
+    assert (seen[-1].spacing, seen[-1].crop_xyz, seen[-1].mask_rate, seen[-1].steps) == (3, (32, 32, 32), 0.25, 500)
+
+    result = runner.invoke(app, ["demo", "--mask-rate", "0.5", "--quick"])
+    assert result.exit_code == 1
+    assert seen[-1] == demo_run.DemoSettings.quick(mask_rate=0.5)

@@ -22,10 +22,10 @@ def tiny(tmp_path, **changes):
 
 def test_demo_runs_every_stage_and_compares_erm_with_maskgen(tmp_path):
     result = run_demo(tiny(tmp_path))
-    assert sorted(result["sweep"]["trained"]) == ["both-mr50-s0", "image-s0"]
+    assert sorted(result["sweep"]["trained"]) == ["both-mr25-s0", "image-s0"]
     rows = list(csv.DictReader(open(result["results"]["csv"])))
     methods = {r["method"] for r in rows}
-    assert methods == {"Image only", "MR=50%"}
+    assert methods == {"Image only", "MR=25%"}
     domains = {r["domain"] for r in rows if r["split"] == "test"}
     assert {"t1", "t2", "flair"} <= domains
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
@@ -38,7 +38,7 @@ def test_demo_runs_every_stage_and_compares_erm_with_maskgen(tmp_path):
 
     # resumable: a second run reuses data, store and runs
     again = run_demo(tiny(tmp_path))
-    assert again["sweep"]["trained"] == [] and sorted(again["sweep"]["skipped"]) == ["both-mr50-s0", "image-s0"]
+    assert again["sweep"]["trained"] == [] and sorted(again["sweep"]["skipped"]) == ["both-mr25-s0", "image-s0"]
 
 
 def test_demo_cli_rejects_bad_options():
