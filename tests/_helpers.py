@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def synthetic_store(folder: Path, n_cases: int = 4, size: int = 32, dtype: str | None = None) -> Path:
@@ -69,3 +72,36 @@ def after_ctrl_c(proc: Any, timeout: float = 60.0) -> str:
 #: SIGINT ignored (a background job of a non-interactive shell: `pytest ... &`), which the child would inherit.
 CLI_WITH_CTRL_C = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
                    "from maskgen.cli import main; main()")
+
+
+@contextlib.contextmanager
+def cli_subprocess(args: list[str], cwd: Path | None = None) -> Iterator[Any]:
+    """`maskgen ARGS` in a real subprocess (its own process group, Ctrl-C as a terminal delivers it, one torch
+    thread, this checkout's code); the group is killed on exit if it is still running."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ctrl_c(proc: Any) -> tuple[str, float]:
+    """Send a terminal's Ctrl-C (SIGINT to the whole process group); (stderr, seconds until it exited)."""
+    import os
+    import signal
+    import time
+
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = after_ctrl_c(proc)
+    return stderr, time.monotonic() - t0

@@ -3,40 +3,22 @@ within seconds with exit code 130 and one line, and keeps the run's last.pt for 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from _helpers import CLI_WITH_CTRL_C, after_ctrl_c
+from _helpers import cli_subprocess, ctrl_c
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.metrics_log import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_ctrl_c_while_the_demo_trains(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, "demo", "--quick",
-                             "--steps", "100000", "--extractor", "mind"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = tmp_path / "runs" / "demo-quick" / "image-s0" / "metrics.jsonl"
     deadline = time.monotonic() + 600
-    try:
+    with cli_subprocess(["demo", "--quick", "--steps", "100000", "--extractor", "mind"], cwd=tmp_path) as proc:
         while len([r for r in read_metrics(metrics) if "loss" in r]) < 2:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the demo did not start training in time"
             time.sleep(0.2)
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        stderr = after_ctrl_c(proc)
-        elapsed = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stderr, elapsed = ctrl_c(proc)
     assert proc.returncode == 130, stderr
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
     assert "Traceback" not in stderr, stderr

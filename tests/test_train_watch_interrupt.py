@@ -7,20 +7,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from _helpers import CLI_WITH_CTRL_C, after_ctrl_c, synthetic_store
+from _helpers import cli_subprocess, ctrl_c, synthetic_store
 from maskgen.cli import app
 from maskgen.train.checkpoint import load_checkpoint
 from maskgen.train.metrics_log import read_metrics
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +30,9 @@ def _steps(out: Path) -> list[int]:
     return [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
 
 
-def _start(store: Path, out: Path) -> subprocess.Popen:
-    args = ["train", "--features", str(store), "--out", str(out), "--steps", "100000", "--batch-size", "2",
+def _train_args(store: Path, out: Path) -> list[str]:
+    return ["train", "--features", str(store), "--out", str(out), "--steps", "100000", "--batch-size", "2",
             "--channels", "4", "--depth", "2", "--val-every", "0", "--num-workers", "1", "--log-interval", "1000"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _wait_for_steps(proc: subprocess.Popen, out: Path, n: int, timeout: float = 300.0) -> None:
@@ -47,23 +41,15 @@ def _wait_for_steps(proc: subprocess.Popen, out: Path, n: int, timeout: float = 
         if proc.poll() is not None:
             raise AssertionError(f"train exited early ({proc.returncode}): {proc.stderr.read()}")
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("train logged no steps in time")
+            raise AssertionError("train logged no steps in time")  # cli_subprocess kills the group
         time.sleep(0.1)
 
 
 def test_ctrl_c_stops_within_seconds_keeps_last_pt_and_resume_continues(store, tmp_path):
     out = tmp_path / "run"
-    proc = _start(store, out)
-    try:
+    with cli_subprocess(_train_args(store, out)) as proc:
         _wait_for_steps(proc, out, 3)
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the main process and its loader worker
-        stderr = after_ctrl_c(proc)
-        elapsed = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stderr, elapsed = ctrl_c(proc)  # a terminal's Ctrl-C: the main process and its loader worker
     assert proc.returncode == 130, stderr
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
     assert _group_gone(proc.pid, within=10.0), "a process of the run (loader worker) is still running"
