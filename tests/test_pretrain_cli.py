@@ -100,3 +100,93 @@ def test_synth_settings_reach_the_saved_config_and_bad_ones_fail(tmp_path):
     assert saved["nested_fraction"] == 0.5 and list(saved["layer_thickness"]) == [0.1, 0.2]
     bad = _run("--out", str(tmp_path / "x.pt"), "--steps", "1", "--synth", "nested_fractoin=0.5")
     assert bad.exit_code == 1 and "unknown synthesis setting 'nested_fractoin'" in bad.stderr
+
+
+def test_mind_ssc_input_network_trains_and_extracts_from_the_image(tmp_path):
+    """`--input mind-ssc`: the network computes MIND-SSC of its image input, the weights file records it, and the
+    anatomix path rebuilds the same map image -> MIND-SSC -> UNet (fingerprint included)."""
+    from maskgen.extract.mind import mind_ssc
+    from maskgen.extract.registry import build_extractor
+
+    out = tmp_path / "mind.pt"
+    result = _run("--out", str(out), "--steps", "2", "--input", "mind-ssc")
+    assert result.exit_code == 0, result.output
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["arch"] == {"input_nc": 12, "output_nc": 4, "ngf": 2, "num_downs": 2, "norm": "batch",
+                            "input_transform": "mind-ssc"}
+    assert ckpt["config"]["input"] == "mind-ssc" and ckpt["state_dict"]["model.0.weight"].shape[1] == 12
+    extractor = build_extractor("anatomix", weights=str(out))
+    assert extractor.fingerprint()["arch"]["input_transform"] == "mind-ssc"
+    image = torch.rand(1, 1, 16, 16, 16)
+    feats = extractor(image)
+    net = extractor.net
+    expected = image
+    with torch.no_grad():
+        expected = mind_ssc(image)
+        skips = []
+        for i, module in enumerate(net.model):   # the UNet on the descriptor, without the network's own transform
+            expected = module(expected)
+            if i in net.skip_after:
+                skips.append(expected)
+            elif i in net.concat_after:
+                expected = torch.cat((skips.pop(), expected), 1)
+    assert feats.shape == (1, 4, 16, 16, 16)
+    torch.testing.assert_close(feats, expected)
+    # an image-input network on the same file would be a different extractor: the fingerprints differ
+    image_out = tmp_path / "image.pt"
+    assert _run("--out", str(image_out), "--steps", "1").exit_code == 0
+    assert build_extractor("anatomix", weights=str(image_out)).fingerprint()["arch"].get("input_transform") is None
+
+
+def test_mind_ssc_input_arch_errors_name_the_bad_value(tmp_path):
+    from maskgen.errors import MaskgenError
+    from maskgen.extract.anatomix import AnatomixUNet
+    from maskgen.extract.weights import load_anatomix_net, save_anatomix_checkpoint
+
+    with pytest.raises(ValueError, match="input_nc must be 12, got 1"):
+        AnatomixUNet(input_nc=1, input_transform="mind-ssc")
+    with pytest.raises(ValueError, match="'sobel'"):
+        AnatomixUNet(input_nc=1, input_transform="sobel")
+    result = _run("--out", str(tmp_path / "w.pt"), "--steps", "1", "--input", "mind")
+    assert result.exit_code != 0 and "input must be one of ('image', 'mind-ssc'), got 'mind'" in result.output
+    # a file whose recorded transform is unknown fails to load with its path in the message
+    path = tmp_path / "bad.pt"
+    save_anatomix_checkpoint(AnatomixUNet(input_nc=12, output_nc=4, ngf=2, num_downs=2, input_transform="mind-ssc"),
+                             path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["arch"]["input_transform"] = "sobel"
+    torch.save(ckpt, path)
+    with pytest.raises(MaskgenError, match="bad.pt.*sobel"):
+        load_anatomix_net(path)
+
+
+def test_append_input_features_are_the_unet_output_then_the_descriptor(tmp_path):
+    from maskgen.extract.mind import mind_ssc
+    from maskgen.extract.registry import build_extractor
+
+    out = tmp_path / "append.pt"
+    result = _run("--out", str(out), "--steps", "2", "--input", "mind-ssc", "--append-input")
+    assert result.exit_code == 0, result.output
+    extractor = build_extractor("anatomix", weights=str(out))
+    assert extractor.out_channels == 4 + 12 and extractor.fingerprint()["arch"]["append_input"] is True
+    image = torch.rand(1, 1, 16, 16, 16)
+    feats = extractor(image)
+    assert feats.shape == (1, 16, 16, 16, 16)
+    torch.testing.assert_close(feats[:, 4:], mind_ssc(image))
+    torch.testing.assert_close(feats[:, :4], extractor.net.forward(image)[:, :4])
+    bad = _run("--out", str(tmp_path / "bad.pt"), "--steps", "1", "--append-input")
+    assert bad.exit_code != 0 and "append_input needs input 'mind-ssc'" in bad.output
+
+
+def test_a_state_saved_before_the_input_settings_existed_still_resumes(tmp_path):
+    out = tmp_path / "w.pt"
+    assert _run("--out", str(out), "--steps", "2", "--stop-after", "1").exit_code == 0
+    last = tmp_path / "w.pt.state" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["input"], state["config"]["append_input"]      # as written by maskgen <= this change
+    torch.save(state, last)
+    result = _run("--out", str(out), "--steps", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    other = _run("--out", str(out), "--steps", "2", "--resume", "--input", "mind-ssc")   # it saw the image
+    assert other.exit_code != 0 and "input: saved 'image', now 'mind-ssc'" in other.output

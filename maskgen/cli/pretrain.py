@@ -33,6 +33,12 @@ def register(app: typer.Typer) -> None:
         loss: str = typer.Option("voxel", "--loss", help="Contrastive mode: 'voxel' (positive: the same voxel in "
                                  "the other view; negatives: other labels), 'cross_view' (positives: every voxel "
                                  "of the label in the other view) or 'supcon' (both views pooled)."),
+        input_: str = typer.Option("image", "--input", help="What the network sees: 'image' (anatomix) or "
+                                   "'mind-ssc' (the image's MIND-SSC descriptor, computed inside the network, so "
+                                   "the weights file still maps an image to features)."),
+        append_input: bool = typer.Option(False, "--append-input", help="With --input mind-ssc: the features are "
+                                          "the UNet's output channels followed by the descriptor itself (the "
+                                          "contrastive loss sees both)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, the data and the voxel samples."),
         label_dir: Optional[Path] = typer.Option(None, "--label-dir", help="Folder of NIfTI label maps to mix in "
                                                  "with the synthetic ensembles (optional)."),
@@ -66,7 +72,8 @@ def register(app: typer.Typer) -> None:
             cfg = PretrainConfig(
                 out=out, steps=steps, crop_size=crop_size[0], batch_size=batch_size, ngf=ngf, num_downs=num_downs,
                 out_channels=out_channels, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, temperature=temperature,
-                voxels_per_volume=voxels, loss=loss, seed=seed, label_dir=label_dir, checkpoint_every=checkpoint_every,
+                voxels_per_volume=voxels, loss=loss, input=input_, append_input=append_input, seed=seed,
+                label_dir=label_dir, checkpoint_every=checkpoint_every,
                 synth=synth_from_overrides(synth), device=device, num_workers=num_workers,
             )
         except ValueError as e:

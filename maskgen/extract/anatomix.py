@@ -6,6 +6,13 @@ skip and ends with MaxPool3d(2). Each decoder level is Upsample(x2, nearest), `t
 two conv-norm-ReLU units. A final Conv3d(ngf -> output_nc) has no norm and no activation. All convs are 3x3x3,
 reflect padding, no bias. Width (`ngf`) and depth (`num_downs`) follow the same rule, so small networks for
 pretraining share the code.
+
+`input_transform="mind-ssc"` (maskgen-pretrained networks only; the public checkpoint has none): the network
+computes the MIND-SSC descriptor of its (B, 1, Z, Y, X) input (`maskgen.extract.mind.mind_ssc`, default
+parameters, float32) and runs the UNet on those 12 channels, so it still takes an image and `input_nc` is 12.
+`append_input=True` (only with a transform) appends that descriptor to the final features: the extractor gives
+`output_nc + input_nc` channels, the learned context channels next to the descriptor they were computed from.
+Both are part of `arch()` (hence of checkpoints and store fingerprints) only when set.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from maskgen.extract.base import Extractor
 
 LAYERS = ("final", "penultimate")
 NORMS = ("batch", "instance")
+#: What the network computes from its one-channel input before the first conv, and the channels that gives.
+INPUT_TRANSFORMS = {"mind-ssc": 12}
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -37,6 +46,8 @@ class AnatomixUNet(nn.Module):
         ngf: int = 16,
         num_downs: int = 4,
         norm: str = "batch",
+        input_transform: str | None = None,
+        append_input: bool = False,
     ) -> None:
         super().__init__()
         for arg, value in (("input_nc", input_nc), ("output_nc", output_nc), ("ngf", ngf), ("num_downs", num_downs)):
@@ -44,7 +55,21 @@ class AnatomixUNet(nn.Module):
                 raise ValueError(f"AnatomixUNet: {arg} must be a positive integer, got {value!r}")
         if norm not in NORMS:
             raise ValueError(f"AnatomixUNet: norm must be one of {NORMS}, got {norm!r}")
+        if input_transform is not None:
+            if input_transform not in INPUT_TRANSFORMS:
+                raise ValueError(f"AnatomixUNet: input_transform must be None or one of {sorted(INPUT_TRANSFORMS)}, "
+                                 f"got {input_transform!r}")
+            if input_nc != INPUT_TRANSFORMS[input_transform]:
+                raise ValueError(f"AnatomixUNet: input_transform {input_transform!r} gives "
+                                 f"{INPUT_TRANSFORMS[input_transform]} channels, so input_nc must be "
+                                 f"{INPUT_TRANSFORMS[input_transform]}, got {input_nc}")
         self.input_nc, self.output_nc, self.ngf, self.num_downs, self.norm = input_nc, output_nc, ngf, num_downs, norm
+        if not isinstance(append_input, bool):
+            raise ValueError(f"AnatomixUNet: append_input must be True or False, got {append_input!r}")
+        if append_input and input_transform is None:
+            raise ValueError("AnatomixUNet: append_input=True needs an input_transform (appending the raw image "
+                             "would make the features depend on the contrast)")
+        self.input_transform, self.append_input = input_transform, append_input
 
         layers: list[nn.Module] = []
         skip_after: list[int] = []
@@ -89,19 +114,40 @@ class AnatomixUNet(nn.Module):
         return 2 ** (self.num_downs + 1)
 
     def arch(self) -> dict[str, Any]:
-        return {
+        arch: dict[str, Any] = {
             "input_nc": self.input_nc,
             "output_nc": self.output_nc,
             "ngf": self.ngf,
             "num_downs": self.num_downs,
             "norm": self.norm,
         }
+        if self.input_transform is not None:
+            arch["input_transform"] = self.input_transform
+        if self.append_input:
+            arch["append_input"] = True
+        return arch
+
+    def feature_channels(self, layer: str = "final") -> int:
+        """Channels of `forward(x, layer)`."""
+        if layer == "penultimate":
+            return self.ngf
+        return self.output_nc + (self.input_nc if self.append_input else 0)
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The first conv's input: `x` itself, or its MIND-SSC descriptor (float32, outside any autocast)."""
+        if self.input_transform is None:
+            return x
+        from maskgen.extract.mind import mind_ssc
+
+        with torch.autocast(x.device.type, enabled=False):
+            return mind_ssc(x.float())
 
     def forward(self, x: torch.Tensor, layer: str = "final") -> torch.Tensor:
         """Final conv output (`layer="final"`) or the ReLU output just before it (`layer="penultimate"`)."""
         if layer not in LAYERS:
             raise ValueError(f"AnatomixUNet: layer must be one of {LAYERS}, got {layer!r}")
         stop = len(self.model) - (1 if layer == "penultimate" else 0)
+        x = descriptor = self.transform_input(x)
         skips: list[torch.Tensor] = []
         for i, module in enumerate(self.model):
             if i == stop:
@@ -111,6 +157,8 @@ class AnatomixUNet(nn.Module):
                 skips.append(x)
             elif i in self.concat_after:
                 x = torch.cat((skips.pop(), x), 1)
+        if self.append_input and layer == "final":
+            x = torch.cat((x, descriptor.to(x.dtype)), 1)
         return x
 
 
@@ -136,7 +184,7 @@ class AnatomixExtractor(Extractor):
         self.layer = layer
         self.weights_sha256 = weights_sha256
         self.source = source
-        self.out_channels = net.output_nc if layer == "final" else net.ngf
+        self.out_channels = net.feature_channels(layer)
         self.size_multiple = net.size_multiple
         self.min_size = net.min_size
         self.freeze()

@@ -34,7 +34,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_MANIFEST = "default.json"
 
 _PREFIXES = ("_orig_mod.", "module.")
-_ARCH_KEYS = ("input_nc", "output_nc", "ngf", "num_downs", "norm")
+_ARCH_KEYS = ("input_nc", "output_nc", "ngf", "num_downs", "norm", "input_transform", "append_input")
 HOW_TO_PASS_FILE = (
     f"pass the file with --weights PATH or set {ENV_VAR}=PATH (the public file is '{HUB_FILENAME}' in the "
     f"Hugging Face repository '{HUB_REPO}')"

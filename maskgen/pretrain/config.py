@@ -135,6 +135,9 @@ def synth_from_overrides(items: list[str] | tuple[str, ...]) -> SynthConfig:
 
 
 LOSSES = ("voxel", "cross_view", "supcon")
+#: What the network sees: the rendered image, or its MIND-SSC descriptor computed inside the network
+#: (`AnatomixUNet(input_transform="mind-ssc")`, so the weights file still maps an image to features).
+INPUTS = ("image", "mind-ssc")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -156,6 +159,8 @@ class PretrainConfig:
     temperature: float = 0.1
     voxels_per_volume: int = 256
     loss: str = "voxel"             # contrastive mode, see maskgen.pretrain.contrastive: voxel | cross_view | supcon
+    input: str = "image"            # image | mind-ssc (see INPUTS)
+    append_input: bool = False      # mind-ssc only: the features are [UNet output, descriptor] (loss on both)
     seed: int = 0
     label_dir: Path | None = None
     checkpoint_every: int = 50
@@ -201,6 +206,11 @@ class PretrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.input not in INPUTS:
+            raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
+        if self.append_input and self.input == "image":
+            raise ValueError("append_input needs input 'mind-ssc' (appending the raw image would make the features "
+                             "depend on the contrast)")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.voxels_per_volume < 2:
@@ -219,8 +229,15 @@ class PretrainConfig:
     @property
     def arch(self) -> dict[str, int | str]:
         """Keyword arguments of `AnatomixUNet` for this run (recorded in every checkpoint)."""
-        return {"input_nc": 1, "output_nc": self.out_channels, "ngf": self.ngf, "num_downs": self.num_downs,
-                "norm": "batch"}
+        from maskgen.extract.anatomix import INPUT_TRANSFORMS
+
+        arch: dict[str, int | str] = {"input_nc": 1, "output_nc": self.out_channels, "ngf": self.ngf,
+                                      "num_downs": self.num_downs, "norm": "batch"}
+        if self.input != "image":
+            arch.update(input_nc=INPUT_TRANSFORMS[self.input], input_transform=self.input)
+        if self.append_input:
+            arch["append_input"] = True
+        return arch
 
     @property
     def state_dir(self) -> Path:

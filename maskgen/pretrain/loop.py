@@ -132,7 +132,8 @@ def _setup(cfg: PretrainConfig, resume: bool) -> _Run:
     run = _Run(cfg, net, optimizer, loss_fn, synth, MetricsLog(cfg.state_dir / "metrics.jsonl"), device)
     if resume:
         state = load_state(run.last_path)
-        diffs = config_diff(state["config"], to_dict(cfg), ignore=_RESUME_FREE)
+        saved = {"input": "image", "append_input": False, **state["config"]}   # states from before these fields
+        diffs = config_diff(saved, to_dict(cfg), ignore=_RESUME_FREE)
         if diffs:
             raise MaskgenError(f"cannot resume {cfg.state_dir}: the settings differ from the saved run ("
                                + format_diff(diffs, "saved", "now")
