@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -32,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.extractor_quality import RESULTS, build_extractors, features_of, load_demo  # noqa: E402
 from benchmarks import common as provenance  # noqa: E402  (git rev, machine, versions: shared format)
+from benchmarks.extractor_quality import RESULTS, build_extractors, features_of, load_demo  # noqa: E402
 
 
 def factor_contrasts() -> tuple:
@@ -88,37 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     t0 = time.perf_counter()
-    generate_demo_dataset(args.data, DemoConfig(subjects=args.subjects, spacing=args.spacing,
-                                                contrasts=factor_contrasts()))
-    cases = {cid: c for cid, c in load_demo(args.data).items() if c["split"] == "test"}
     extractors = build_extractors(args.weights, args.anatomix_weights)
     wanted = [e.strip() for e in args.extractors.split(",") if e.strip()]
     unknown = sorted(set(wanted) - set(extractors))
     if unknown:
         parser.error(f"--extractors: {unknown} not available (have {sorted(extractors)}; "
                      "`pretrained` and `untrained` need --weights, `anatomix` needs --anatomix-weights)")
-    common = {
-        "benchmark": "extractor_shift_factors",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "git_rev": provenance.git_rev(),
-        "machine": {**provenance.machine(), "threads": torch.get_num_threads()},
-        "versions": provenance.versions(),
-        "dataset": {"path": str(args.data), "subjects": args.subjects, "spacing": args.spacing,
-                    "test_cases": len(cases)},
-    }
-    rows = []
+    generate_demo_dataset(args.data, DemoConfig(subjects=args.subjects, spacing=args.spacing,
+                                                contrasts=factor_contrasts()))
+    cases = {cid: c for cid, c in load_demo(args.data).items() if c["split"] == "test"}
+    dataset = {"path": str(args.data), "subjects": args.subjects, "spacing": args.spacing, "test_cases": len(cases)}
     for name in wanted:
         extractor = extractors[name]
         feats = {cid: features_of(extractor, c["image"]) for cid, c in cases.items()}
         cka = factor_stability(cases, feats, args.max_voxels)
-        rows.append({**common, "extractor": name, "weights_sha256": getattr(extractor, "weights_sha256", None),
-                     "cka_vs_t1": cka})
         print(f"{name:>10}  " + "  ".join(f"{d} {v:.3f}" for d, v in cka.items()), flush=True)
-    if not args.no_record:
-        with RESULTS.open("a") as f:
-            for record in rows:
-                record["total_s"] = round(time.perf_counter() - t0, 1)
-                f.write(json.dumps(record) + "\n")
+        if not args.no_record:
+            provenance.record("extractor_shift_factors", {
+                "extractor": name, "weights_sha256": getattr(extractor, "weights_sha256", None), "cka_vs_t1": cka,
+                "dataset": dataset, "threads": torch.get_num_threads(),
+                "total_s": round(time.perf_counter() - t0, 1)}, RESULTS)
     return 0
 
 

@@ -18,7 +18,7 @@ ACQUISITION = ("noise_std", "bias_std", "texture_std", "gain")
 
 def test_each_variant_changes_only_its_factor():
     specs = {s.name: s for s in bench.factor_contrasts()}
-    assert list(specs)[0] == "t1" and specs["t1"] == T1          # the source (training) contrast comes first
+    assert next(iter(specs)) == "t1" and specs["t1"] == T1          # the source (training) contrast comes first
     assert specs["flair"] == FLAIR and specs["t2"] == T2
     assert specs["t1_repeat"].tissue_means is None and specs["t1_repeat"].slice_thickness_mm == T1.slice_thickness_mm
     for target in (FLAIR, T2):
