@@ -46,8 +46,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_demo(root: Path) -> dict[str, dict]:
-    """case_id -> {image (1,Z,Y,X), label (Z,Y,X), domain, split, subject}, preprocessed by the demo pipeline."""
+def load_demo(root: Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, dict]:
+    """case_id -> {image (1,Z,Y,X), label (Z,Y,X), domain, split, subject} of the cases in `splits`, preprocessed
+    by the demo pipeline."""
     from maskgen.data.layouts import discover_cases
     from maskgen.data.pipeline import load_pipeline
     from maskgen.data.preprocess import preprocess_case
@@ -55,7 +56,7 @@ def load_demo(root: Path) -> dict[str, dict]:
     pipeline = load_pipeline("demo")
     cases = {}
     for case in discover_cases(pipeline, root):
-        if case.split not in ("train", "test"):
+        if case.split not in splits:
             continue
         pre = preprocess_case(case, pipeline)
         cases[case.case_id] = {"image": pre.image, "label": pre.label, "domain": case.domain, "split": case.split,

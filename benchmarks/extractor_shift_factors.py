@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                      "`pretrained` and `untrained` need --weights, `anatomix` needs --anatomix-weights)")
     generate_demo_dataset(args.data, DemoConfig(subjects=args.subjects, spacing=args.spacing,
                                                 contrasts=factor_contrasts()))
-    cases = {cid: c for cid, c in load_demo(args.data).items() if c["split"] == "test"}
+    cases = load_demo(args.data, splits=("test",))
     dataset = {"path": str(args.data), "subjects": args.subjects, "spacing": args.spacing, "test_cases": len(cases)}
     for name in wanted:
         extractor = extractors[name]
