@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -185,3 +186,17 @@ def test_a_state_saved_before_the_input_settings_existed_still_resumes(tmp_path)
     assert out.is_file()
     other = _run("--out", str(out), "--steps", "2", "--resume", "--input", "mind-ssc")   # it saw the image
     assert other.exit_code != 0 and "input: saved 'image', now 'mind-ssc'" in other.output
+
+
+def test_progress_lines_show_a_loss_from_the_first_step(tmp_path, monkeypatch):
+    """The progress line of a fresh run shows the running mean loss before the first logged step (log_every 10),
+    not 'loss nan'."""
+    monkeypatch.setenv("MASKGEN_PROGRESS", "lines")
+    args = [a for a in TINY if a != "--quiet"]
+    result = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "w.pt"), "--steps", "3", *args,
+                                      "--log-interval", "0.001"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("pretrain step")]
+    assert lines and lines[0].startswith("pretrain step 1/3"), result.output
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines]
+    assert all(math.isfinite(v) and v > 0 for v in losses), lines

@@ -17,6 +17,7 @@ loads with `--extractor anatomix --weights <out>`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +256,9 @@ def pretrain(
                     last_loss = run.records[-1]["loss"]
                 if run.step % cfg.checkpoint_every == 0 or run.step == end:
                     _save_state(run)
-                progress.update(run.step, loss=last_loss)
+                # before the first logged step of a fresh run: the mean loss of the steps so far
+                shown = last_loss if math.isfinite(last_loss) else float(np.mean([w[0] for w in run.window]))
+                progress.update(run.step, loss=shown)
     except KeyboardInterrupt:
         saved = load_state(run.last_path)["step"] if run.last_path.exists() else 0
         raise KeyboardInterrupt(f"Interrupted at step {run.step}; the last checkpoint is at step {saved}. "
